@@ -1,0 +1,53 @@
+"""Recipe for the shipped ``nuclei-stardist`` model.
+
+Trains StarDist 2D on the train split of the DSB2018 fluorescence data, keeps the
+weights with the best validation loss, optimizes the thresholds on the val split and
+writes the model folder (StarDist format) to ``--out``.
+
+    python scripts/train_nuclei_stardist.py --data ../shared/data/dsb2018_fluo --out runs --epochs 200
+
+Then ``python scripts/package_model.py`` evaluates it on val and copies it, with its
+model card, into the package.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from napari_cnnvision.backends.stardist.train import StarDistTrainSettings, train_stardist2d
+from napari_cnnvision.core.datasets import load_segmentation_split
+from napari_cnnvision.core.progress import Progress
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data/dsb2018_fluo")
+    p.add_argument("--out", default="runs")
+    p.add_argument("--name", default="nuclei-stardist")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--patch", type=int, default=256)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
+    a = p.parse_args(argv)
+
+    train = load_segmentation_split(a.data, "train", a.limit)
+    val = load_segmentation_split(a.data, "val", a.limit)
+    print(f"train {len(train)} images, val {len(val)} images", flush=True)
+    settings = StarDistTrainSettings(epochs=a.epochs, steps_per_epoch=a.steps,
+                                     patch_size=(a.patch, a.patch), batch_size=a.batch)
+
+    def emit(ev):
+        m = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.metrics.items())
+        print(f"[{time.strftime('%H:%M:%S')}] {ev.message} {m}", flush=True)
+
+    res = train_stardist2d(train.images, train.masks, val.images, val.masks, a.out, a.name,
+                           settings, progress=Progress(emit))
+    print(json.dumps({"model_dir": res.model_dir, "epochs": res.epochs_run, "seconds": res.seconds,
+                      "thresholds": res.thresholds}), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""StarDist 2D/3D inference, with the network's raw output cached for threshold changes.
+
+Runs inside the compute worker (TensorFlow) or in-process for the CLI. The network's
+output (probability + distances) is cached per image/model/normalization/tiling, so a
+threshold change only re-runs non-maximum suppression.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from ...core.axes import InputError, check_axes, check_image, guess_axes, split_frames
+from ...core.normalize import percentile_normalize
+from ...core.progress import NULL_PROGRESS, Progress
+from ...core.registry import CorruptModel, ModelCard, ModelNotFound, ModelRegistry
+from ...core.results import SegmentationResult
+
+_MODELS: OrderedDict = OrderedDict()  # (source, path/name) -> model, at most 2
+_RAW: OrderedDict = OrderedDict()  # raw-output cache, at most 4 entries
+MAX_TILE_PIXELS = 1024 * 1024  # per 2D tile; 3D tiles get 128**3
+
+
+class ModelUnavailable(RuntimeError):
+    """A pretrained model is not cached and could not be downloaded."""
+
+
+def _stardist_classes():
+    from stardist.models import StarDist2D, StarDist3D
+
+    return StarDist2D, StarDist3D
+
+
+def load_model(card: ModelCard):
+    key = (card.source, card.path or card.name)
+    if key in _MODELS:
+        _MODELS.move_to_end(key)
+        return _MODELS[key]
+    StarDist2D, StarDist3D = _stardist_classes()
+    cls = StarDist3D if card.backend == "stardist3d" else StarDist2D
+    if card.source == "pretrained":
+        model = load_pretrained(card.name, cls)
+    else:
+        folder = Path(card.path)
+        if not (folder / "config.json").is_file():
+            raise CorruptModel(f"the StarDist model folder {folder} has no config.json")
+        if not any(folder.glob("weights*.h5")):
+            raise CorruptModel(f"the StarDist model folder {folder} has no weights (weights_best.h5)")
+        try:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = cls(None, name=folder.name, basedir=str(folder.parent))
+        except Exception as exc:
+            raise CorruptModel(f"cannot load the StarDist model in {folder}: {exc}") from exc
+    _MODELS[key] = model
+    while len(_MODELS) > 2:
+        _MODELS.popitem(last=False)
+    return model
+
+
+def load_pretrained(name: str, cls=None):
+    """Load one of StarDist's registered models through stardist's own download + cache."""
+    if cls is None:
+        cls = _stardist_classes()[1 if name.startswith("3D") else 0]
+    try:
+        return cls.from_pretrained(name)
+    except Exception as exc:  # urllib/keras raise a variety of errors when offline
+        raise ModelUnavailable(
+            f"the pretrained StarDist model {name!r} is not in the local cache and could not be "
+            f"downloaded ({type(exc).__name__}: {exc}). Connect to the internet once to fetch it "
+            "(it is cached afterwards), or use a shipped model such as 'nuclei-stardist'.") from exc
+
+
+def _model_axes(model) -> tuple[int, int]:
+    cfg = model.config
+    return int(cfg.n_dim), int(cfg.n_channel_in)
+
+
+def _auto_tiles(shape: tuple[int, ...], n_dim: int) -> tuple[int, ...]:
+    limit = MAX_TILE_PIXELS if n_dim == 2 else 128 ** 3
+    n = math.prod(shape)
+    tiles = [1] * len(shape)
+    while n / math.prod(tiles) > limit:
+        i = int(np.argmax([s / t for s, t in zip(shape, tiles)]))
+        tiles[i] *= 2
+    return tuple(tiles)
+
+
+def _image_key(x: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((x.shape, x.dtype.str)).encode())
+    h.update(np.ascontiguousarray(x).data)
+    return h.hexdigest()
+
+
+def _raw_predict(model, model_key, frame, axes, pmin, pmax, n_tiles, progress_tile):
+    """Dense prob/dist for one frame, from cache when possible."""
+    key = (model_key, _image_key(frame), axes, pmin, pmax, n_tiles)
+    if key in _RAW:
+        _RAW.move_to_end(key)
+        return _RAW[key], True
+    x = percentile_normalize(frame, pmin, pmax)
+    tiles = n_tiles + ((1,) if "C" in axes else ()) if n_tiles is not None else None
+    res = None
+    for res in model._predict_generator(x, axes=axes, normalizer=None, n_tiles=tiles,
+                                        show_tile_progress=False):
+        if res is None:
+            progress_tile()
+    prob, dist = res[0], res[1]
+    _RAW[key] = (prob, dist)
+    while len(_RAW) > 4:
+        _RAW.popitem(last=False)
+    return (prob, dist), False
+
+
+def _table_for(labels: np.ndarray, probs: np.ndarray, frame: int | None) -> dict[str, np.ndarray]:
+    from skimage.measure import regionprops_table
+
+    props = ("label", "area", "centroid")
+    t = regionprops_table(labels, properties=props) if labels.any() else {
+        "label": np.zeros(0, int), "area": np.zeros(0), **{f"centroid-{i}": np.zeros(0) for i in range(labels.ndim)}}
+    names = "zyx"[-labels.ndim:]
+    out = {"label": np.asarray(t["label"], np.int64), "area": np.asarray(t["area"], np.float64)}
+    for i, n in enumerate(names):
+        out[f"centroid_{n}"] = np.asarray(t[f"centroid-{i}"], np.float64)
+    out["probability"] = np.asarray(probs[out["label"] - 1] if len(out["label"]) else [], np.float64)
+    if frame is not None:
+        out = {"frame": np.full(len(out["label"]), frame, np.int64), **out}
+    return out
+
+
+def _concat_tables(tables):
+    keys = tables[0].keys()
+    return {k: np.concatenate([t[k] for t in tables]) for k in keys}
+
+
+def segment(
+    image: np.ndarray,
+    card: ModelCard | str,
+    axes: str | None = None,
+    prob_thresh: float | None = None,
+    nms_thresh: float | None = None,
+    pmin: float = 1.0,
+    pmax: float = 99.8,
+    n_tiles: tuple[int, ...] | str | None = "auto",
+    frames: list[int] | None = None,
+    return_polygons: bool = False,
+    progress: Progress = NULL_PROGRESS,
+    registry: ModelRegistry | None = None,
+) -> SegmentationResult:
+    """Segment ``image`` with a StarDist model; see :class:`SegmentationResult`.
+
+    ``axes`` is guessed when ``None`` (see :func:`~napari_cnnvision.core.axes.guess_axes`).
+    Stacks with a leading T axis are processed frame by frame (``frames`` restricts
+    which; the others stay 0). Thresholds default to the model's optimized ones.
+    """
+    t0 = time.perf_counter()
+    if isinstance(card, str):
+        card = (registry or ModelRegistry()).get(card)
+    if not card.backend.startswith("stardist"):
+        raise InputError(f"model {card.name!r} is a {card.backend} model, not a StarDist model")
+    image = check_image(image)
+    warnings_: list[str] = []
+    if np.issubdtype(image.dtype, np.floating):
+        bad = ~np.isfinite(image)
+        if bad.any():
+            warnings_.append(f"{int(bad.sum())} NaN/inf pixel values were treated as background")
+    progress(0.0, f"loading model {card.name}")
+    model = load_model(card)
+    n_dim, n_ch = _model_axes(model)
+    axes = check_axes(axes, image.shape) if axes else guess_axes(image.shape, n_dim)
+    t_ax, frame_axes = split_frames(axes)
+    spatial = frame_axes.replace("C", "")
+    if len(spatial) != n_dim:
+        raise InputError(f"model {card.name!r} is a {n_dim}D model but the image axes are {axes!r}")
+    has_c = "C" in frame_axes
+    img_ch = image.shape[-1] if has_c else 1
+    if img_ch != n_ch:
+        what = "an RGB/multichannel" if img_ch > 1 else "a single-channel"
+        want = "a single-channel (grayscale)" if n_ch == 1 else f"a {n_ch}-channel (e.g. RGB)"
+        raise InputError(f"model {card.name!r} expects {want} image but got {what} image "
+                         f"({img_ch} channels); choose a matching model or convert the image")
+    spatial_shape = image.shape[1:] if t_ax else image.shape
+    spatial_shape = spatial_shape[:-1] if has_c else spatial_shape
+    if min(spatial_shape) < 8:
+        raise InputError(f"the image ({'x'.join(map(str, spatial_shape))}) is too small to segment: "
+                         "each spatial axis needs at least 8 pixels")
+    if isinstance(n_tiles, str):
+        if n_tiles != "auto":
+            raise InputError(f"n_tiles must be 'auto', None or a tuple, not {n_tiles!r}")
+        n_tiles = _auto_tiles(spatial_shape, n_dim)
+    elif n_tiles is not None:
+        n_tiles = tuple(int(t) for t in n_tiles)
+        if len(n_tiles) != n_dim or min(n_tiles) < 1:
+            raise InputError(f"n_tiles needs {n_dim} positive numbers, got {n_tiles}")
+    thr = model.thresholds
+    prob_thresh = float(thr.prob if prob_thresh is None else prob_thresh)
+    nms_thresh = float(thr.nms if nms_thresh is None else nms_thresh)
+    model_key = (card.source, card.path or card.name)
+
+    n_frames = image.shape[0] if t_ax else 1
+    todo = list(range(n_frames)) if frames is None else [f for f in frames if 0 <= f < n_frames]
+    labels_out = np.zeros(image.shape[:-1] if has_c else image.shape, np.int32)
+    tables, polygons = [], [] if return_polygons else None
+    t_net = t_nms = 0.0
+    n_tile_total = max(1, math.prod(n_tiles)) if n_tiles else 1
+    for k, f in enumerate(todo):
+        progress.check()
+        frame = image[f] if t_ax else image
+        done_tiles = [0]
+
+        def tile_done(k=k):
+            done_tiles[0] += 1
+            progress((k + 0.9 * done_tiles[0] / n_tile_total) / len(todo),
+                     f"frame {k + 1}/{len(todo)}: tile {done_tiles[0]}/{n_tile_total}")
+
+        ta = time.perf_counter()
+        (prob, dist), cached = _raw_predict(model, model_key, frame, frame_axes, pmin, pmax, n_tiles, tile_done)
+        tb = time.perf_counter()
+        shape_inst = frame.shape[:-1] if has_c else frame.shape
+        labels, details = model._instances_from_prediction(shape_inst, prob, dist, prob_thresh=prob_thresh,
+                                                           nms_thresh=nms_thresh)
+        t_net += tb - ta
+        t_nms += time.perf_counter() - tb
+        labels = labels.astype(np.int32, copy=False)
+        if t_ax:
+            labels_out[f] = labels
+        else:
+            labels_out = labels
+        tables.append(_table_for(labels, np.asarray(details["prob"]), f if t_ax else None))
+        if polygons is not None and n_dim == 2:
+            coord = np.asarray(details["coord"])  # (n, 2, n_rays)
+            present = set(tables[-1]["label"].tolist())
+            for i in range(len(coord)):
+                if i + 1 in present:
+                    poly = np.moveaxis(coord[i], 0, -1)
+                    polygons.append(np.column_stack([np.full(len(poly), f), poly]) if t_ax else poly)
+        progress((k + 1) / len(todo), f"frame {k + 1}/{len(todo)}: {len(tables[-1]['label'])} objects"
+                 + (" (cached network output)" if cached else ""))
+    table = _concat_tables(tables) if tables else _table_for(np.zeros((1,) * n_dim, np.int32), np.zeros(0), None)
+    if labels_out.max() < 2 ** 16:
+        labels_out = labels_out.astype(np.uint16)
+    else:
+        labels_out = labels_out.astype(np.uint32)
+    return SegmentationResult(labels_out, table, card.name, prob_thresh, nms_thresh, polygons, warnings_,
+                              {"network_s": t_net, "nms_s": t_nms, "total_s": time.perf_counter() - t0})
+
+
+def predict_job(progress, image, model, **kwargs):
+    """Worker job: ``model`` is a registry name, a folder path or a card dict."""
+    card = ModelCard.from_dict(model, model.get("source", "path"), model.get("path")) if isinstance(model, dict) else model
+    return segment(image, card, progress=progress, **kwargs)
+
+
+def postprocess_job(progress, **kwargs):  # same entry: the cache makes it cheap
+    return predict_job(progress, **kwargs)
+
+
+def thresholds_of(card: ModelCard) -> dict:
+    """The model's optimized thresholds (from thresholds.json, without loading the network)."""
+    import json
+
+    if card.path and (Path(card.path) / "thresholds.json").is_file():
+        try:
+            return json.loads((Path(card.path) / "thresholds.json").read_text())
+        except ValueError as exc:
+            raise CorruptModel(f"unreadable thresholds.json in {card.path}: {exc}") from exc
+    return {}
+
+
+__all__ = ["segment", "load_model", "load_pretrained", "ModelUnavailable", "ModelNotFound", "thresholds_of"]

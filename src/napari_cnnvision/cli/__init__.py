@@ -1,0 +1,1 @@
+"""The ``napari-cnnvision`` command: the same backends as the widgets, run in-process."""

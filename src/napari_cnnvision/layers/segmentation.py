@@ -1,0 +1,45 @@
+"""SegmentationResult -> napari Labels (+ optional Shapes) LayerDataTuples."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.results import SegmentationResult
+
+# Key in a layer's metadata that marks layers this plugin made (so re-runs replace only those).
+RESULT_KEY = "napari_cnnvision"
+
+
+def result_name(image_name: str, model: str) -> str:
+    return f"{image_name} [{model}]"
+
+
+def segmentation_layers(result: SegmentationResult, image_name: str = "image",
+                        scale=None, translate=None) -> list[tuple]:
+    """Return ``[(labels, kwargs, 'labels'), ...]`` (plus a Shapes tuple when polygons exist).
+
+    ``scale``/``translate`` are the image layer's, without a channel axis; the table goes into
+    the layer's ``features`` (with the ``index`` column napari uses to map label values).
+    """
+    import pandas as pd
+
+    name = result_name(image_name, result.model)
+    table = {"index": result.table["label"], **result.table}
+    features = pd.DataFrame(table)
+    meta = {RESULT_KEY: {"kind": "segmentation", "model": result.model, "source": image_name,
+                         "prob_thresh": result.prob_thresh, "nms_thresh": result.nms_thresh}}
+    kw = {"name": name, "features": features, "metadata": meta}
+    if scale is not None:
+        kw["scale"] = tuple(scale)[-result.labels.ndim:]
+    if translate is not None:
+        kw["translate"] = tuple(translate)[-result.labels.ndim:]
+    out = [(result.labels, kw, "labels")]
+    if result.polygons:
+        skw = {"name": f"{name} outlines", "shape_type": "polygon", "edge_color": "yellow",
+               "face_color": "transparent", "edge_width": 1,
+               "metadata": {RESULT_KEY: {**meta[RESULT_KEY], "kind": "segmentation-outlines"}}}
+        if "scale" in kw:
+            skw["scale"] = kw["scale"]
+        if "translate" in kw:
+            skw["translate"] = kw["translate"]
+        out.append(([np.asarray(p) for p in result.polygons], skw, "shapes"))
+    return out

@@ -1,0 +1,175 @@
+"""The Segment dock widget: image layer + model + thresholds -> Labels layer."""
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit,
+                              ProgressBar, PushButton, create_widget)
+
+from ..core.axes import InputError
+from ..core.registry import ModelNotFound, ModelRegistry, read_card
+from ..layers.segmentation import RESULT_KEY, segmentation_layers
+from ._compute import JobRunner, describe_error, pool_for
+
+BROWSE = "(model folder below)"
+
+
+class SegmentWidget(Container):
+    def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.registry = registry or ModelRegistry()
+        self.runner = JobRunner(pool_for(napari_viewer))
+
+        self.image = create_widget(annotation="napari.layers.Image", label="image")
+        self.model = ComboBox(label="model", choices=self._model_choices)
+        self.model_dir = FileEdit(label="model folder", mode="d", visible=False)
+        self.optimized = CheckBox(label="thresholds", text="model's optimized", value=True)
+        self.prob = FloatSpinBox(label="probability", min=0.0, max=1.0, step=0.05, value=0.5, enabled=False)
+        self.nms = FloatSpinBox(label="overlap (NMS)", min=0.0, max=1.0, step=0.05, value=0.4, enabled=False)
+        self.pmin = FloatSpinBox(label="normalize low %", min=0.0, max=100.0, step=0.5, value=1.0)
+        self.pmax = FloatSpinBox(label="normalize high %", min=0.0, max=100.0, step=0.1, value=99.8)
+        self.tiles = LineEdit(label="tiles", value="auto", tooltip="'auto', 'none' or counts per axis: 2,2")
+        self.scope = ComboBox(label="frames", choices=["whole stack", "current frame"], value="whole stack")
+        self.outlines = CheckBox(label="outlines", text="also add polygons (Shapes)", value=False)
+        self.run_btn = PushButton(text="Segment")
+        self.cancel_btn = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
+        self.status = Label(label="", value="")
+        self.extend([self.image, self.model, self.model_dir, self.optimized, self.prob, self.nms, self.pmin,
+                     self.pmax, self.tiles, self.scope, self.outlines, self.run_btn, self.cancel_btn,
+                     self.progress, self.status])
+
+        self.model.changed.connect(self._on_model)
+        self.optimized.changed.connect(self._on_optimized)
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn.clicked.connect(self.runner.cancel)
+        self._on_model()
+
+    # -- model choice ---------------------------------------------------------------
+    def _model_choices(self, *_):
+        return [c.name for c in self.registry.list("segment")] + [BROWSE]
+
+    def current_card(self):
+        if self.model.value == BROWSE:
+            path = self.model_dir.value
+            if not path or str(path) in ("", "."):
+                raise InputError("choose a model folder")
+            return read_card(path, "path")
+        return self.registry.get(self.model.value)
+
+    def _on_model(self, *_):
+        self.model_dir.visible = self.model.value == BROWSE
+        self._on_optimized()
+
+    def _on_optimized(self, *_):
+        manual = not self.optimized.value
+        self.prob.enabled = self.nms.enabled = manual
+        if not manual:
+            try:
+                from ..backends.stardist.predict import thresholds_of
+
+                thr = thresholds_of(self.current_card())
+            except (InputError, ModelNotFound, ValueError):
+                thr = {}
+            self.prob.value = float(thr.get("prob", 0.5))
+            self.nms.value = float(thr.get("nms", 0.4))
+
+    # -- running ----------------------------------------------------------------------
+    def _request(self):
+        from ..backends.segment import card_payload, job_for
+        from ..cli.segment import parse_tiles
+        from ..core.axes import guess_axes
+
+        layer = self.image.value
+        if layer is None:
+            raise InputError("select an Image layer to segment")
+        card = self.current_card()
+        data = layer.data[0] if layer.multiscale else layer.data
+        data = np.asarray(data)
+        n_dim = 3 if card.backend.endswith("3d") else 2
+        axes = guess_axes(data.shape, n_dim, rgb=layer.rgb)
+        frame = None
+        if axes.startswith("T") and self.scope.value == "current frame":
+            frame = int(self.viewer.dims.current_step[0])
+            data, axes = data[frame], axes[1:]
+        kwargs = dict(image=data, model=card_payload(card), axes=axes, pmin=self.pmin.value, pmax=self.pmax.value,
+                      n_tiles=parse_tiles(self.tiles.value), return_polygons=self.outlines.value)
+        if not self.optimized.value:
+            kwargs.update(prob_thresh=self.prob.value, nms_thresh=self.nms.value)
+        return job_for(card), kwargs, layer, frame
+
+    def run(self, *_):
+        if self.runner.running:
+            return
+        try:
+            job, kwargs, layer, frame = self._request()
+        except (InputError, ModelNotFound, ValueError) as exc:
+            self._report_error(exc)
+            return
+        self._set_busy(True, f"segmenting {layer.name} ...")
+        self.runner.start(job, kwargs, on_progress=self._on_progress,
+                          on_done=lambda res: self._on_done(res, layer, frame),
+                          on_error=self._report_error, on_finished=lambda: self._set_busy(False))
+
+    def _set_busy(self, busy: bool, message: str | None = None):
+        self.run_btn.enabled = not busy
+        self.cancel_btn.enabled = busy
+        if busy:
+            self.progress.value = 0
+        if message is not None:
+            self.status.value = message
+
+    def _on_progress(self, ev):
+        if ev.fraction is not None:
+            self.progress.value = int(round(100 * ev.fraction))
+        if ev.message:
+            self.status.value = ev.message
+
+    def _report_error(self, exc):
+        from napari.utils.notifications import show_error, show_info
+
+        msg = describe_error(exc)
+        self.status.value = msg
+        (show_info if msg == "Cancelled." else show_error)(msg)
+
+    def _on_done(self, result, layer, frame):
+        from napari.utils.notifications import show_warning
+
+        self.progress.value = 100
+        for w in result.warnings:
+            show_warning(w)
+        scale = layer.scale if not layer.rgb else layer.scale
+        out = segmentation_layers(result, layer.name, scale=scale, translate=layer.translate)
+        labels_data, kw, _ = out[0]
+        existing = self._own_result(layer.name, result.model)
+        if frame is not None:
+            full = existing.data if existing is not None and existing.data.shape[0] == layer.data.shape[0] else \
+                np.zeros((layer.data.shape[0],) + labels_data.shape, labels_data.dtype)
+            if full.dtype != labels_data.dtype and labels_data.max() > np.iinfo(full.dtype).max:
+                full = full.astype(labels_data.dtype)
+            full[frame] = labels_data
+            labels_data = full
+            kw["scale"], kw["translate"] = tuple(layer.scale)[:labels_data.ndim], tuple(layer.translate)[:labels_data.ndim]
+            kw["features"].insert(0, "frame", frame) if "frame" not in kw["features"] else None
+        if existing is not None:
+            existing.data = labels_data
+            existing.features = kw["features"]
+            existing.metadata = kw["metadata"]
+            target = existing
+        else:
+            target = self.viewer.add_labels(labels_data, **kw)
+        for data, skw, kind in out[1:]:
+            old = [lyr for lyr in self.viewer.layers if lyr.name == skw["name"] and RESULT_KEY in lyr.metadata]
+            for lyr in old:
+                self.viewer.layers.remove(lyr)
+            self.viewer.add_shapes(data, **skw)
+        n = result.n_objects
+        self.status.value = f"{n} objects in {target.name} ({result.timings.get('total_s', 0):.1f} s)"
+
+    def _own_result(self, image_name, model):
+        for lyr in self.viewer.layers:
+            meta = lyr.metadata.get(RESULT_KEY) if hasattr(lyr, "metadata") else None
+            if (meta and meta.get("kind") == "segmentation" and meta.get("source") == image_name
+                    and meta.get("model") == model):
+                return lyr
+        return None

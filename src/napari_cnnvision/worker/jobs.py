@@ -1,0 +1,48 @@
+"""The jobs the compute worker may run: an allowlist of ``name -> (framework, "module:function")``.
+
+A job function takes its keyword arguments plus ``progress`` (a
+:class:`~napari_cnnvision.core.progress.Progress`) and returns a picklable result.
+The framework decides which worker process runs it: TensorFlow and PyTorch get a
+process each (importing tensorflow and then torchvision in one process segfaults).
+"""
+from __future__ import annotations
+
+import importlib
+
+JOBS: dict[str, tuple[str, str]] = {
+    # built-in jobs: plumbing checks, benchmarks and tests
+    "echo": ("none", "napari_cnnvision.worker.builtin_jobs:echo"),
+    "sleep": ("none", "napari_cnnvision.worker.builtin_jobs:sleep"),
+    "crash": ("none", "napari_cnnvision.worker.builtin_jobs:crash"),
+    "fail": ("none", "napari_cnnvision.worker.builtin_jobs:fail"),
+    "framework_info": ("any", "napari_cnnvision.worker.builtin_jobs:framework_info"),
+    # segmentation
+    "stardist.predict": ("tf", "napari_cnnvision.backends.stardist.predict:predict_job"),
+    "stardist.postprocess": ("tf", "napari_cnnvision.backends.stardist.predict:postprocess_job"),
+    "stardist.train": ("tf", "napari_cnnvision.backends.stardist.train:train_job"),
+    "unet.predict": ("torch", "napari_cnnvision.backends.unet.predict:predict_job"),
+    "unet.train": ("torch", "napari_cnnvision.backends.unet.train:train_job"),
+    "registry.download": ("any", "napari_cnnvision.backends.pretrained:download_job"),
+}
+
+FRAMEWORKS = ("tf", "torch", "none")
+
+
+def framework_of(job: str, framework: str | None = None) -> str:
+    try:
+        fw = JOBS[job][0]
+    except KeyError:
+        raise KeyError(f"unknown compute job {job!r}") from None
+    if fw == "any":
+        return framework or "none"
+    return fw
+
+
+def resolve(job: str):
+    """Import and return the function of ``job`` (runs inside the worker)."""
+    try:
+        target = JOBS[job][1]
+    except KeyError:
+        raise KeyError(f"unknown compute job {job!r}") from None
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)

@@ -1,0 +1,75 @@
+"""Widgets open in napari; a worker killed mid-job leaves napari and its layers intact."""
+import os
+import signal
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT
+
+from napari_cnnvision.widgets._compute import JobRunner, pool_for
+
+
+def _widget_names():
+    manifest = yaml.safe_load((ROOT / "napari.yaml").read_text())
+    return [w["display_name"] for w in manifest["contributions"]["widgets"]]
+
+
+@pytest.mark.parametrize("name", _widget_names())
+def test_widget_opens(make_napari_viewer, name):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-cnnvision", name)
+    assert widget is not None and dock is not None
+
+
+def test_sample_data_opens(make_napari_viewer):
+    viewer = make_napari_viewer()
+    for key, ndim in (("nuclei_2d", 2), ("he_2d", 2), ("nuclei_3d", 3)):
+        viewer.open_sample("napari-cnnvision", key)
+        assert viewer.layers[key].ndim == ndim
+    assert viewer.layers["he_2d"].rgb
+
+
+def test_killed_worker_reports_error_and_keeps_layers(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    img = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    viewer.add_image(img, name="cells")
+    labels = viewer.add_labels(np.zeros((64, 64), np.uint8), name="annotations")
+    labels.data[3:9, 3:9] = 2
+    before = {lyr.name: np.array(lyr.data, copy=True) for lyr in viewer.layers}
+
+    runner = JobRunner(pool_for(viewer))
+    events, errors, results = [], [], []
+    w = runner.start("sleep", {"seconds": 30, "steps": 300}, on_progress=events.append,
+                     on_error=errors.append, on_done=results.append)
+    qtbot.waitUntil(lambda: len(events) >= 3, timeout=20000)  # the job is really running
+    pid = runner.pool.worker_for("sleep").pid
+    os.kill(pid, signal.SIGKILL)
+    with qtbot.waitSignal(w.finished, timeout=10000):
+        pass
+    assert len(errors) == 1 and "stopped unexpectedly" in str(errors[0])
+    assert not results and not runner.running
+    assert {lyr.name for lyr in viewer.layers} == set(before)
+    for lyr in viewer.layers:
+        np.testing.assert_array_equal(lyr.data, before[lyr.name])
+
+    w2 = runner.start("echo", {"image": img}, on_done=results.append, on_error=errors.append)
+    with qtbot.waitSignal(w2.finished, timeout=30000):
+        pass
+    assert len(errors) == 1
+    np.testing.assert_array_equal(results[0]["args"]["image"], img)
+    assert results[0]["pid"] != pid
+
+
+def test_cancel_button_stops_job(make_napari_viewer, qtbot):
+    from napari_cnnvision.core.progress import Cancelled
+
+    viewer = make_napari_viewer()
+    runner = JobRunner(pool_for(viewer))
+    events, errors = [], []
+    w = runner.start("sleep", {"seconds": 30, "steps": 300}, on_progress=events.append, on_error=errors.append)
+    qtbot.waitUntil(lambda: len(events) >= 2, timeout=20000)
+    runner.cancel()
+    with qtbot.waitSignal(w.finished, timeout=10000):
+        pass
+    assert len(errors) == 1 and isinstance(errors[0], Cancelled)
