@@ -142,9 +142,9 @@ def shipped_models_dir() -> Path:
 
 
 def stardist_cache_dir(name: str, n_dim: int) -> Path:
-    """Where ``stardist``'s ``from_pretrained`` caches a model (keras' cache folder)."""
+    """Where ``stardist``'s ``from_pretrained`` puts a model's folder (keras' cache folder)."""
     keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-    return keras_home / "models" / f"StarDist{n_dim}D" / name
+    return keras_home / "models" / f"StarDist{n_dim}D" / name / name
 
 
 def torch_hub_dir() -> Path:

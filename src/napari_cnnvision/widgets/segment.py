@@ -23,14 +23,14 @@ class SegmentWidget(Container):
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.model = ComboBox(label="model", choices=self._model_choices)
         self.model_dir = FileEdit(label="model folder", mode="d", visible=False)
-        self.optimized = CheckBox(label="thresholds", text="model's optimized", value=True)
+        self.optimized = CheckBox(text="use the model's optimized thresholds", value=True)
         self.prob = FloatSpinBox(label="probability", min=0.0, max=1.0, step=0.05, value=0.5, enabled=False)
         self.nms = FloatSpinBox(label="overlap (NMS)", min=0.0, max=1.0, step=0.05, value=0.4, enabled=False)
         self.pmin = FloatSpinBox(label="normalize low %", min=0.0, max=100.0, step=0.5, value=1.0)
         self.pmax = FloatSpinBox(label="normalize high %", min=0.0, max=100.0, step=0.1, value=99.8)
         self.tiles = LineEdit(label="tiles", value="auto", tooltip="'auto', 'none' or counts per axis: 2,2")
         self.scope = ComboBox(label="frames", choices=["whole stack", "current frame"], value="whole stack")
-        self.outlines = CheckBox(label="outlines", text="also add polygons (Shapes)", value=False)
+        self.outlines = CheckBox(text="also add outlines (Shapes)", value=False)
         self.run_btn = PushButton(text="Segment")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
@@ -43,11 +43,15 @@ class SegmentWidget(Container):
         self.optimized.changed.connect(self._on_optimized)
         self.run_btn.clicked.connect(self.run)
         self.cancel_btn.clicked.connect(self.runner.cancel)
+        self.prob.changed.connect(self._on_threshold)
+        self.nms.changed.connect(self._on_threshold)
+        self._last_result_of = None  # (image layer, model) of the last result: threshold edits re-run it
         self._on_model()
 
     # -- model choice ---------------------------------------------------------------
     def _model_choices(self, *_):
-        return [c.name for c in self.registry.list("segment")] + [BROWSE]
+        cards = self.registry.list("segment")
+        return [(f"{c.name}  ({c.source})", c.name) for c in cards] + [("browse to a model folder...", BROWSE)]
 
     def current_card(self):
         if self.model.value == BROWSE:
@@ -74,6 +78,26 @@ class SegmentWidget(Container):
             self.prob.value = float(thr.get("prob", 0.5))
             self.nms.value = float(thr.get("nms", 0.4))
 
+    def _on_threshold(self, *_):
+        """Re-run after a threshold edit when a result of this image and model is shown.
+
+        The worker caches the network's output, so only non-maximum suppression runs again."""
+        if self.optimized.value or self.runner.running or self._last_result_of is None:
+            return
+        layer = self.image.value
+        if layer is None or self._last_result_of != (layer.name, self.model.value):
+            return
+        if self._own_result(layer.name, self._last_model_name) is None:
+            return
+        from qtpy.QtCore import QTimer
+
+        if not hasattr(self, "_debounce"):
+            self._debounce = QTimer(self.native)
+            self._debounce.setSingleShot(True)
+            self._debounce.setInterval(250)
+            self._debounce.timeout.connect(self.run)
+        self._debounce.start()
+
     # -- running ----------------------------------------------------------------------
     def _request(self):
         from ..backends.segment import card_payload, job_for
@@ -99,6 +123,8 @@ class SegmentWidget(Container):
         return job_for(card), kwargs, layer, frame
 
     def run(self, *_):
+        if getattr(self, "_debounce", None) is not None:
+            self._debounce.stop()
         if self.runner.running:
             return
         try:
@@ -163,6 +189,8 @@ class SegmentWidget(Container):
             for lyr in old:
                 self.viewer.layers.remove(lyr)
             self.viewer.add_shapes(data, **skw)
+        self._last_result_of = (layer.name, self.model.value)
+        self._last_model_name = result.model
         n = result.n_objects
         self.status.value = f"{n} objects in {target.name} ({result.timings.get('total_s', 0):.1f} s)"
 

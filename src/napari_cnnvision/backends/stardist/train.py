@@ -132,3 +132,11 @@ def train_stardist2d(
     (model_dir / "training.json").write_text(json.dumps(
         {"settings": asdict(s), "history": history, "seconds": seconds}, indent=1))
     return StarDistTrainResult(str(model_dir), len(history.get("loss", [])), seconds, history, thresholds)
+
+
+def train_job(progress, images, masks, val_images, val_masks, basedir, name, settings: dict | None = None,
+              init_weights=None, optimize_thresholds: bool = True):
+    """Worker entry: settings as a plain dict of :class:`StarDistTrainSettings` fields."""
+    s = StarDistTrainSettings(**(settings or {}))
+    return train_stardist2d(list(images), list(masks), list(val_images), list(val_masks), basedir, name, s,
+                            init_weights=init_weights, optimize_thresholds=optimize_thresholds, progress=progress)

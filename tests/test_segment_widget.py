@@ -1,0 +1,98 @@
+"""The Segment widget end to end in napari with a small model in the user's model folder."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+from stardist_helpers import make_tiny_stardist
+
+from napari_cnnvision.layers.segmentation import RESULT_KEY
+
+
+@pytest.fixture(scope="module")
+def tiny_src(tmp_path_factory):
+    return make_tiny_stardist(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tiny_src):
+    from napari_cnnvision.widgets.segment import SegmentWidget
+
+    user_models = os.path.join(os.environ["NAPARI_CNNVISION_DATA_DIR"], "models")
+    shutil.copytree(tiny_src, os.path.join(user_models, "tiny-stardist"))
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-cnnvision", "nuclei_2d")
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model.value = "tiny-stardist"
+    w.image.value = viewer.layers["nuclei_2d"]
+    return viewer, w
+
+
+def _run(w, qtbot):
+    w.run()
+    assert w.runner.running
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=120000)
+
+
+def test_segment_adds_labels_with_features_and_replaces_only_its_own(widget, qtbot):
+    viewer, w = widget
+    assert w.prob.value == 0.5 and w.nms.value == 0.4  # read from the model's thresholds.json
+    user_layer = viewer.add_labels(np.zeros(viewer.layers["nuclei_2d"].data.shape, np.uint8),
+                                   name="nuclei_2d [tiny-stardist]")  # the user's own, same name
+    user_layer.data[0:5, 0:5] = 1
+    w.optimized.value = False
+    w.prob.value = 0.3
+    _run(w, qtbot)
+    ours = [lyr for lyr in viewer.layers if RESULT_KEY in lyr.metadata]
+    assert len(ours) == 1, w.status.value
+    res = ours[0]
+    assert res.name != user_layer.name and res.data.shape == viewer.layers["nuclei_2d"].data.shape
+    assert list(res.features.columns[:2]) == ["index", "label"]
+    assert set(res.features["label"]) == set(np.unique(res.data)) - {0}
+    assert "objects" in w.status.value and w.progress.value == 100
+    n_layers = len(viewer.layers)
+    w.prob.value = 0.6
+    _run(w, qtbot)
+    assert len(viewer.layers) == n_layers  # replaced in place
+    assert res.metadata[RESULT_KEY]["prob_thresh"] == 0.6
+    assert user_layer.data[0:5, 0:5].all() and user_layer.data.sum() == 25  # untouched
+
+
+def test_segment_bad_input_reports_and_stays_usable(widget, qtbot):
+    viewer, w = widget
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="rgb", rgb=True)
+    w.image.value = viewer.layers["rgb"]
+    _run(w, qtbot)
+    assert "expects a single-channel" in w.status.value
+    assert w.run_btn.enabled and not w.cancel_btn.enabled
+    w.image.value = viewer.layers["nuclei_2d"]
+    _run(w, qtbot)
+    assert "objects in" in w.status.value
+
+
+def test_segment_current_frame_of_stack(widget, qtbot):
+    viewer, w = widget
+    img = viewer.layers["nuclei_2d"].data[:128, :128]
+    viewer.add_image(np.stack([img] * 4), name="movie")
+    viewer.dims.current_step = (2, 0, 0)
+    w.image.value = viewer.layers["movie"]
+    w.scope.value = "current frame"
+    w.optimized.value = False
+    w.prob.value = 0.2
+    _run(w, qtbot)
+    res = viewer.layers["movie [tiny-stardist]"]
+    assert res.data.shape == (4, 128, 128)
+    assert not res.data[[0, 1, 3]].any()
+
+
+def test_threshold_edit_reruns_only_postprocessing(widget, qtbot):
+    viewer, w = widget
+    w.optimized.value = False
+    w.prob.value = 0.3
+    _run(w, qtbot)
+    res = viewer.layers["nuclei_2d [tiny-stardist]"]
+    w.prob.value = 0.7  # no click: the widget re-runs by itself
+    qtbot.waitUntil(lambda: res.metadata[RESULT_KEY]["prob_thresh"] == 0.7, timeout=60000)
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
+    assert "objects in" in w.status.value

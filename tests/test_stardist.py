@@ -1,0 +1,157 @@
+"""StarDist backend through the compute worker (TensorFlow stays out of the pytest process)."""
+import json
+
+import numpy as np
+import pytest
+from stardist_helpers import card_dict, make_tiny_stardist
+
+from napari_cnnvision.sample_data import load_sample
+from napari_cnnvision.worker import JobError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_stardist(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def tf_pool():
+    from napari_cnnvision.worker import WorkerPool
+
+    p = WorkerPool()
+    yield p
+    p.shutdown()
+
+
+def _blobs(shape=(128, 160), n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = rng.normal(10, 2, shape)
+    for _ in range(n):
+        cy, cx = rng.integers(15, shape[0] - 15), rng.integers(15, shape[1] - 15)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] += 100
+    return img.astype(np.uint16)
+
+
+def test_predict_labels_and_table(tf_pool, tiny):
+    img = load_sample("nuclei_2d")
+    res = tf_pool.run("stardist.predict", {"image": img, "model": card_dict(tiny), "prob_thresh": 0.3})
+    assert res.labels.shape == img.shape and res.labels.dtype in (np.uint16, np.uint32)
+    present = set(np.unique(res.labels)) - {0}
+    assert set(res.table["label"].tolist()) == present
+    assert {"label", "area", "centroid_y", "centroid_x", "probability"} <= set(res.table)
+    for lab, area in zip(res.table["label"], res.table["area"]):
+        assert (res.labels == lab).sum() == area
+    if res.n_objects:
+        assert res.table["probability"].min() >= 0.3
+    assert res.prob_thresh == 0.3 and res.nms_thresh == 0.4  # nms from thresholds.json
+
+
+def test_threshold_change_reuses_network_output(tf_pool, tiny):
+    img = _blobs((256, 256))
+    first, second = [], []
+    r1 = tf_pool.run("stardist.predict", {"image": img, "model": card_dict(tiny), "prob_thresh": 0.5},
+                     on_event=first.append)
+    r2 = tf_pool.run("stardist.predict", {"image": img, "model": card_dict(tiny), "prob_thresh": 0.2},
+                     on_event=second.append)
+    assert not any("cached" in e.message for e in first)
+    assert any("cached network output" in e.message for e in second)
+    assert r2.timings["network_s"] < 0.05
+    assert r2.n_objects >= r1.n_objects  # a lower threshold keeps at least as many candidates
+
+
+def test_stack_frame_by_frame(tf_pool, tiny):
+    stack = np.stack([_blobs(seed=s) for s in range(3)])
+    events = []
+    res = tf_pool.run("stardist.predict", {"image": stack, "model": card_dict(tiny), "axes": "TYX"},
+                      on_event=events.append)
+    assert res.labels.shape == stack.shape
+    assert "frame" in res.table and set(res.table["frame"].tolist()) <= {0, 1, 2}
+    assert any("frame 3/3" in e.message for e in events)
+    part = tf_pool.run("stardist.predict", {"image": stack, "model": card_dict(tiny), "axes": "TYX", "frames": [1]})
+    assert not part.labels[0].any() and not part.labels[2].any()
+
+
+@pytest.mark.parametrize("image, axes, message", [
+    (np.zeros((64, 64, 3), np.uint8) + 7, "YXC", "expects a single-channel"),
+    (np.zeros((2, 2, 2, 2, 2), np.uint8), None, "cannot tell the axis order"),
+    (np.zeros((64, 64), np.uint8), "QX", "unknown axis order"),
+    (np.zeros((4, 4), np.uint8), None, "too small"),
+    (np.zeros((64, 64), dtype=object), None, "must hold numbers"),
+    (np.zeros((0, 64), np.uint8), None, "empty"),
+])
+def test_bad_input_is_a_clear_error(tf_pool, tiny, image, axes, message):
+    with pytest.raises(JobError, match=message) as ei:
+        tf_pool.run("stardist.predict", {"image": image, "model": card_dict(tiny), "axes": axes})
+    assert ei.value.kind == "InputError"
+
+
+def test_rgb_model_rejects_grayscale(tf_pool, tmp_path):
+    rgb_model = make_tiny_stardist(tmp_path, "tiny-rgb", channels=3)
+    with pytest.raises(JobError, match="expects a 3-channel"):
+        tf_pool.run("stardist.predict", {"image": _blobs(), "model": card_dict(rgb_model)})
+    res = tf_pool.run("stardist.predict", {"image": np.stack([_blobs()] * 3, -1), "model": card_dict(rgb_model)})
+    assert res.labels.shape == (128, 160)
+
+
+def test_constant_and_nan_images(tf_pool, tiny):
+    res = tf_pool.run("stardist.predict", {"image": np.full((64, 64), 5, np.uint8), "model": card_dict(tiny),
+                                           "prob_thresh": 0.99})
+    assert res.n_objects == 0 and not res.labels.any()
+    img = _blobs().astype(np.float32)
+    img[:5, :5] = np.nan
+    img[10, 10] = np.inf
+    res = tf_pool.run("stardist.predict", {"image": img, "model": card_dict(tiny)})
+    assert any("26 NaN/inf" in w for w in res.warnings)
+
+
+def test_corrupt_and_missing_model_folders(tf_pool, tiny, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny, bad)
+    (bad / "weights_best.h5").write_bytes(b"not an hdf5 file")
+    with pytest.raises(JobError, match="cannot load the StarDist model") as ei:
+        tf_pool.run("stardist.predict", {"image": _blobs(), "model": card_dict(bad)})
+    assert ei.value.kind == "CorruptModel"
+    (bad / "weights_best.h5").unlink()
+    with pytest.raises(JobError, match="has no weights"):
+        tf_pool.run("stardist.predict", {"image": _blobs(), "model": card_dict(bad)})
+    (bad / "config.json").write_text("{")
+    from napari_cnnvision.core.registry import CorruptModel, read_card
+
+    with pytest.raises(CorruptModel, match="cannot read the StarDist config"):
+        read_card(bad)
+
+
+def test_pretrained_offline_is_a_clear_error(tf_pool):
+    """StarDist's own download-and-cache code runs; with no network it becomes a clear message."""
+    from napari_cnnvision.backends.segment import card_payload
+    from napari_cnnvision.core.registry import ModelRegistry
+
+    card = ModelRegistry().get("2D_versatile_fluo")
+    assert card.source == "pretrained" and card.path is None
+    with pytest.raises(JobError, match="not in the local cache and could not be downloaded") as ei:
+        tf_pool.run("stardist.predict", {"image": _blobs(), "model": card_payload(card)})
+    assert ei.value.kind == "ModelUnavailable"
+    with pytest.raises(JobError, match="could not be downloaded"):
+        tf_pool.run("registry.download", {"name": "2D_versatile_fluo"}, framework="tf")
+
+
+def test_polygons_for_2d(tf_pool, tiny):
+    res = tf_pool.run("stardist.predict", {"image": _blobs((256, 256), n=10), "model": card_dict(tiny),
+                                           "prob_thresh": 0.2, "return_polygons": True})
+    assert len(res.polygons) == res.n_objects
+    for poly, cy, cx in zip(res.polygons, res.table["centroid_y"], res.table["centroid_x"]):
+        assert poly.shape == (8, 2)  # n_rays vertices (y, x)
+
+
+def test_3d_model_on_the_3d_sample(tf_pool, tmp_path):
+    from stardist_helpers import make_tiny_stardist3d
+
+    model = make_tiny_stardist3d(tmp_path)
+    vol = load_sample("nuclei_3d")[:16, :64, :64]
+    res = tf_pool.run("stardist.predict", {"image": vol, "model": card_dict(model), "prob_thresh": 0.3})
+    assert res.labels.shape == vol.shape
+    assert {"centroid_z", "centroid_y", "centroid_x"} <= set(res.table)
+    assert set(res.table["label"].tolist()) == set(np.unique(res.labels)) - {0}
