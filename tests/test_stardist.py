@@ -135,7 +135,17 @@ def test_pretrained_offline_is_a_clear_error(tf_pool):
         tf_pool.run("stardist.predict", {"image": _blobs(), "model": card_payload(card)})
     assert ei.value.kind == "ModelUnavailable"
     with pytest.raises(JobError, match="could not be downloaded"):
-        tf_pool.run("registry.download", {"name": "2D_versatile_fluo"}, framework="tf")
+        tf_pool.run("stardist.download", {"name": "2D_versatile_fluo"})
+
+
+def test_torchvision_coco_weights_offline_is_a_clear_error(pool):
+    from napari_cnnvision.backends.pretrained import download_job_name
+
+    job = download_job_name("fasterrcnn_resnet50_fpn_coco")
+    assert job == "torchvision.download"
+    with pytest.raises(JobError, match="could not be downloaded") as ei:
+        pool.run(job, {"name": "fasterrcnn_resnet50_fpn_coco"})
+    assert ei.value.kind == "ModelUnavailable"
 
 
 def test_polygons_for_2d(tf_pool, tiny):

@@ -42,5 +42,13 @@ def _torchvision_coco() -> str:
     return str(Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name)
 
 
+def download_job_name(name: str) -> str:
+    """The worker job that downloads pretrained model ``name`` (it runs in its framework's worker)."""
+    card = next((c for c in PRETRAINED if c.name == name), None)
+    if card is None:
+        raise ModelNotFound(f"{name!r} is not a known pretrained model")
+    return "stardist.download" if card.backend.startswith("stardist") else "torchvision.download"
+
+
 def download_job(progress, name: str):
     return download(name, progress)
