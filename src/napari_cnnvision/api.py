@@ -5,12 +5,40 @@
     >>> res.labels, res.table["area"]
 
 Heavy frameworks are imported when a function runs, not when this module is imported.
-For use beside a GUI, pass ``isolated=True`` to run in the compute worker process.
+Pass ``isolated=True`` to run in a compute worker process instead (always do so beside a
+Qt GUI). The API does so by itself when the other deep-learning framework is already
+loaded here: TensorFlow and torchvision crash when imported into one process.
 """
 from __future__ import annotations
 
+import sys
+
 from .core.registry import ModelCard, ModelRegistry
 from .core.results import SegmentationResult
+
+_FRAMEWORK_MODULES = {"tf": ("tensorflow",), "torch": ("torch", "torchvision")}
+_pool = None
+
+
+def _worker_pool():
+    global _pool
+    if _pool is None:
+        import atexit
+
+        from .worker import WorkerPool
+
+        _pool = WorkerPool()
+        atexit.register(_pool.shutdown)
+    return _pool
+
+
+def _must_isolate(job: str) -> bool:
+    """True when the job's framework would meet the other one already loaded in this process."""
+    from .worker.jobs import framework_of
+
+    fw = framework_of(job)
+    others = [m for f, mods in _FRAMEWORK_MODULES.items() if f != fw for m in mods]
+    return fw in _FRAMEWORK_MODULES and any(m in sys.modules for m in others)
 
 
 def list_models(task: str | None = None, registry: ModelRegistry | None = None) -> list[ModelCard]:
@@ -24,13 +52,16 @@ def get_model(name_or_path: str, registry: ModelRegistry | None = None) -> Model
 def segment(image, model: str | ModelCard | None = None, *, axes: str | None = None,
             prob_thresh: float | None = None, nms_thresh: float | None = None,
             pmin: float = 1.0, pmax: float = 99.8, n_tiles="auto", return_polygons: bool = False,
-            progress=None, registry: ModelRegistry | None = None) -> SegmentationResult:
+            progress=None, registry: ModelRegistry | None = None, isolated: bool | None = None
+            ) -> SegmentationResult:
     """Instance segmentation of ``image`` (see :class:`SegmentationResult`)."""
-    from .backends.segment import run_segmentation
+    from .backends.segment import job_for, run_segmentation
 
     registry = registry or ModelRegistry()
     card = model if isinstance(model, ModelCard) else (
         registry.get(model) if model is not None else registry.default("segment"))
+    if isolated is None:
+        isolated = _must_isolate(job_for(card))
     return run_segmentation(image, card, axes=axes, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
                             pmin=pmin, pmax=pmax, n_tiles=n_tiles, return_polygons=return_polygons,
-                            progress=progress)
+                            progress=progress, pool=_worker_pool() if isolated else None)

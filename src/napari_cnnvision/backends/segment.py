@@ -14,12 +14,17 @@ def job_for(card: ModelCard) -> str:
     raise InputError(f"model {card.name!r} ({card.backend}) is not a segmentation model")
 
 
-def run_segmentation(image, card: ModelCard, progress=None, **kwargs):
-    """Run in this process (CLI, Python API, inside the worker)."""
+def run_segmentation(image, card: ModelCard, progress=None, pool=None, **kwargs):
+    """Run in this process (CLI, Python API, inside the worker), or in ``pool`` when given."""
     from ..worker.jobs import resolve
 
-    return resolve(job_for(card))(progress=progress or NULL_PROGRESS, image=image, model=card_payload(card),
-                                  **kwargs)
+    job = job_for(card)
+    if pool is not None:
+        return pool.run(job, {"image": image, "model": card_payload(card), **kwargs},
+                        on_event=None if progress is None else (lambda ev: progress(ev.fraction, ev.message,
+                                                                                    **ev.metrics)),
+                        should_cancel=None if progress is None else (lambda: progress.stop_requested))
+    return resolve(job)(progress=progress or NULL_PROGRESS, image=image, model=card_payload(card), **kwargs)
 
 
 def card_payload(card: ModelCard) -> dict:
