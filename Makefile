@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -e ".[testing]"
+	rm -rf src/*.egg-info  # build leftover: napari would find the plugin's metadata twice
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

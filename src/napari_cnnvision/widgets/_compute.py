@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import weakref
 
 from ..worker import ComputeError, WorkerPool
 
 _POOLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _DONE = object()
+MIN_UPDATE_S = 0.2
 
 
 def pool_for(viewer) -> WorkerPool:
@@ -63,11 +65,24 @@ class JobRunner:
                     events.put(_DONE)
 
             threading.Thread(target=target, name=f"cnnvision-{job}", daemon=True).start()
+            # At most ~5 updates a second reach the GUI: each progress-bar repaint redraws
+            # napari's OpenGL window, which is costly with software rendering.
+            last_t, pending = 0.0, None
             while True:
-                ev = events.get()
+                try:
+                    ev = events.get(timeout=MIN_UPDATE_S if pending is not None else None)
+                except queue.Empty:
+                    ev = None
                 if ev is _DONE:
                     break
-                yield ev
+                if ev is not None:
+                    pending = ev
+                now = time.monotonic()
+                if pending is not None and now - last_t >= MIN_UPDATE_S:
+                    yield pending
+                    last_t, pending = now, None
+            if pending is not None:
+                yield pending
             if "error" in box:
                 exc = box["error"]
                 if isinstance(exc, RuntimeError):  # superqt would drop it silently
