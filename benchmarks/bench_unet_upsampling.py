@@ -1,0 +1,287 @@
+"""U-Net upsampling modes (checkerboard artefacts) and tiled-inference memory.
+
+Part 1, checkerboard: for each upsampling mode ("nearest", "bilinear", "transposed") a
+U-Net is freshly initialised (``--seeds`` seeds) and then briefly trained (``--steps``
+steps on synthetic disks). For each, the network output (logits, and the interior
+probability) on a constant image and on a synthetic image is measured with
+:func:`~napari_cnnvision.backends.unet.model.checkerboard_energy` (share of the output's
+spatial variation at the Nyquist frequencies, i.e. a period-2 pattern; 0..1) and
+``checkerboard_amplitude`` (RMS of the period-2 component relative to the output's RMS).
+A border of ``--crop`` pixels is ignored (zero padding).
+
+Part 2, memory: tiled inference (512 px tiles, the default) on 1024² and 2048² images,
+each in a fresh process: the peak resident memory above what the process held just
+before the call (the kernel's high-water mark ``VmHWM``, reset just before the call via
+``/proc/self/clear_refs``; sampled every 2 ms where that is not possible),
+the same minus the (3, H, W) float32 result the call has to return, and the peak of
+numpy allocations (``tracemalloc``). An untiled run (one window for the whole image) is
+shown for contrast. Goal: the tiled working memory at 2048² is within 1.5x of 1024².
+
+    .venv/bin/python benchmarks/bench_unet_upsampling.py [--steps 150] [--threads 1] [--sizes 1024 2048]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _bench_util import machine_note  # noqa: E402
+
+MODES = ("nearest", "bilinear", "transposed")
+
+
+def make_disks(shape, n, rng, rmin=5.0, rmax=9.0, noise=0.15):
+    h, w = shape
+    labels = np.zeros(shape, np.int32)
+    yy, xx = np.mgrid[:h, :w]
+    placed = []
+    for _ in range(n * 30):
+        if len(placed) >= n:
+            break
+        r = rng.uniform(rmin, rmax)
+        cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
+        if any(np.hypot(cy - y, cx - x) < r + rr for y, x, rr in placed):
+            continue
+        placed.append((cy, cx, r))
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = len(placed)
+    bright = rng.uniform(0.6, 1.0, len(placed) + 1)
+    img = 0.2 * yy / h + (labels > 0) * bright[labels] + rng.normal(0, noise, shape)
+    return img.astype(np.float32), labels
+
+
+# -- part 1 ----------------------------------------------------------------------------
+def _measure(net, x, crop):
+    import torch
+
+    from napari_cnnvision.backends.unet.model import checkerboard_amplitude, checkerboard_energy
+
+    net.eval()
+    with torch.inference_mode():
+        logits = net(torch.from_numpy(x)[None, None])[0]
+        interior = torch.softmax(logits, 0)[1].numpy()
+    logits = logits.numpy()
+    return {"logits_energy": checkerboard_energy(logits, crop), "logits_amp": checkerboard_amplitude(logits, crop),
+            "interior_energy": checkerboard_energy(interior, crop),
+            "interior_amp": checkerboard_amplitude(interior, crop)}
+
+
+def _train_briefly(net, steps, rng, seed):
+    import torch
+    import torch.nn.functional as F
+
+    from napari_cnnvision.backends.unet.targets import labels_to_target
+
+    torch.manual_seed(seed)
+    pairs = [make_disks((128, 128), 30, rng) for _ in range(6)]
+    X = [(a - a.min()) / np.ptp(a) for a, _ in pairs]
+    Y = [labels_to_target(b) for _, b in pairs]
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    w = torch.tensor([1.0, 1.0, 2.0])
+    net.train()
+    loss = None
+    for _ in range(steps):
+        xb, yb = [], []
+        for _ in range(4):
+            i = rng.integers(len(X))
+            r, c = rng.integers(0, 128 - 64 + 1, 2)
+            k = int(rng.integers(4))
+            xb.append(np.rot90(X[i][r:r + 64, c:c + 64], k).copy())
+            yb.append(np.rot90(Y[i][r:r + 64, c:c + 64], k).copy())
+        xb = torch.from_numpy(np.stack(xb).astype(np.float32))[:, None]
+        yb = torch.from_numpy(np.stack(yb).astype(np.int64))
+        opt.zero_grad()
+        loss = F.cross_entropy(net(xb), yb, weight=w)
+        loss.backward()
+        opt.step()
+    return float(loss.item())
+
+
+def checkerboard_part(args):
+    import torch
+
+    from napari_cnnvision.backends.unet.model import UNetConfig, build_unet
+
+    size, crop = args.image_size, args.crop
+    const = np.full((size, size), 0.5, np.float32)
+    synth, _ = make_disks((size, size), int(size * size / 600), np.random.default_rng(99))
+    synth = ((synth - synth.min()) / np.ptp(synth)).astype(np.float32)
+    print(f"\n== checkerboard: depth {args.depth}, {args.filters} base filters, {size}² inputs, "
+          f"border {crop} px ignored; seeds {args.seeds}; {args.steps} training steps ==")
+    print("energy = share of the output's spatial variation at the Nyquist frequencies (period-2 pattern), "
+          "amp = RMS of that pattern / RMS of the output")
+    header = (f"{'mode':<11}{'state':<9}{'input':<10}{'logits energy':>14}{'logits amp':>12}"
+              f"{'interior energy':>17}{'interior amp':>14}")
+    print(header)
+    summary = {}
+    for mode in MODES:
+        rows = {}
+        for seed in args.seeds:
+            torch.manual_seed(seed)
+            net = build_unet(UNetConfig(depth=args.depth, base_filters=args.filters, upsampling=mode))
+            res = {("fresh", "constant"): _measure(net, const, crop),
+                   ("fresh", "synthetic"): _measure(net, synth, crop)}
+            if args.steps:
+                t = time.perf_counter()
+                loss = _train_briefly(net, args.steps, np.random.default_rng(seed), seed)
+                t = time.perf_counter() - t
+                res[("trained", "constant")] = _measure(net, const, crop)
+                res[("trained", "synthetic")] = _measure(net, synth, crop)
+                print(f"  ({mode}, seed {seed}: trained {args.steps} steps in {t:.1f} s, final loss {loss:.3f})")
+            for k, v in res.items():
+                rows.setdefault(k, []).append(v)
+        for (state, inp), vals in rows.items():
+            med = {k: float(np.median([v[k] for v in vals])) for k in vals[0]}
+            summary[(mode, state, inp)] = med
+            print(f"{mode:<11}{state:<9}{inp:<10}{med['logits_energy']:>14.3g}{med['logits_amp']:>12.3g}"
+                  f"{med['interior_energy']:>17.3g}{med['interior_amp']:>14.3g}")
+    print("(medians over the seeds)")
+    fresh_t = summary[("transposed", "fresh", "constant")]["logits_energy"]
+    fresh_o = max(summary[(m, "fresh", "constant")]["logits_energy"] for m in ("nearest", "bilinear"))
+    print(f"fresh, constant image: transposed {fresh_t:.3g} vs nearest/bilinear at most {fresh_o:.3g} "
+          f"-> {'checkerboard present only with transposed' if fresh_t > 0.5 > fresh_o else 'no clear difference'}")
+    return summary
+
+
+# -- part 2 ----------------------------------------------------------------------------
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's resident-memory high-water mark (VmHWM); Linux >= 4.0."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+class _RssSampler:
+    """Fallback when VmHWM cannot be reset: poll the resident size every 2 ms."""
+
+    def __init__(self):
+        import threading
+
+        self.peak, self._stop = _rss_bytes(), threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._t.join()
+        return max(self.peak, _rss_bytes())
+
+
+def memory_child(size: int, tiled: bool, threads: int) -> dict:
+    import tracemalloc
+
+    import torch
+
+    from napari_cnnvision.backends.unet.model import UNetConfig, build_unet
+    from napari_cnnvision.backends.unet.predict import DEFAULT_TILE, predict_probs
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = build_unet(UNetConfig()).eval()
+    rng = np.random.default_rng(0)
+    x = rng.random((1, size, size), dtype=np.float32)
+    predict_probs(net, x[:, :64, :64], tile_size=None)  # warm up (lazy allocations, kernels)
+    tracemalloc.start()
+    hwm = _reset_peak_rss()  # importing torch alone peaks far above the steady state
+    sampler = None if hwm else _RssSampler()
+    before = _rss_bytes()
+    t = time.perf_counter()
+    out = predict_probs(net, x, tile_size=DEFAULT_TILE if tiled else None)
+    seconds = time.perf_counter() - t
+    _, np_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    peak = _peak_rss_bytes() if hwm else sampler.stop()
+    note = "" if hwm else "(sampled every 2 ms)"
+    return {"size": size, "tiled": tiled, "seconds": seconds, "rss_before": before, "peak_delta": peak - before,
+            "result_bytes": out.nbytes, "numpy_peak": np_peak, "note": note}
+
+
+def memory_part(args):
+    print(f"\n== tiled-inference memory: default U-Net (depth 3, 16 base filters, bilinear), 512 px tiles, "
+          f"{args.threads} thread(s); each run in a fresh process ==")
+    print(f"{'image':>7}{'mode':>9}{'seconds':>9}{'peak RSS over before':>22}{'minus result':>14}"
+          f"{'numpy peak':>12}")
+    results = []
+    for tiled in (True, False):
+        for size in args.sizes:
+            if not tiled and size > args.untiled_max:
+                continue
+            cmd = [sys.executable, os.path.abspath(__file__), "--_mem-child", str(size), str(int(tiled)),
+                   str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            if out.returncode != 0:
+                print(f"{size:>7} {'tiled' if tiled else 'untiled'} FAILED: {out.stderr[-500:]}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            results.append(r)
+            mib = 2 ** 20
+            print(f"{size:>6}²{'tiled' if tiled else 'untiled':>9}{r['seconds']:>9.2f}"
+                  f"{r['peak_delta'] / mib:>18.0f} MiB{(r['peak_delta'] - r['result_bytes']) / mib:>10.0f} MiB"
+                  f"{r['numpy_peak'] / mib:>8.0f} MiB {r['note']}")
+    tiled = {r["size"]: r["peak_delta"] - r["result_bytes"] for r in results if r["tiled"]}
+    if len(tiled) >= 2:
+        a, b = min(tiled), max(tiled)
+        ratio = tiled[b] / max(tiled[a], 1)
+        print(f"tiled working memory (peak minus the result array) {b}² / {a}²: {ratio:.2f}x for "
+              f"{(b / a) ** 2:.0f}x the pixels")
+        print(f"goal: tiled working memory at {b}² within 1.5x of {a}²: {'PASS' if ratio <= 1.5 else 'FAIL'}")
+    return results
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=150, help="training steps per mode and seed (0: fresh only)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--filters", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--crop", type=int, default=32)
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
+    p.add_argument("--untiled-max", type=int, default=2048, help="largest image also run untiled")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip", choices=["checkerboard", "memory"], default=None)
+    p.add_argument("--_mem-child", nargs=3, type=int, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a._mem_child:
+        size, tiled, threads = a._mem_child
+        print(json.dumps(memory_child(size, bool(tiled), threads)))
+        return 0
+    import torch
+
+    torch.set_num_threads(a.threads)
+    print(f"bench_unet_upsampling: {machine_note()}; torch {torch.__version__}")
+    if a.skip != "checkerboard":
+        checkerboard_part(a)
+    if a.skip != "memory":
+        memory_part(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Train (or fine-tune) the U-Net; the result is a model folder with a card.
+
+Random patches (flips, 90° rotations, intensity jitter) -> Adam on a class-weighted
+cross-entropy (optionally + soft Dice) of the 3-class targets. After every epoch the
+model segments the validation images through the same tiled predictor and watershed
+used at inference time; the weights with the best validation AP@0.5 are kept. At the
+end the watershed seed threshold is tuned on the validation images.
+
+PyTorch is imported inside the functions; no DataLoader workers are used (the compute
+worker is a daemon process and may not fork).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ...core.normalize import percentile_normalize
+from ...core.progress import NULL_PROGRESS, Progress
+from .targets import instances_from_probs, labels_to_target
+
+SEED_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))  # 0.3 .. 0.8
+EVAL_IOUS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass
+class UNetTrainSettings:
+    epochs: int = 50
+    steps_per_epoch: int = 100
+    batch_size: int = 8
+    patch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    class_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
+    dice_weight: float = 0.0
+    cosine_schedule: bool = True
+    seed: int = 0
+    depth: int = 3
+    base_filters: int = 16
+    upsampling: str = "bilinear"
+    batch_norm: bool = True
+    pmin: float = 1.0
+    pmax: float = 99.8
+    fg_thresh: float = 0.5
+    min_size: int = 8
+    seed_grid: tuple[float, ...] = SEED_GRID
+    val_tile_size: int = 512
+
+    def __post_init__(self):
+        for k in ("epochs", "steps_per_epoch", "batch_size", "patch_size"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"{k} must be at least 1, got {getattr(self, k)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        self.class_weights = tuple(float(w) for w in self.class_weights)
+        if len(self.class_weights) != 3 or min(self.class_weights) <= 0:
+            raise ValueError(f"class_weights needs 3 positive numbers, got {self.class_weights}")
+        self.seed_grid = tuple(float(t) for t in self.seed_grid)
+        if not self.seed_grid or not all(0 < t < 1 for t in self.seed_grid):
+            raise ValueError(f"seed_grid needs thresholds in 0..1, got {self.seed_grid}")
+
+
+@dataclass
+class UNetTrainResult:
+    model_dir: str
+    epochs_run: int
+    best_epoch: int
+    seconds: float
+    history: dict
+    thresholds: dict
+    metrics: dict
+    stopped: bool = False
+    settings: dict = field(default_factory=dict)
+
+
+def _as_chw(image: np.ndarray, n_ch: int, pmin: float, pmax: float) -> np.ndarray:
+    x = percentile_normalize(image, pmin, pmax)  # channels jointly, as at prediction time
+    return np.ascontiguousarray(np.moveaxis(x, -1, 0) if n_ch > 1 else x[None])
+
+
+def _channels(images) -> int:
+    chans = {1 if im.ndim == 2 else (im.shape[-1] if im.ndim == 3 else -1) for im in images}
+    if -1 in chans or len(chans) != 1:
+        raise ValueError("all images must be 2D (YX) or all YXC with the same number of channels; "
+                         f"got shapes {sorted({im.shape for im in images})[:5]}")
+    return chans.pop()
+
+
+def _pad_to(x: np.ndarray, y: np.ndarray, size: int):
+    """Mirror-pad a (C, H, W) image and its (H, W) target to at least size x size."""
+    ph, pw = max(0, size - x.shape[1]), max(0, size - x.shape[2])
+    if not ph and not pw:
+        return x, y
+    pads = ((0, ph), (0, pw))
+    mode = "reflect" if min(x.shape[1:]) > 1 else "edge"
+    return np.pad(x, ((0, 0),) + pads, mode=mode), np.pad(y, pads, mode=mode)
+
+
+class _PatchSampler:
+    """Random augmented patches; images are drawn in proportion to their area."""
+
+    def __init__(self, X, Y, patch, rng):
+        self.X, self.Y, self.patch, self.rng = X, Y, patch, rng
+        area = np.array([y.size for y in Y], np.float64)
+        self.p = area / area.sum()
+
+    def sample(self, n):
+        ps = self.patch
+        xb = np.empty((n, self.X[0].shape[0], ps, ps), np.float32)
+        yb = np.empty((n, ps, ps), np.int64)
+        for b in range(n):
+            i = self.rng.choice(len(self.X), p=self.p)
+            x, y = self.X[i], self.Y[i]
+            r0 = self.rng.integers(0, y.shape[0] - ps + 1)
+            c0 = self.rng.integers(0, y.shape[1] - ps + 1)
+            xp, yp = x[:, r0:r0 + ps, c0:c0 + ps], y[r0:r0 + ps, c0:c0 + ps]
+            k = int(self.rng.integers(4))
+            xp, yp = np.rot90(xp, k, axes=(1, 2)), np.rot90(yp, k)
+            if self.rng.random() < 0.5:
+                xp, yp = xp[:, :, ::-1], yp[:, ::-1]
+            xb[b] = xp * self.rng.uniform(0.6, 1.4) + self.rng.uniform(-0.2, 0.2)
+            yb[b] = yp
+        return xb, yb
+
+
+def _weighted_nll(probs: np.ndarray, target: np.ndarray, weights) -> tuple[float, float]:
+    """Sum of w_y * -log p_y and sum of w_y over the pixels (cross_entropy's weighting)."""
+    w = np.asarray(weights, np.float64)[target]
+    p = np.take_along_axis(probs, target[None].astype(np.int64), 0)[0]
+    return float((w * -np.log(np.clip(p, 1e-7, 1.0))).sum()), float(w.sum())
+
+
+def _ap(truths, preds, ious=(0.5,)) -> list[float]:
+    from stardist.matching import matching_dataset
+
+    stats = matching_dataset(list(truths), list(preds), thresh=list(ious), show_progress=False, by_image=False)
+    stats = stats if isinstance(stats, (list, tuple)) and not hasattr(stats, "_fields") else [stats]
+    return [float(s.accuracy) for s in stats]
+
+
+def _loss_fn(weights, dice_weight):
+    import torch
+    import torch.nn.functional as F
+
+    def loss(logits, y):
+        ce = F.cross_entropy(logits, y, weight=weights)
+        if not dice_weight:
+            return ce
+        p = torch.softmax(logits, 1)[:, 1:]
+        t = F.one_hot(y, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].to(p.dtype)
+        inter = (p * t).sum((0, 2, 3))
+        dice = (2 * inter + 1.0) / (p.sum((0, 2, 3)) + t.sum((0, 2, 3)) + 1.0)
+        return ce + dice_weight * (1 - dice.mean())
+
+    return loss
+
+
+def train_unet(
+    images: list[np.ndarray],
+    masks: list[np.ndarray],
+    val_images: list[np.ndarray],
+    val_masks: list[np.ndarray],
+    out_dir: str | Path,
+    name: str,
+    settings: UNetTrainSettings | None = None,
+    init_folder: str | Path | None = None,
+    progress: Progress = NULL_PROGRESS,
+    *,
+    data: str | None = None,
+    command: str | None = None,
+) -> UNetTrainResult:
+    """Train a U-Net into ``out_dir/name`` (config.json, weights.pt, model.json, training.json).
+
+    ``images`` are YX or YXC arrays, ``masks`` their instance label images. ``init_folder``
+    fine-tunes an existing U-Net folder (its architecture wins over the settings').
+    ``progress`` gets one event per epoch (``epoch``, ``loss``, ``val_loss``, ``val_ap50``,
+    ``seconds``); a stop request ends training after the current epoch and keeps the best
+    weights so far. ``data`` and ``command`` are recorded in the model card.
+    """
+    import torch
+
+    from .io import load_model, save_model
+    from .model import UNetConfig, build_unet
+    from .predict import predict_probs
+
+    s = settings or UNetTrainSettings()
+    if not images:
+        raise ValueError("no training images")
+    if len(images) != len(masks) or len(val_images) != len(val_masks):
+        raise ValueError("every image needs exactly one mask")
+    if not val_images:
+        raise ValueError("no validation images (they choose the best epoch and the thresholds)")
+    for im, mk in zip(list(images) + list(val_images), list(masks) + list(val_masks)):
+        if im.shape[:2] != mk.shape:
+            raise ValueError(f"image shape {im.shape} does not match its mask shape {mk.shape}")
+    n_ch = _channels(list(images) + list(val_images))
+    t0 = time.time()
+    rng = np.random.default_rng(s.seed)
+    torch.manual_seed(s.seed)
+
+    if init_folder is not None:
+        loaded = load_model(init_folder, use_cache=False)
+        config, model = loaded.config, loaded.model
+        if config.in_channels != n_ch:
+            raise ValueError(f"the model in {init_folder} takes {config.in_channels} channel(s), "
+                             f"the images have {n_ch}")
+    else:
+        config = UNetConfig(in_channels=n_ch, n_classes=3, depth=s.depth, base_filters=s.base_filters,
+                            upsampling=s.upsampling, batch_norm=s.batch_norm)
+        model = build_unet(config)
+    m = config.multiple
+    patch = max(m, s.patch_size // m * m)
+    progress(0.0, "preparing the training data")
+    X, Y = [], []
+    for im, mk in zip(images, masks):
+        x, y = _pad_to(_as_chw(im, n_ch, s.pmin, s.pmax), labels_to_target(mk), patch)
+        X.append(x)
+        Y.append(y)
+    Xv = [_as_chw(im, n_ch, s.pmin, s.pmax) for im in val_images]
+    Yv = [np.asarray(mk).astype(np.int32) for mk in val_masks]
+    Tv = [labels_to_target(mk) for mk in Yv]
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    total_steps = s.epochs * s.steps_per_epoch
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=s.lr * 0.05)
+             if s.cosine_schedule else None)
+    loss_fn = _loss_fn(torch.tensor(s.class_weights, dtype=torch.float32, device=dev), s.dice_weight)
+    sampler = _PatchSampler(X, Y, patch, rng)
+
+    def validate():
+        probs = [predict_probs(model, x, tile_size=s.val_tile_size) for x in Xv]
+        num = den = 0.0
+        for p, t in zip(probs, Tv):
+            a, b = _weighted_nll(p, t, s.class_weights)
+            num, den = num + a, den + b
+        return probs, num / max(den, 1e-12)
+
+    history: dict[str, list[float]] = {"loss": [], "val_loss": [], "val_ap50": [], "lr": []}
+    best = (-1.0, float("inf"))
+    best_state, best_epoch, stopped = None, 0, False
+    for epoch in range(1, s.epochs + 1):
+        model.train()
+        run = 0.0
+        for _ in range(s.steps_per_epoch):
+            xb, yb = sampler.sample(s.batch_size)
+            xb, yb = torch.from_numpy(xb).to(dev), torch.from_numpy(yb).to(dev)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            run += float(loss.detach())
+        probs, val_loss = validate()
+        preds = [instances_from_probs(p, 0.5, s.fg_thresh, s.min_size) for p in probs]
+        ap50 = _ap(Yv, preds)[0]
+        loss_avg = run / s.steps_per_epoch
+        for k, v in (("loss", loss_avg), ("val_loss", val_loss), ("val_ap50", ap50),
+                     ("lr", opt.param_groups[0]["lr"])):
+            history[k].append(float(v))
+        if (ap50, -val_loss) > (best[0], -best[1]):
+            best = (ap50, val_loss)
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best_epoch = epoch
+        progress(epoch / s.epochs, f"epoch {epoch}/{s.epochs}", epoch=epoch, loss=loss_avg, val_loss=val_loss,
+                 val_ap50=ap50, best_epoch=best_epoch, seconds=time.time() - t0)
+        if progress.stop_requested:
+            stopped = True
+            break
+    epochs_run = len(history["loss"])
+    model.load_state_dict(best_state)
+    model.eval()
+
+    progress(None, "choosing the seed threshold on the validation images")
+    probs, _ = validate()
+    best_t, best_score, scores = 0.5, -1.0, {}
+    for t in s.seed_grid:
+        preds = [instances_from_probs(p, t, s.fg_thresh, s.min_size) for p in probs]
+        score = float(np.mean(_ap(Yv, preds, EVAL_IOUS)))
+        scores[t] = score
+        if score > best_score + 1e-9 or (abs(score - best_score) <= 1e-9 and abs(t - 0.5) < abs(best_t - 0.5)):
+            best_t, best_score = t, score
+    preds = [instances_from_probs(p, best_t, s.fg_thresh, s.min_size) for p in probs]
+    aps = _ap(Yv, preds, EVAL_IOUS)
+    metrics = {"val": {**{f"ap{int(round(i * 100))}": round(a, 4) for i, a in zip(EVAL_IOUS, aps)},
+                       "mean_ap": round(float(np.mean(aps)), 4), "n_images": len(Yv)}}
+    thresholds = {"seed": best_t, "fg": s.fg_thresh, "min_size": s.min_size}
+    seconds = time.time() - t0
+    settings_d = asdict(s)
+    training = {
+        "data": data or f"{len(images)} training and {len(val_images)} validation images",
+        "command": command or "napari_cnnvision.backends.unet.train.train_unet",
+        "seconds": round(seconds, 1), "epochs": epochs_run, "best_epoch": best_epoch, "stopped_early": stopped,
+        "steps_per_epoch": s.steps_per_epoch, "batch_size": s.batch_size, "patch_size": patch,
+        "init_folder": str(init_folder) if init_folder is not None else None, "settings": settings_d,
+    }
+    folder = save_model(Path(out_dir) / name, model, config, name=name, pmin=s.pmin, pmax=s.pmax,
+                        thresholds=thresholds, training=training, metrics=metrics,
+                        extra_files={"training.json": json.dumps(
+                            {"history": history, "seed_scores": {str(k): v for k, v in scores.items()},
+                             "settings": settings_d, "seconds": seconds}, indent=1) + "\n"})
+    progress(1.0, f"saved {folder} (val AP@0.5 {metrics['val']['ap50']:.3f})", **metrics["val"])
+    return UNetTrainResult(str(folder), epochs_run, best_epoch, seconds, history, thresholds, metrics,
+                           stopped, settings_d)
+
+
+def train_job(progress, images, masks, val_images, val_masks, out_dir=None, name: str = "unet",
+              settings: dict | None = None, init_folder=None, basedir=None, data=None, command=None):
+    """Worker entry: ``settings`` as a plain dict of :class:`UNetTrainSettings` fields.
+
+    ``out_dir`` (or ``basedir``) defaults to the per-user models folder, where the
+    registry finds the new model.
+    """
+    s = UNetTrainSettings(**(settings or {}))
+    out = out_dir or basedir
+    if out is None:
+        from ...core.registry import ModelRegistry
+
+        out = ModelRegistry().user_dir
+    return train_unet(list(images), list(masks), list(val_images), list(val_masks), out, name, s,
+                      init_folder=init_folder, progress=progress, data=data, command=command)
