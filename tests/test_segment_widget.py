@@ -96,3 +96,25 @@ def test_threshold_edit_reruns_only_postprocessing(widget, qtbot):
     qtbot.waitUntil(lambda: res.metadata[RESULT_KEY]["prob_thresh"] == 0.7, timeout=60000)
     qtbot.waitUntil(lambda: not w.runner.running, timeout=60000)
     assert "objects in" in w.status.value
+
+
+def test_unet_model_in_the_widget(make_napari_viewer, qtbot):
+    from napari_cnnvision.backends.unet.io import save_model
+    from napari_cnnvision.backends.unet.model import UNetConfig, build_unet
+    from napari_cnnvision.widgets.segment import SegmentWidget
+
+    cfg = UNetConfig(depth=2, base_filters=4)
+    save_model(os.path.join(os.environ["NAPARI_CNNVISION_DATA_DIR"], "models", "tiny-unet"), build_unet(cfg), cfg,
+               name="tiny-unet", thresholds={"seed": 0.6, "fg": 0.5, "min_size": 8})
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-cnnvision", "nuclei_2d")
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert not w.nms.native.isHidden()  # a StarDist model is selected first
+    w.model.value = "tiny-unet"
+    w.image.value = viewer.layers["nuclei_2d"]
+    assert w.nms.native.isHidden() and w.prob.label == "seed probability" and w.prob.value == 0.6
+    _run(w, qtbot)
+    res = viewer.layers["nuclei_2d [tiny-unet]"]
+    assert res.data.shape == viewer.layers["nuclei_2d"].data.shape
+    assert "torch" in w.runner.pool.workers and "objects in" in w.status.value

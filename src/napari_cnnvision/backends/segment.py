@@ -30,3 +30,17 @@ def run_segmentation(image, card: ModelCard, progress=None, pool=None, **kwargs)
 def card_payload(card: ModelCard) -> dict:
     """A card as plain data for a job (keeps source and path)."""
     return {**card.to_json(), "source": card.source, "path": card.path}
+
+
+def thresholds_for(card: ModelCard) -> dict:
+    """The model's optimized thresholds read from its folder (no framework import).
+
+    ``prob``: StarDist's object probability / the U-Net's seed threshold; ``nms``: StarDist only.
+    """
+    if card.backend == "unet":
+        from .unet.io import thresholds_of
+
+        return {"prob": thresholds_of(card).get("prob")}
+    from .stardist.predict import thresholds_of
+
+    return thresholds_of(card)

@@ -63,6 +63,12 @@ class SegmentWidget(Container):
 
     def _on_model(self, *_):
         self.model_dir.visible = self.model.value == BROWSE
+        try:
+            uses_nms = not self.current_card().backend == "unet"
+        except (InputError, ModelNotFound, ValueError):
+            uses_nms = True
+        self.nms.visible = uses_nms  # the U-Net's watershed has no overlap threshold
+        self.prob.label = "probability" if uses_nms else "seed probability"
         self._on_optimized()
 
     def _on_optimized(self, *_):
@@ -70,13 +76,13 @@ class SegmentWidget(Container):
         self.prob.enabled = self.nms.enabled = manual
         if not manual:
             try:
-                from ..backends.stardist.predict import thresholds_of
+                from ..backends.segment import thresholds_for
 
-                thr = thresholds_of(self.current_card())
+                thr = thresholds_for(self.current_card())
             except (InputError, ModelNotFound, ValueError):
                 thr = {}
-            self.prob.value = float(thr.get("prob", 0.5))
-            self.nms.value = float(thr.get("nms", 0.4))
+            self.prob.value = float(thr.get("prob") or 0.5)
+            self.nms.value = float(thr.get("nms") or 0.4)
 
     def _on_threshold(self, *_):
         """Re-run after a threshold edit when a result of this image and model is shown.
