@@ -31,20 +31,24 @@ def main(argv=None):
     p.add_argument("--patch", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
+    p.add_argument("--init", default=None,
+                   help="start from these weights (.h5), e.g. the shipped model's, to continue training")
+    p.add_argument("--lr", type=float, default=3e-4)
     a = p.parse_args(argv)
 
     train = load_segmentation_split(a.data, "train", a.limit)
     val = load_segmentation_split(a.data, "val", a.limit)
     print(f"train {len(train)} images, val {len(val)} images", flush=True)
     settings = StarDistTrainSettings(epochs=a.epochs, steps_per_epoch=a.steps,
-                                     patch_size=(a.patch, a.patch), batch_size=a.batch)
+                                     patch_size=(a.patch, a.patch), batch_size=a.batch,
+                                     learning_rate=a.lr)
 
     def emit(ev):
         m = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.metrics.items())
         print(f"[{time.strftime('%H:%M:%S')}] {ev.message} {m}", flush=True)
 
     res = train_stardist2d(train.images, train.masks, val.images, val.masks, a.out, a.name,
-                           settings, progress=Progress(emit))
+                           settings, init_weights=a.init, progress=Progress(emit))
     print(json.dumps({"model_dir": res.model_dir, "epochs": res.epochs_run, "seconds": res.seconds,
                       "thresholds": res.thresholds}), flush=True)
 
