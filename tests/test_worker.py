@@ -95,3 +95,22 @@ def test_shutdown_and_restart():
     assert not w.alive
     assert w.run("echo", {})["pid"] > 0
     w.shutdown()
+
+
+def test_worker_does_not_rerun_an_unguarded_main_script(tmp_path):
+    """A user's script without a __main__ guard must not run again inside the worker."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import sys\n"
+        "print('MAIN-RAN', flush=True)\n"
+        "from napari_cnnvision.worker import WorkerPool\n"
+        "p = WorkerPool()\n"
+        "print('pid', p.run('echo', {})['pid'], flush=True)\n"
+        "p.shutdown()\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("MAIN-RAN") == 1
+    assert "pid" in out.stdout

@@ -27,6 +27,12 @@ class ModelsWidget(Container):
         self.refresh_btn.clicked.connect(self.refresh)
         self.restart_btn.clicked.connect(self.restart)
         self.refresh()
+        from qtpy.QtCore import QTimer
+
+        self._timer = QTimer(self.native)  # keep the worker line current
+        self._timer.setInterval(2000)
+        self._timer.timeout.connect(self._refresh_workers)
+        self._timer.start()
 
     def _rows(self):
         cards = self.registry.list()
@@ -61,6 +67,9 @@ class ModelsWidget(Container):
     def refresh(self, *_):
         self.table.value = self._rows()
         self.pretrained.reset_choices()
+        self._refresh_workers()
+
+    def _refresh_workers(self):
         ws = self.pool.workers
         if not ws:
             self.workers.value = "compute workers: none running (they start with the first job)"

@@ -30,6 +30,30 @@ class JobError(ComputeError):
         self.details = details
 
 
+_MAIN_LOCK = threading.Lock()
+
+
+def _start_without_main(proc) -> None:
+    """Start a spawned process without re-running the caller's ``__main__`` in it.
+
+    ``spawn`` normally imports the parent's main script in the child; a script without an
+    ``if __name__ == "__main__"`` guard that opens napari would then open napari (Qt + OpenGL)
+    inside the worker, next to TensorFlow — the very crash the worker exists to avoid.
+    The worker's target lives in this package, so the child needs nothing from ``__main__``.
+    """
+    import sys
+    import types
+
+    with _MAIN_LOCK:
+        real = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            proc.start()
+        finally:
+            if real is not None:
+                sys.modules["__main__"] = real
+
+
 class ComputeWorker:
     """One long-lived spawned process running one job at a time.
 
@@ -68,7 +92,7 @@ class ComputeWorker:
         self._stop = self._ctx.Event()
         self._proc = self._ctx.Process(target=server.main, args=(child, self._stop, self.framework),
                                        name=f"napari-cnnvision-worker-{self.framework}", daemon=True)
-        self._proc.start()
+        _start_without_main(self._proc)
         child.close()
         self._conn = parent
         self._killed = False
