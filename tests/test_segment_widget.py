@@ -118,3 +118,16 @@ def test_unet_model_in_the_widget(make_napari_viewer, qtbot):
     res = viewer.layers["nuclei_2d [tiny-unet]"]
     assert res.data.shape == viewer.layers["nuclei_2d"].data.shape
     assert "torch" in w.runner.pool.workers and "objects in" in w.status.value
+
+
+def test_non_image_layer_cannot_be_segmented(make_napari_viewer):
+    from napari_cnnvision.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="only labels")
+    viewer.add_points([[1, 1]], name="pts")
+    w = SegmentWidget(viewer)
+    assert w.image.choices == ()  # only Image layers are offered
+    w.run()
+    assert not w.runner.running
+    assert "select an Image layer" in w.status.value
