@@ -131,7 +131,11 @@ class ComputeWorker:
         """Run ``job`` with ``kwargs`` and return its result (arrays copied out of shared memory)."""
         with self._lock:
             self.start()
-            payload, blocks = transport.dumps(kwargs or {})
+            try:
+                payload, blocks = transport.dumps(kwargs or {})
+            except OSError as exc:
+                raise ComputeError(f"could not hand the data to the compute worker: not enough shared memory "
+                                   f"({exc}); free memory or process a smaller image") from exc
             job_id = next(self._ids)
             try:
                 try:
