@@ -3,7 +3,6 @@
 TensorFlow never loads into the pytest process: torch tests run there too, and importing
 tensorflow before torchvision in one process segfaults.
 """
-import json
 import subprocess
 import sys
 from pathlib import Path

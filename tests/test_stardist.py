@@ -1,5 +1,4 @@
 """StarDist backend through the compute worker (TensorFlow stays out of the pytest process)."""
-import json
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import threading
-import time
 from typing import Callable
 
 from ..core.progress import Cancelled, ProgressEvent

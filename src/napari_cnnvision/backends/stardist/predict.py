@@ -6,7 +6,6 @@ threshold change only re-runs non-maximum suppression.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections import OrderedDict
@@ -14,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ...core.axes import InputError, check_axes, check_image, guess_axes, split_frames
+from ...core.axes import InputError
 from ...core.normalize import percentile_normalize
 from ...core.progress import NULL_PROGRESS, Progress
 from ...core.registry import CorruptModel, ModelCard, ModelNotFound, ModelRegistry
 from ...core.results import SegmentationResult
+from ..common import compact_labels, concat_tables, image_key, object_table, prepare_input, selected_frames
 
 _MODELS: OrderedDict = OrderedDict()  # (source, path/name) -> model, at most 2
 _RAW: OrderedDict = OrderedDict()  # raw-output cache, at most 4 entries
@@ -92,16 +92,9 @@ def _auto_tiles(shape: tuple[int, ...], n_dim: int) -> tuple[int, ...]:
     return tuple(tiles)
 
 
-def _image_key(x: np.ndarray) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(str((x.shape, x.dtype.str)).encode())
-    h.update(np.ascontiguousarray(x).data)
-    return h.hexdigest()
-
-
 def _raw_predict(model, model_key, frame, axes, pmin, pmax, n_tiles, progress_tile):
     """Dense prob/dist for one frame, from cache when possible."""
-    key = (model_key, _image_key(frame), axes, pmin, pmax, n_tiles)
+    key = (model_key, image_key(frame), axes, pmin, pmax, n_tiles)
     if key in _RAW:
         _RAW.move_to_end(key)
         return _RAW[key], True
@@ -117,27 +110,6 @@ def _raw_predict(model, model_key, frame, axes, pmin, pmax, n_tiles, progress_ti
     while len(_RAW) > 4:
         _RAW.popitem(last=False)
     return (prob, dist), False
-
-
-def _table_for(labels: np.ndarray, probs: np.ndarray, frame: int | None) -> dict[str, np.ndarray]:
-    from skimage.measure import regionprops_table
-
-    props = ("label", "area", "centroid")
-    t = regionprops_table(labels, properties=props) if labels.any() else {
-        "label": np.zeros(0, int), "area": np.zeros(0), **{f"centroid-{i}": np.zeros(0) for i in range(labels.ndim)}}
-    names = "zyx"[-labels.ndim:]
-    out = {"label": np.asarray(t["label"], np.int64), "area": np.asarray(t["area"], np.float64)}
-    for i, n in enumerate(names):
-        out[f"centroid_{n}"] = np.asarray(t[f"centroid-{i}"], np.float64)
-    out["probability"] = np.asarray(probs[out["label"] - 1] if len(out["label"]) else [], np.float64)
-    if frame is not None:
-        out = {"frame": np.full(len(out["label"]), frame, np.int64), **out}
-    return out
-
-
-def _concat_tables(tables):
-    keys = tables[0].keys()
-    return {k: np.concatenate([t[k] for t in tables]) for k in keys}
 
 
 def segment(
@@ -165,32 +137,11 @@ def segment(
         card = (registry or ModelRegistry()).get(card)
     if not card.backend.startswith("stardist"):
         raise InputError(f"model {card.name!r} is a {card.backend} model, not a StarDist model")
-    image = check_image(image)
-    warnings_: list[str] = []
-    if np.issubdtype(image.dtype, np.floating):
-        bad = ~np.isfinite(image)
-        if bad.any():
-            warnings_.append(f"{int(bad.sum())} NaN/inf pixel values were treated as background")
     progress(0.0, f"loading model {card.name}")
     model = load_model(card)
     n_dim, n_ch = _model_axes(model)
-    axes = check_axes(axes, image.shape) if axes else guess_axes(image.shape, n_dim)
-    t_ax, frame_axes = split_frames(axes)
-    spatial = frame_axes.replace("C", "")
-    if len(spatial) != n_dim:
-        raise InputError(f"model {card.name!r} is a {n_dim}D model but the image axes are {axes!r}")
-    has_c = "C" in frame_axes
-    img_ch = image.shape[-1] if has_c else 1
-    if img_ch != n_ch:
-        what = "an RGB/multichannel" if img_ch > 1 else "a single-channel"
-        want = "a single-channel (grayscale)" if n_ch == 1 else f"a {n_ch}-channel (e.g. RGB)"
-        raise InputError(f"model {card.name!r} expects {want} image but got {what} image "
-                         f"({img_ch} channels); choose a matching model or convert the image")
-    spatial_shape = image.shape[1:] if t_ax else image.shape
-    spatial_shape = spatial_shape[:-1] if has_c else spatial_shape
-    if min(spatial_shape) < 8:
-        raise InputError(f"the image ({'x'.join(map(str, spatial_shape))}) is too small to segment: "
-                         "each spatial axis needs at least 8 pixels")
+    inp = prepare_input(image, axes, card.name, n_dim, n_ch)
+    spatial_shape, frame_axes = inp.spatial_shape, inp.frame_axes
     if isinstance(n_tiles, str):
         if n_tiles != "auto":
             raise InputError(f"n_tiles must be 'auto', None or a tuple, not {n_tiles!r}")
@@ -204,15 +155,14 @@ def segment(
     nms_thresh = float(thr.nms if nms_thresh is None else nms_thresh)
     model_key = (card.source, card.path or card.name)
 
-    n_frames = image.shape[0] if t_ax else 1
-    todo = list(range(n_frames)) if frames is None else [f for f in frames if 0 <= f < n_frames]
-    labels_out = np.zeros(image.shape[:-1] if has_c else image.shape, np.int32)
+    todo = selected_frames(inp.n_frames, frames)
+    labels_out = np.zeros(inp.labels_shape, np.int32)
     tables, polygons = [], [] if return_polygons else None
     t_net = t_nms = 0.0
     n_tile_total = max(1, math.prod(n_tiles)) if n_tiles else 1
     for k, f in enumerate(todo):
         progress.check()
-        frame = image[f] if t_ax else image
+        frame = inp.frame(f)
         done_tiles = [0]
 
         def tile_done(k=k):
@@ -223,32 +173,29 @@ def segment(
         ta = time.perf_counter()
         (prob, dist), cached = _raw_predict(model, model_key, frame, frame_axes, pmin, pmax, n_tiles, tile_done)
         tb = time.perf_counter()
-        shape_inst = frame.shape[:-1] if has_c else frame.shape
-        labels, details = model._instances_from_prediction(shape_inst, prob, dist, prob_thresh=prob_thresh,
+        labels, details = model._instances_from_prediction(spatial_shape, prob, dist, prob_thresh=prob_thresh,
                                                            nms_thresh=nms_thresh)
         t_net += tb - ta
         t_nms += time.perf_counter() - tb
         labels = labels.astype(np.int32, copy=False)
-        if t_ax:
+        frame_id = f if inp.has_t else None
+        if inp.has_t:
             labels_out[f] = labels
         else:
             labels_out = labels
-        tables.append(_table_for(labels, np.asarray(details["prob"]), f if t_ax else None))
+        tables.append(object_table(labels, np.asarray(details["prob"]), frame_id))
         if polygons is not None and n_dim == 2:
             coord = np.asarray(details["coord"])  # (n, 2, n_rays)
             present = set(tables[-1]["label"].tolist())
             for i in range(len(coord)):
                 if i + 1 in present:
                     poly = np.moveaxis(coord[i], 0, -1)
-                    polygons.append(np.column_stack([np.full(len(poly), f), poly]) if t_ax else poly)
+                    polygons.append(poly if frame_id is None else np.column_stack([np.full(len(poly), f), poly]))
         progress((k + 1) / len(todo), f"frame {k + 1}/{len(todo)}: {len(tables[-1]['label'])} objects"
                  + (" (cached network output)" if cached else ""))
-    table = _concat_tables(tables) if tables else _table_for(np.zeros((1,) * n_dim, np.int32), np.zeros(0), None)
-    if labels_out.max() < 2 ** 16:
-        labels_out = labels_out.astype(np.uint16)
-    else:
-        labels_out = labels_out.astype(np.uint32)
-    return SegmentationResult(labels_out, table, card.name, prob_thresh, nms_thresh, polygons, warnings_,
+    table = concat_tables(tables) if tables else object_table(np.zeros((1,) * n_dim, np.int32), np.zeros(0), None)
+    labels_out = compact_labels(labels_out)
+    return SegmentationResult(labels_out, table, card.name, prob_thresh, nms_thresh, polygons, inp.warnings,
                               {"network_s": t_net, "nms_s": t_nms, "total_s": time.perf_counter() - t0})
 
 

@@ -74,7 +74,6 @@ def train_stardist2d(
     ``progress`` receives one event per epoch with the losses; a stop request ends
     training after the current epoch and keeps the best weights so far.
     """
-    from csbdeep.utils import tf as _csb_tf  # noqa: F401  (initialises keras backend)
     from stardist import fill_label_holes
     from stardist.models import Config2D, StarDist2D
     import tensorflow as tf

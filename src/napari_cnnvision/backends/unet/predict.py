@@ -12,18 +12,18 @@ PyTorch is imported inside the functions.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections import OrderedDict
 
 import numpy as np
 
-from ...core.axes import InputError, check_axes, check_image, guess_axes, split_frames
+from ...core.axes import InputError
 from ...core.normalize import percentile_normalize
 from ...core.progress import NULL_PROGRESS, Progress
 from ...core.registry import CorruptModel, ModelCard, ModelRegistry
 from ...core.results import SegmentationResult
+from ..common import compact_labels, concat_tables, image_key, object_table, prepare_input, selected_frames
 from .targets import INTERIOR, instances_from_probs, object_probabilities
 
 DEFAULT_TILE = 512
@@ -133,37 +133,6 @@ def predict_probs(
     return out
 
 
-def _image_key(x: np.ndarray) -> str:
-    hsh = hashlib.blake2b(digest_size=16)
-    hsh.update(str((x.shape, x.dtype.str)).encode())
-    hsh.update(np.ascontiguousarray(x).data)
-    return hsh.hexdigest()
-
-
-def table_for(labels: np.ndarray, probs: np.ndarray, frame: int | None) -> dict[str, np.ndarray]:
-    """Object table of a 2D label image: label, area, centroid_y/x, probability (+ frame)."""
-    n = int(labels.max()) if labels.size else 0
-    lab = np.arange(1, n + 1, dtype=np.int64)
-    if n:
-        from scipy import ndimage as ndi
-
-        area = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
-        cents = np.asarray(ndi.center_of_mass(np.ones(labels.shape), labels, lab), np.float64).reshape(n, 2)
-        keep = area > 0
-        lab, area, cents = lab[keep], area[keep], cents[keep]
-    else:
-        area, cents = np.zeros(0), np.zeros((0, 2))
-    out = {"label": lab, "area": area, "centroid_y": cents[:, 0].copy(), "centroid_x": cents[:, 1].copy(),
-           "probability": np.asarray(probs, np.float64)[lab - 1] if len(lab) else np.zeros(0)}
-    if frame is not None:
-        out = {"frame": np.full(len(lab), frame, np.int64), **out}
-    return out
-
-
-def _concat_tables(tables):
-    return {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
-
-
 def _polygons(labels: np.ndarray, frame: int | None) -> list[np.ndarray]:
     """Outline (y, x) of each object, in label order (longest contour of the object)."""
     from skimage.measure import find_contours, regionprops
@@ -227,33 +196,11 @@ def segment(
         raise InputError(f"model {card.name!r} is a {card.backend} model, not a U-Net model")
     if not card.path:
         raise CorruptModel(f"the U-Net model {card.name!r} has no folder")
-    image = check_image(image)
-    warnings_: list[str] = []
-    if np.issubdtype(image.dtype, np.floating):
-        bad = ~np.isfinite(image)
-        if bad.any():
-            warnings_.append(f"{int(bad.sum())} NaN/inf pixel values were treated as background")
     progress(0.0, f"loading model {card.name}")
     loaded = load_model(card.path)
     model, cfg = _to_best_device(loaded.model), loaded.config
-    n_ch = cfg.in_channels
-    axes = check_axes(axes, image.shape) if axes else guess_axes(image.shape, 2)
-    t_ax, frame_axes = split_frames(axes)
-    spatial = frame_axes.replace("C", "")
-    if len(spatial) != 2:
-        raise InputError(f"model {card.name!r} is a 2D model but the image axes are {axes!r}")
-    has_c = "C" in frame_axes
-    img_ch = image.shape[-1] if has_c else 1
-    if img_ch != n_ch:
-        what = "an RGB/multichannel" if img_ch > 1 else "a single-channel"
-        want = "a single-channel (grayscale)" if n_ch == 1 else f"a {n_ch}-channel (e.g. RGB)"
-        raise InputError(f"model {card.name!r} expects {want} image but got {what} image "
-                         f"({img_ch} channels); choose a matching model or convert the image")
-    spatial_shape = image.shape[1:] if t_ax else image.shape
-    spatial_shape = spatial_shape[:-1] if has_c else spatial_shape
-    if min(spatial_shape) < 8:
-        raise InputError(f"the image ({'x'.join(map(str, spatial_shape))}) is too small to segment: "
-                         "each spatial axis needs at least 8 pixels")
+    inp = prepare_input(image, axes, card.name, 2, cfg.in_channels)
+    has_c, frame_axes, warnings_ = inp.has_c, inp.frame_axes, inp.warnings
     tile, counts = _parse_tiles(n_tiles, tile_size)
     thr = loaded.thresholds
     seed = float(thr["seed"] if prob_thresh is None else prob_thresh)
@@ -262,17 +209,17 @@ def segment(
     fg, min_size = float(thr["fg"]), int(thr["min_size"])
     model_key = loaded.key
 
-    n_frames = image.shape[0] if t_ax else 1
-    todo = list(range(n_frames)) if frames is None else [f for f in frames if 0 <= f < n_frames]
-    labels_out = np.zeros(image.shape[:-1] if has_c else image.shape, np.int32)
+    todo = selected_frames(inp.n_frames, frames)
+    t_ax = inp.has_t
+    labels_out = np.zeros(inp.labels_shape, np.int32)
     tables, polygons = [], [] if return_polygons else None
     t_net = t_post = 0.0
     constant_frames = []
     for k, f in enumerate(todo):
         progress.check()
-        frame = image[f] if t_ax else image
+        frame = inp.frame(f)
         ta = time.perf_counter()
-        fkey = (model_key, _image_key(frame), frame_axes, pmin, pmax, tile, counts, tile_overlap)
+        fkey = (model_key, image_key(frame), frame_axes, pmin, pmax, tile, counts, tile_overlap)
         cached = fkey in _RAW
         if cached:
             _RAW.move_to_end(fkey)
@@ -305,7 +252,7 @@ def segment(
             labels_out[f] = labels
         else:
             labels_out = labels
-        tables.append(table_for(labels, obj_p, f if t_ax else None))
+        tables.append(object_table(labels, obj_p, f if t_ax else None))
         if polygons is not None:
             polygons.extend(_polygons(labels, f if t_ax else None))
         progress((k + 1) / len(todo), f"frame {k + 1}/{len(todo)}: {len(tables[-1]['label'])} objects"
@@ -313,9 +260,9 @@ def segment(
     if constant_frames:
         which = "the image is" if not t_ax else f"{len(constant_frames)} frame(s) are"
         warnings_.append(f"{which} constant after normalization; no objects there")
-    table = _concat_tables(tables) if tables else table_for(np.zeros((1, 1), np.int32), np.zeros(0),
-                                                            0 if t_ax else None)
-    labels_out = labels_out.astype(np.uint16 if labels_out.max(initial=0) < 2 ** 16 else np.uint32)
+    table = concat_tables(tables) if tables else object_table(np.zeros((1, 1), np.int32), np.zeros(0),
+                                                              0 if t_ax else None)
+    labels_out = compact_labels(labels_out)
     return SegmentationResult(labels_out, table, card.name, seed, None, polygons, warnings_,
                               {"network_s": t_net, "watershed_s": t_post, "total_s": time.perf_counter() - t0})
 
@@ -332,4 +279,4 @@ def postprocess_job(progress, **kwargs):  # same entry: the cache makes it cheap
     return predict_job(progress, **kwargs)
 
 
-__all__ = ["segment", "predict_probs", "tile_plan", "table_for", "predict_job", "default_overlap"]
+__all__ = ["segment", "predict_probs", "tile_plan", "predict_job", "default_overlap"]
