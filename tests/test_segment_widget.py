@@ -131,3 +131,27 @@ def test_non_image_layer_cannot_be_segmented(make_napari_viewer):
     w.run()
     assert not w.runner.running
     assert "select an Image layer" in w.status.value
+
+
+def test_current_frame_runs_accumulate_with_unique_labels(widget, qtbot):
+    viewer, w = widget
+    img = viewer.layers["nuclei_2d"].data[:128, :128]
+    viewer.add_image(np.stack([img, img[::-1], img[:, ::-1]]), name="movie")
+    w.image.value = viewer.layers["movie"]
+    w.scope.value = "current frame"
+    w.optimized.value = False
+    w.prob.value = 0.2
+    for t in (0, 2):
+        viewer.dims.current_step = (t, 0, 0)
+        _run(w, qtbot)
+    res = viewer.layers["movie [tiny-stardist]"]
+    a, c = set(np.unique(res.data[0])) - {0}, set(np.unique(res.data[2])) - {0}
+    assert a and c and not (a & c)  # unique across frames
+    assert not res.data[1].any()
+    feats = res.features
+    assert set(feats["frame"]) == {0, 2}
+    assert set(feats["label"]) == a | c and feats["index"].is_unique
+    viewer.dims.current_step = (0, 0, 0)
+    _run(w, qtbot)  # re-running frame 0 replaces its rows
+    assert sorted(res.features["frame"].tolist()).count(2) == len(c)
+    assert res.features["index"].is_unique

@@ -67,6 +67,9 @@ def test_stack_frame_by_frame(tf_pool, tiny):
     assert res.labels.shape == stack.shape
     assert "frame" in res.table and set(res.table["frame"].tolist()) <= {0, 1, 2}
     assert any("frame 3/3" in e.message for e in events)
+    sets = [set(np.unique(res.labels[i]).tolist()) - {0} for i in range(3)]
+    assert not (sets[0] & sets[1]) and not (sets[1] & sets[2]) and not (sets[0] & sets[2])
+    assert set(res.table["label"].tolist()) == sets[0] | sets[1] | sets[2]
     part = tf_pool.run("stardist.predict", {"image": stack, "model": card_dict(tiny), "axes": "TYX", "frames": [1]})
     assert not part.labels[0].any() and not part.labels[2].any()
 

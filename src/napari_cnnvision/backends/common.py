@@ -108,3 +108,15 @@ def concat_tables(tables: list[dict]) -> dict[str, np.ndarray]:
 def compact_labels(labels: np.ndarray) -> np.ndarray:
     """uint16 when the labels fit, else uint32."""
     return labels.astype(np.uint16 if labels.max(initial=0) < 2 ** 16 else np.uint32, copy=False)
+
+
+def offset_labels(labels: np.ndarray, table: dict, offset: int) -> tuple[np.ndarray, dict, int]:
+    """Shift a frame's labels (and its table) by ``offset`` so labels are unique across a stack.
+
+    Returns the shifted labels, table and the next offset.
+    """
+    if offset:
+        labels = np.where(labels > 0, labels + offset, 0).astype(labels.dtype, copy=False)
+        table = {**table, "label": table["label"] + offset}
+    nxt = int(labels.max(initial=0))
+    return labels, table, max(offset, nxt)

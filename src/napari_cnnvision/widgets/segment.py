@@ -175,14 +175,9 @@ class SegmentWidget(Container):
         labels_data, kw, _ = out[0]
         existing = self._own_result(layer.name, result.model)
         if frame is not None:
-            full = existing.data if existing is not None and existing.data.shape[0] == layer.data.shape[0] else \
-                np.zeros((layer.data.shape[0],) + labels_data.shape, labels_data.dtype)
-            if full.dtype != labels_data.dtype and labels_data.max() > np.iinfo(full.dtype).max:
-                full = full.astype(labels_data.dtype)
-            full[frame] = labels_data
-            labels_data = full
+            labels_data, kw["features"] = _merge_frame(existing, labels_data, kw["features"], frame,
+                                                       layer.data.shape[0])
             kw["scale"], kw["translate"] = tuple(layer.scale)[:labels_data.ndim], tuple(layer.translate)[:labels_data.ndim]
-            kw["features"].insert(0, "frame", frame) if "frame" not in kw["features"] else None
         if existing is not None:
             existing.data = labels_data
             existing.features = kw["features"]
@@ -207,3 +202,30 @@ class SegmentWidget(Container):
                     and meta.get("model") == model):
                 return lyr
         return None
+
+
+def _merge_frame(existing, frame_labels, frame_features, frame: int, n_frames: int):
+    """Put one frame's result into the stack result: other frames and their rows stay,
+    this frame's labels are shifted so labels stay unique across the stack."""
+    import pandas as pd
+
+    from ..backends.common import compact_labels
+
+    shape = (n_frames,) + frame_labels.shape
+    if existing is not None and existing.data.shape == shape:
+        full = np.array(existing.data, dtype=np.uint32)
+        old = existing.features
+        old = old[old["frame"] != frame] if "frame" in old else old.iloc[0:0]
+    else:
+        full, old = np.zeros(shape, np.uint32), None
+    full[frame] = 0
+    offset = int(full.max())
+    full[frame] = np.where(frame_labels > 0, frame_labels.astype(np.uint32) + offset, 0)
+    feats = frame_features.copy()
+    feats["label"] = feats["label"] + offset
+    feats["index"] = feats["label"]
+    if "frame" not in feats:
+        feats.insert(1, "frame", frame)
+    if old is not None and len(old):
+        feats = pd.concat([old, feats], ignore_index=True)
+    return compact_labels(full), feats

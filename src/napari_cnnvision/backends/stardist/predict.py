@@ -18,7 +18,8 @@ from ...core.normalize import percentile_normalize
 from ...core.progress import NULL_PROGRESS, Progress
 from ...core.registry import CorruptModel, ModelCard, ModelNotFound, ModelRegistry
 from ...core.results import SegmentationResult
-from ..common import compact_labels, concat_tables, image_key, object_table, prepare_input, selected_frames
+from ..common import (compact_labels, concat_tables, image_key, object_table, offset_labels, prepare_input,
+                      selected_frames)
 
 _MODELS: OrderedDict = OrderedDict()  # (source, path/name) -> model, at most 2
 _RAW: OrderedDict = OrderedDict()  # raw-output cache, at most 4 entries
@@ -160,8 +161,10 @@ def segment(
     tables, polygons = [], [] if return_polygons else None
     t_net = t_nms = 0.0
     n_tile_total = max(1, math.prod(n_tiles)) if n_tiles else 1
+    offset = 0
     for k, f in enumerate(todo):
         progress.check()
+        offset_before = offset
         frame = inp.frame(f)
         done_tiles = [0]
 
@@ -179,16 +182,18 @@ def segment(
         t_nms += time.perf_counter() - tb
         labels = labels.astype(np.int32, copy=False)
         frame_id = f if inp.has_t else None
-        if inp.has_t:
+        table_f = object_table(labels, np.asarray(details["prob"]), frame_id)
+        if inp.has_t:  # labels stay unique across the stack
+            labels, table_f, offset = offset_labels(labels, table_f, offset)
             labels_out[f] = labels
         else:
             labels_out = labels
-        tables.append(object_table(labels, np.asarray(details["prob"]), frame_id))
+        tables.append(table_f)
         if polygons is not None and n_dim == 2:
             coord = np.asarray(details["coord"])  # (n, 2, n_rays)
-            present = set(tables[-1]["label"].tolist())
+            kept = set((table_f["label"] - offset_before).tolist())  # the polygons' own indices + 1
             for i in range(len(coord)):
-                if i + 1 in present:
+                if i + 1 in kept:
                     poly = np.moveaxis(coord[i], 0, -1)
                     polygons.append(poly if frame_id is None else np.column_stack([np.full(len(poly), f), poly]))
         progress((k + 1) / len(todo), f"frame {k + 1}/{len(todo)}: {len(tables[-1]['label'])} objects"

@@ -23,7 +23,8 @@ from ...core.normalize import percentile_normalize
 from ...core.progress import NULL_PROGRESS, Progress
 from ...core.registry import CorruptModel, ModelCard, ModelRegistry
 from ...core.results import SegmentationResult
-from ..common import compact_labels, concat_tables, image_key, object_table, prepare_input, selected_frames
+from ..common import (compact_labels, concat_tables, image_key, object_table, offset_labels, prepare_input,
+                      selected_frames)
 from .targets import INTERIOR, instances_from_probs, object_probabilities
 
 DEFAULT_TILE = 512
@@ -215,6 +216,7 @@ def segment(
     tables, polygons = [], [] if return_polygons else None
     t_net = t_post = 0.0
     constant_frames = []
+    offset = 0
     for k, f in enumerate(todo):
         progress.check()
         frame = inp.frame(f)
@@ -248,11 +250,13 @@ def segment(
             obj_p = object_probabilities(labels, probs[INTERIOR])
         t_net += tb - ta
         t_post += time.perf_counter() - tb
-        if t_ax:
+        table_f = object_table(labels, obj_p, f if t_ax else None)
+        if t_ax:  # labels stay unique across the stack
+            labels, table_f, offset = offset_labels(labels, table_f, offset)
             labels_out[f] = labels
         else:
             labels_out = labels
-        tables.append(object_table(labels, obj_p, f if t_ax else None))
+        tables.append(table_f)
         if polygons is not None:
             polygons.extend(_polygons(labels, f if t_ax else None))
         progress((k + 1) / len(todo), f"frame {k + 1}/{len(todo)}: {len(tables[-1]['label'])} objects"
