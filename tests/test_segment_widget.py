@@ -155,3 +155,13 @@ def test_current_frame_runs_accumulate_with_unique_labels(widget, qtbot):
     _run(w, qtbot)  # re-running frame 0 replaces its rows
     assert sorted(res.features["frame"].tolist()).count(2) == len(c)
     assert res.features["index"].is_unique
+
+
+def test_tensorflow_never_loaded_in_naparis_process(widget, qtbot):
+    import sys
+
+    viewer, w = widget
+    _run(w, qtbot)
+    assert "objects in" in w.status.value
+    assert "tensorflow" not in sys.modules and "keras" not in sys.modules
+    assert w.runner.pool.workers["tf"].pid != os.getpid()
