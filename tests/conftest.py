@@ -1,8 +1,15 @@
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# This test process also runs napari (Qt + Mesa's OpenGL). The U-Net tests run small PyTorch
+# trainings in it, and torch's optimizer imports torch._dynamo, which imports triton if it is
+# installed; triton's bundled LLVM segfaults beside Mesa's. Triton is only for GPU kernels, so
+# hide it here. (The plugin itself never runs PyTorch in napari's process: it uses the worker.)
+sys.modules.setdefault("triton", None)
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 

@@ -5,9 +5,10 @@
     >>> res.labels, res.table["area"]
 
 Heavy frameworks are imported when a function runs, not when this module is imported.
-Pass ``isolated=True`` to run in a compute worker process instead (always do so beside a
-Qt GUI). The API does so by itself when the other deep-learning framework is already
-loaded here: TensorFlow and torchvision crash when imported into one process.
+Pass ``isolated=True`` to run in a compute worker process instead. The API does so by
+itself when Qt (e.g. napari) or the other deep-learning framework is already loaded here:
+TensorFlow and torchvision crash when imported into one process, and both crash beside
+Qt's OpenGL stack.
 """
 from __future__ import annotations
 
@@ -32,13 +33,19 @@ def _worker_pool():
     return _pool
 
 
+_QT_MODULES = ("PyQt5", "PyQt6", "PySide2", "PySide6")
+
+
 def _must_isolate(job: str) -> bool:
-    """True when the job's framework would meet the other one already loaded in this process."""
+    """True when the job's framework would crash here: the other framework or Qt (napari's
+    OpenGL stack) is already loaded in this process."""
     from .worker.jobs import framework_of
 
     fw = framework_of(job)
+    if fw not in _FRAMEWORK_MODULES:
+        return False
     others = [m for f, mods in _FRAMEWORK_MODULES.items() if f != fw for m in mods]
-    return fw in _FRAMEWORK_MODULES and any(m in sys.modules for m in others)
+    return any(m in sys.modules for m in others + list(_QT_MODULES))
 
 
 def list_models(task: str | None = None, registry: ModelRegistry | None = None) -> list[ModelCard]:
