@@ -31,7 +31,13 @@ def _torchvision_coco() -> str:
 
     from .stardist.predict import ModelUnavailable
 
+    import socket
+
+    from .stardist.predict import DOWNLOAD_TIMEOUT_S
+
     weights = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
         weights.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:
@@ -39,6 +45,8 @@ def _torchvision_coco() -> str:
             f"torchvision's COCO weights for Faster R-CNN are not in the local cache and could not be downloaded "
             f"({type(exc).__name__}: {exc}). Connect to the internet once to fetch them (they are cached "
             "afterwards).") from exc
+    finally:
+        socket.setdefaulttimeout(old_timeout)
     return str(Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name)
 
 

@@ -23,6 +23,7 @@ from ..common import (compact_labels, concat_tables, image_key, object_table, of
 
 _MODELS: OrderedDict = OrderedDict()  # (source, path/name) -> model, at most 2
 _RAW: OrderedDict = OrderedDict()  # raw-output cache, at most 4 entries
+DOWNLOAD_TIMEOUT_S = 30
 MAX_TILE_PIXELS = 1024 * 1024  # per 2D tile; 3D tiles get 128**3
 
 
@@ -67,8 +68,12 @@ def load_model(card: ModelCard):
 
 def load_pretrained(name: str, cls=None):
     """Load one of StarDist's registered models through stardist's own download + cache."""
+    import socket
+
     if cls is None:
         cls = _stardist_classes()[1 if name.startswith("3D") else 0]
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a firewall that drops packets must not hang the job
     try:
         return cls.from_pretrained(name)
     except Exception as exc:  # urllib/keras raise a variety of errors when offline
@@ -76,6 +81,8 @@ def load_pretrained(name: str, cls=None):
             f"the pretrained StarDist model {name!r} is not in the local cache and could not be "
             f"downloaded ({type(exc).__name__}: {exc}). Connect to the internet once to fetch it "
             "(it is cached afterwards), or use a shipped model such as 'nuclei-stardist'.") from exc
+    finally:
+        socket.setdefaulttimeout(old_timeout)
 
 
 def _model_axes(model) -> tuple[int, int]:
