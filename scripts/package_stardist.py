@@ -55,10 +55,14 @@ def main(argv=None):
     if log.is_file():
         import re
 
-        hits = re.findall(r"epoch (\d+)/\d+ epoch=\d+ seconds=([\d.]+)", log.read_text(errors="ignore"))
+        text = log.read_text(errors="ignore")
+        hits = re.findall(r"epoch (\d+)/\d+ epoch=\d+ seconds=([\d.]+)", text)
         if hits:
             epochs_done, train_seconds = int(hits[-1][0]), float(hits[-1][1])
             training.setdefault("seconds", train_seconds)
+        losses = re.findall(r"epoch (\d+)/\d+ epoch=\d+ .*? val_loss=([\d.]+)", text)
+        if losses:
+            training["best_epoch"] = int(min(losses, key=lambda e: float(e[1]))[0])
     thresholds = json.loads((run / "thresholds.json").read_text())
     cfg = json.loads((run / "config.json").read_text())
     out_card = ModelCard(
@@ -71,7 +75,8 @@ def main(argv=None):
                     "(391 images) for training, val split (68 images) for weight and threshold selection",
             "command": "python scripts/train_nuclei_stardist.py --data ../shared/data/dsb2018_fluo --out runs "
                        f"--epochs {cfg.get('train_epochs')} && python scripts/package_stardist.py",
-            "epochs_run": epochs_done, "steps_per_epoch": cfg.get("train_steps_per_epoch"),
+            "epochs_run": epochs_done, "best_epoch (lowest val loss; these weights)": training.get("best_epoch"),
+            "steps_per_epoch": cfg.get("train_steps_per_epoch"),
             "seconds": training.get("seconds"), "hardware": "2 CPU cores",
             "config": {k: cfg[k] for k in ("n_rays", "grid", "train_patch_size", "train_batch_size",
                                            "unet_n_depth", "unet_n_filter_base", "train_learning_rate")},

@@ -55,3 +55,12 @@ def test_worker_reports_shared_memory_exhaustion(pool, monkeypatch):
     monkeypatch.setattr(shared_memory, "SharedMemory", no_shm)
     with pytest.raises(ComputeError, match="not enough shared memory"):
         pool.run("echo", {"image": np.zeros((512, 512), np.float32)})
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    io.atomic_write_text(tmp_path / "a.csv", "x")
+    io.write_tiff(tmp_path / "b.tif", np.zeros((2, 2), np.uint8))
+    for name in ("a.csv", "b.tif"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask
