@@ -46,6 +46,12 @@ class SegmentWidget(Container):
         self.prob.changed.connect(self._on_threshold)
         self.nms.changed.connect(self._on_threshold)
         self._last_result_of = None  # (image layer, model) of the last result: threshold edits re-run it
+        from qtpy.QtCore import QTimer
+
+        self._debounce = QTimer(self.native)  # coalesces quick threshold edits into one re-run
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(250)
+        self._debounce.timeout.connect(self.run)
         self._on_model()
 
     # -- model choice ---------------------------------------------------------------
@@ -95,13 +101,6 @@ class SegmentWidget(Container):
             return
         if self._own_result(layer.name, self._last_model_name) is None:
             return
-        from qtpy.QtCore import QTimer
-
-        if not hasattr(self, "_debounce"):
-            self._debounce = QTimer(self.native)
-            self._debounce.setSingleShot(True)
-            self._debounce.setInterval(250)
-            self._debounce.timeout.connect(self.run)
         self._debounce.start()
 
     # -- running ----------------------------------------------------------------------
@@ -129,8 +128,7 @@ class SegmentWidget(Container):
         return job_for(card), kwargs, layer, frame
 
     def run(self, *_):
-        if getattr(self, "_debounce", None) is not None:
-            self._debounce.stop()
+        self._debounce.stop()
         if self.runner.running:
             return
         try:
@@ -170,8 +168,7 @@ class SegmentWidget(Container):
         self.progress.value = 100
         for w in result.warnings:
             show_warning(w)
-        scale = layer.scale if not layer.rgb else layer.scale
-        out = segmentation_layers(result, layer.name, scale=scale, translate=layer.translate)
+        out = segmentation_layers(result, layer.name, scale=layer.scale, translate=layer.translate)
         labels_data, kw, _ = out[0]
         existing = self._own_result(layer.name, result.model)
         if frame is not None:

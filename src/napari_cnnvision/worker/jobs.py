@@ -18,7 +18,6 @@ JOBS: dict[str, tuple[str, str]] = {
     "framework_info": ("any", "napari_cnnvision.worker.builtin_jobs:framework_info"),
     # segmentation
     "stardist.predict": ("tf", "napari_cnnvision.backends.stardist.predict:predict_job"),
-    "stardist.postprocess": ("tf", "napari_cnnvision.backends.stardist.predict:postprocess_job"),
     "stardist.train": ("tf", "napari_cnnvision.backends.stardist.train:train_job"),
     "unet.predict": ("torch", "napari_cnnvision.backends.unet.predict:predict_job"),
     "unet.train": ("torch", "napari_cnnvision.backends.unet.train:train_job"),

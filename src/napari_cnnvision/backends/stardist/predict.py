@@ -217,9 +217,6 @@ def predict_job(progress, image, model, **kwargs):
     return segment(image, card, progress=progress, **kwargs)
 
 
-def postprocess_job(progress, **kwargs):  # same entry: the cache makes it cheap
-    return predict_job(progress, **kwargs)
-
 
 def thresholds_of(card: ModelCard) -> dict:
     """The model's optimized thresholds (from thresholds.json, without loading the network)."""

@@ -279,8 +279,5 @@ def predict_job(progress, image, model, **kwargs):
     return segment(image, card, progress=progress, **kwargs)
 
 
-def postprocess_job(progress, **kwargs):  # same entry: the cache makes it cheap
-    return predict_job(progress, **kwargs)
-
 
 __all__ = ["segment", "predict_probs", "tile_plan", "predict_job", "default_overlap"]
