@@ -38,8 +38,11 @@ test: $(STAMP) sysdeps
 demo: $(STAMP)
 	@if [ -n "$$DISPLAY" ] || [ "$$(uname -s)" = Darwin ]; then \
 		$(PY) -m napari_cnnvision.demo; \
+	elif command -v xvfb-run >/dev/null 2>&1; then \
+		echo "no display: running napari under Xvfb; results and a window screenshot go to demo-output/"; \
+		QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m napari_cnnvision.demo --out demo-output; \
 	else \
-		echo "no display: running the demo headless through the CLI into demo-output/"; \
+		echo "no display and no Xvfb: running the demo through the CLI into demo-output/ (numpy-rendered preview)"; \
 		$(VENV)/bin/napari-cnnvision demo --out demo-output; \
 	fi
 

@@ -34,10 +34,10 @@ def run_demo(out: str, model: str | None = None) -> int:
     bar.close()
     write_tiff(outdir / "nuclei_2d_labels.tif", res.labels)
     write_table(outdir / "nuclei_2d_objects.csv", res.table)
-    from skimage.io import imsave
+    from PIL import Image
 
     atomic_write_with(outdir / "nuclei_2d_preview.png",
-                      lambda tmp: imsave(tmp, overlay_png(image, res.labels), check_contrast=False, extension=".png"))
+                      lambda tmp: Image.fromarray(overlay_png(image, res.labels)).save(tmp, format="PNG"))
     print(f"model {res.model}: {res.n_objects} nuclei; wrote {outdir}/nuclei_2d_labels.tif, "
           f"nuclei_2d_objects.csv and nuclei_2d_preview.png")
     return 0
