@@ -6,7 +6,7 @@ writes the model folder (StarDist format) to ``--out``.
 
     python scripts/train_nuclei_stardist.py --data ../shared/data/dsb2018_fluo --out runs --epochs 200
 
-Then ``python scripts/package_model.py`` evaluates it on val and copies it, with its
+Then ``python scripts/package_stardist.py --run runs/nuclei-stardist`` evaluates it on val and copies it, with its
 model card, into the package.
 """
 from __future__ import annotations
@@ -34,6 +34,10 @@ def main(argv=None):
     p.add_argument("--init", default=None,
                    help="start from these weights (.h5), e.g. the shipped model's, to continue training")
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--area-sampling", action="store_true",
+                   help="tile large training images so patches are drawn in proportion to image area")
+    p.add_argument("--lr-patience", type=int, default=40,
+                   help="halve the learning rate after this many epochs without a lower val loss")
     a = p.parse_args(argv)
 
     train = load_segmentation_split(a.data, "train", a.limit)
@@ -41,7 +45,8 @@ def main(argv=None):
     print(f"train {len(train)} images, val {len(val)} images", flush=True)
     settings = StarDistTrainSettings(epochs=a.epochs, steps_per_epoch=a.steps,
                                      patch_size=(a.patch, a.patch), batch_size=a.batch,
-                                     learning_rate=a.lr)
+                                     learning_rate=a.lr, area_sampling=a.area_sampling,
+                                     reduce_lr_patience=a.lr_patience)
 
     def emit(ev):
         m = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.metrics.items())

@@ -167,3 +167,36 @@ def test_3d_model_on_the_3d_sample(tf_pool, tmp_path):
     assert res.labels.shape == vol.shape
     assert {"centroid_z", "centroid_y", "centroid_x"} <= set(res.table)
     assert set(res.table["label"].tolist()) == set(np.unique(res.labels)) - {0}
+
+
+def test_area_tiles_sample_large_images_by_area():
+    from napari_cnnvision.backends.stardist.train import area_tiles
+
+    big = np.arange(603 * 1272).reshape(603, 1272)
+    small = np.ones((256, 300))
+    xs, ys = area_tiles([big, small], [big % 7, small], (256, 256))
+    assert len(xs) == 2 * 4 + 1  # 603 // 256 = 2 rows, 1272 // 256 = 4 columns; the small image stays whole
+    assert all(x.shape == y.shape and min(x.shape) >= 256 for x, y in zip(xs, ys))
+    assert sum(x.size for x in xs[:8]) == big.size  # the tiles cover the image exactly once
+    assert np.array_equal(np.block([xs[0:4], xs[4:8]]), big)
+    assert xs[8].shape == small.shape
+
+
+def test_train_job_fine_tunes_into_a_loadable_model(tf_pool, tmp_path):
+    images = [_blobs((192, 192), n=8, seed=s) for s in range(4)] + [_blobs((256, 600), n=20, seed=9)]
+    from scipy import ndimage as ndi
+
+    masks = [ndi.label(im > 60)[0].astype(np.uint16) for im in images]  # blobs: pixels lifted above the noise
+    events = []
+    settings = {"n_rays": 8, "patch_size": (96, 96), "batch_size": 2, "epochs": 2, "steps_per_epoch": 3,
+                "unet_n_depth": 2, "unet_n_filter_base": 8, "area_sampling": True, "reduce_lr_patience": 5}
+    res = tf_pool.run("stardist.train", {"images": images[1:], "masks": masks[1:], "val_images": images[:1],
+                                         "val_masks": masks[:1], "basedir": str(tmp_path), "name": "mini",
+                                         "settings": settings}, on_event=events.append)
+    assert res.epochs_run == 2 and len(res.history["loss"]) == 2
+    assert [e.message for e in events if e.message.startswith("epoch")] == ["epoch 1/2", "epoch 2/2"]
+    folder = tmp_path / "mini"
+    assert {"config.json", "weights_best.h5", "thresholds.json", "training.json"} <= {p.name for p in folder.iterdir()}
+    assert 0 < res.thresholds["prob"] < 1
+    out = tf_pool.run("stardist.predict", {"image": images[0], "model": card_dict(folder)})
+    assert out.labels.shape == images[0].shape

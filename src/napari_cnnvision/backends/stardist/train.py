@@ -29,6 +29,12 @@ class StarDistTrainSettings:
     pmin: float = 1.0
     pmax: float = 99.8
     seed: int = 0
+    #: split training images larger than two patches into patch-sized tiles, so that every
+    #: region is drawn about equally often (StarDist draws one patch per randomly chosen image,
+    #: which under-samples the few large images, e.g. whole embryos, against many 256² crops)
+    area_sampling: bool = False
+    #: halve the learning rate after this many epochs without a lower val loss
+    reduce_lr_patience: int = 40
 
 
 @dataclass
@@ -45,6 +51,26 @@ def _prepare_images(images, pmin, pmax):
     for im in images:  # channels are normalized jointly, as at prediction time
         out.append(percentile_normalize(im, pmin, pmax))
     return out
+
+
+def area_tiles(images, masks, patch):
+    """Split each image (and its mask) into ``floor(H/ph) x floor(W/pw)`` tiles, each at least a patch.
+
+    An image smaller than two patches in both axes stays whole, so a draw of "one random
+    image, then one random patch" samples the data about in proportion to its area.
+    """
+    ph, pw = patch
+    out_x, out_y = [], []
+    for x, y in zip(images, masks):
+        h, w = y.shape[:2]
+        ny, nx = max(1, h // ph), max(1, w // pw)
+        ys = np.linspace(0, h, ny + 1).astype(int)
+        xs = np.linspace(0, w, nx + 1).astype(int)
+        for i in range(ny):
+            for j in range(nx):
+                out_x.append(x[ys[i]:ys[i + 1], xs[j]:xs[j + 1]])
+                out_y.append(y[ys[i]:ys[i + 1], xs[j]:xs[j + 1]])
+    return out_x, out_y
 
 
 def _augment(x, y):
@@ -90,6 +116,8 @@ def train_stardist2d(
     Yv = [fill_label_holes(m.astype(np.int32)) for m in val_masks]
     min_hw = min(min(x.shape[:2]) for x in X + Xv)
     patch = tuple(min(p, (min_hw // 16) * 16) for p in s.patch_size)
+    if s.area_sampling:
+        X, Y = area_tiles(X, Y, patch)
 
     conf = Config2D(
         n_rays=s.n_rays, grid=tuple(s.grid), n_channel_in=n_channel,
@@ -97,6 +125,7 @@ def train_stardist2d(
         train_learning_rate=s.learning_rate, unet_n_depth=s.unet_n_depth,
         unet_n_filter_base=s.unet_n_filter_base, train_tensorboard=False, use_gpu=False,
         train_epochs=s.epochs, train_steps_per_epoch=s.steps_per_epoch,
+        train_reduce_lr={"factor": 0.5, "patience": s.reduce_lr_patience, "min_delta": 0},
     )
     model = StarDist2D(conf, name=name, basedir=str(basedir))
     if init_weights is not None:

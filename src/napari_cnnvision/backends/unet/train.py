@@ -23,7 +23,7 @@ from ...core.normalize import percentile_normalize
 from ...core.progress import NULL_PROGRESS, Progress
 from .targets import instances_from_probs, labels_to_target
 
-SEED_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))  # 0.3 .. 0.8
+SEED_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.3 .. 0.9
 EVAL_IOUS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
