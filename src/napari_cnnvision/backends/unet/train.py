@@ -288,7 +288,7 @@ def train_unet(
             best_t, best_score = t, score
     preds = [instances_from_probs(p, best_t, s.fg_thresh, s.min_size) for p in probs]
     aps = _ap(Yv, preds, EVAL_IOUS)
-    metrics = {"val": {**{f"ap{int(round(i * 100))}": round(a, 4) for i, a in zip(EVAL_IOUS, aps)},
+    metrics = {"val": {**{f"ap@{i:.1f}": round(a, 4) for i, a in zip(EVAL_IOUS, aps)},
                        "mean_ap": round(float(np.mean(aps)), 4), "n_images": len(Yv)}}
     thresholds = {"seed": best_t, "fg": s.fg_thresh, "min_size": s.min_size}
     seconds = time.time() - t0
@@ -305,7 +305,7 @@ def train_unet(
                         extra_files={"training.json": json.dumps(
                             {"history": history, "seed_scores": {str(k): v for k, v in scores.items()},
                              "settings": settings_d, "seconds": seconds}, indent=1) + "\n"})
-    progress(1.0, f"saved {folder} (val AP@0.5 {metrics['val']['ap50']:.3f})", **metrics["val"])
+    progress(1.0, f"saved {folder} (val AP@0.5 {metrics['val']['ap@0.5']:.3f})", **metrics["val"])
     return UNetTrainResult(str(folder), epochs_run, best_epoch, seconds, history, thresholds, metrics,
                            stopped, settings_d)
 
