@@ -22,6 +22,7 @@ from napari_cnnvision.backends.unet.io import (load_model, read_config, save_mod
 from napari_cnnvision.backends.unet.model import (UNetConfig, build_unet, checkerboard_amplitude,  # noqa: E402
                                                   checkerboard_energy)
 from napari_cnnvision.backends.unet.predict import predict_job, predict_probs, segment, tile_plan  # noqa: E402
+from napari_cnnvision.backends.unet.train import SEED_GRID  # noqa: E402
 from napari_cnnvision.backends.unet.targets import (BOUNDARY, INTERIOR, instances_from_probs,  # noqa: E402
                                                     labels_to_target)
 from napari_cnnvision.backends.unet.train import UNetTrainSettings, train_unet  # noqa: E402
@@ -141,7 +142,7 @@ def test_trained_tiny_unet_segments_held_out_disks(trained):
     assert {"command", "seconds"} <= set(card.training)
     assert set(card.metrics["val"]) >= {"ap@0.5", "ap@0.6", "ap@0.7", "ap@0.8", "ap@0.9"}
     cfg = read_config(card.path)
-    assert 0.3 <= cfg["thresholds"]["seed"] <= 0.8 and cfg["thresholds"] == res.thresholds
+    assert min(SEED_GRID) <= cfg["thresholds"]["seed"] <= max(SEED_GRID) and cfg["thresholds"] == res.thresholds
     assert thresholds_of(card)["prob"] == cfg["thresholds"]["seed"]
     assert sorted(os.listdir(card.path)) == ["config.json", "model.json", "training.json", "weights.pt"]
 
