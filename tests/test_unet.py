@@ -22,10 +22,9 @@ from napari_cnnvision.backends.unet.io import (load_model, read_config, save_mod
 from napari_cnnvision.backends.unet.model import (UNetConfig, build_unet, checkerboard_amplitude,  # noqa: E402
                                                   checkerboard_energy)
 from napari_cnnvision.backends.unet.predict import predict_job, predict_probs, segment, tile_plan  # noqa: E402
-from napari_cnnvision.backends.unet.train import SEED_GRID  # noqa: E402
 from napari_cnnvision.backends.unet.targets import (BOUNDARY, INTERIOR, instances_from_probs,  # noqa: E402
                                                     labels_to_target)
-from napari_cnnvision.backends.unet.train import UNetTrainSettings, train_unet  # noqa: E402
+from napari_cnnvision.backends.unet.train import SEED_GRID, UNetTrainSettings, train_unet  # noqa: E402
 from napari_cnnvision.core.axes import InputError  # noqa: E402
 from napari_cnnvision.core.progress import Cancelled, RecordingProgress  # noqa: E402
 from napari_cnnvision.core.registry import CorruptModel, ModelRegistry, read_card  # noqa: E402
