@@ -87,3 +87,30 @@ def test_models_widget_download_offline_reports(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: w.download_btn.enabled, timeout=120000)
     assert "could not be downloaded" in w.status.value
     assert "tf: pid" in w.workers.value
+
+
+def test_closing_the_widget_mid_job_cancels_it_quietly(make_napari_viewer, qtbot):
+    """Closing napari (or the dock widget) while a job runs: the job is cancelled and no
+    callback touches the deleted Qt widgets."""
+    from magicgui.widgets import Container, ProgressBar
+
+    viewer = make_napari_viewer()
+    panel = Container()
+    bar = ProgressBar(min=0, max=100)
+    panel.append(bar)
+    runner = JobRunner(pool_for(viewer), owner=panel.native)
+    calls, exceptions = [], []
+    w = runner.start("sleep", {"seconds": 30, "steps": 300},
+                     on_progress=lambda ev: (calls.append(ev), setattr(bar, "value", 50)),
+                     on_error=lambda exc: setattr(bar, "value", 0),
+                     on_finished=lambda: setattr(bar, "value", 100))
+    qtbot.waitUntil(lambda: len(calls) >= 2, timeout=20000)
+    pid = runner.pool.worker_for("sleep").pid
+    with qtbot.capture_exceptions() as exceptions:
+        panel.native.deleteLater()
+        qtbot.waitUntil(lambda: not runner.running, timeout=10000)
+        qtbot.wait(300)
+    assert not exceptions, exceptions
+    with pytest.raises(ProcessLookupError):  # the worker was killed, not left running for 30 s
+        os.kill(pid, 0)
+    assert w is not None

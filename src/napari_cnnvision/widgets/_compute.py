@@ -28,13 +28,30 @@ class JobRunner:
     ``on_progress(event)``, ``on_done(result)``, ``on_error(exc)`` and ``on_finished()``
     run on the GUI thread. ``cancel()`` stops the job at once (the worker is killed and
     restarted on the next job); ``stop()`` asks it to stop at its next check.
+
+    With ``owner`` (the widget's Qt object), closing the widget or napari mid-job cancels
+    the job and drops its callbacks, which would otherwise touch deleted Qt widgets.
     """
 
-    def __init__(self, pool: WorkerPool):
+    def __init__(self, pool: WorkerPool, owner=None):
         self.pool = pool
         self._worker = None
         self._job = None
         self._stop = threading.Event()
+        self._alive = True
+        if owner is not None:
+            owner.destroyed.connect(self._owner_destroyed)
+
+    def _owner_destroyed(self, *_):
+        self._alive = False
+        if self.running:
+            self.cancel()
+
+    def _guard(self, fn):
+        def call(*args):
+            if self._alive:
+                fn(*args)
+        return call
 
     @property
     def running(self) -> bool:
@@ -92,15 +109,15 @@ class JobRunner:
 
         w = _run()
         if on_progress is not None:
-            w.yielded.connect(on_progress)
+            w.yielded.connect(self._guard(on_progress))
         if on_done is not None:
-            w.returned.connect(on_done)
+            w.returned.connect(self._guard(on_done))
         if on_error is not None:
-            w.errored.connect(on_error)
+            w.errored.connect(self._guard(on_error))
 
         def _finished():
             self._worker = None
-            if on_finished is not None:
+            if on_finished is not None and self._alive:
                 on_finished()
 
         w.finished.connect(_finished)

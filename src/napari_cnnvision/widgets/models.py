@@ -13,7 +13,7 @@ class ModelsWidget(Container):
         self.viewer = napari_viewer
         self.registry = registry or ModelRegistry()
         self.pool = pool_for(napari_viewer)
-        self.runner = JobRunner(self.pool)
+        self.runner = JobRunner(self.pool, owner=self.native)
         self.table = Table(value=self._rows())
         self.pretrained = ComboBox(label="pretrained", choices=self._pretrained_choices)
         self.download_btn = PushButton(text="Download")

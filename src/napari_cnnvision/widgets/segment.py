@@ -18,7 +18,7 @@ class SegmentWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.registry = registry or ModelRegistry()
-        self.runner = JobRunner(pool_for(napari_viewer))
+        self.runner = JobRunner(pool_for(napari_viewer), owner=self.native)
 
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.model = ComboBox(label="model", choices=self._model_choices)
