@@ -1,6 +1,8 @@
 """The compute worker: data round trip, progress, errors, cancellation, crashes, frameworks."""
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -99,9 +101,6 @@ def test_shutdown_and_restart():
 
 def test_worker_does_not_rerun_an_unguarded_main_script(tmp_path):
     """A user's script without a __main__ guard must not run again inside the worker."""
-    import subprocess
-    import sys
-
     script = tmp_path / "user_script.py"
     script.write_text(
         "import sys\n"
@@ -114,3 +113,44 @@ def test_worker_does_not_rerun_an_unguarded_main_script(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("MAIN-RAN") == 1
     assert "pid" in out.stdout
+
+
+ORPHAN_SCRIPT = r"""
+import sys, threading, time
+from napari_cnnvision.worker import WorkerPool
+
+if __name__ == "__main__":
+    pool = WorkerPool()
+    threading.Thread(target=pool.run, args=("sleep", {"seconds": 60, "steps": 1}), daemon=True).start()
+    time.sleep(1.0)
+    print(pool.worker_for("sleep").pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" in f.read()  # a zombie waiting for init to reap it has exited
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_worker_exits_when_its_parent_is_killed(tmp_path):
+    """napari killed mid-job (SIGKILL): its worker must not compute on as an orphan (the job sends
+    nothing for 60 s, so only the parent watch can notice)."""
+    script = tmp_path / "parent.py"
+    script.write_text(ORPHAN_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline())
+        assert not _gone(pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _gone(pid), "the worker outlived its parent"
+    finally:
+        proc.kill()

@@ -16,6 +16,26 @@ def _quiet_frameworks():
     os.environ.setdefault("KMP_WARNINGS", "0")
 
 
+def _exit_with_parent(interval: float = 1.0) -> None:
+    """Exit when the process that started us is gone (napari killed or crashed).
+
+    Without this an orphaned worker could keep computing, holding memory and CPU, until
+    its job ends. A daemon thread: it costs one ``getppid`` a second.
+    """
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="cnnvision-parent-watch", daemon=True).start()
+
+
 def main(conn, stop_event, framework: str) -> None:
     """Serve jobs from ``conn`` until it closes or a ``None`` message arrives.
 
@@ -24,6 +44,7 @@ def main(conn, stop_event, framework: str) -> None:
     ``("done", job_id, result_bytes)``, ``("error", job_id, type_name, message, traceback)``.
     """
     _quiet_frameworks()
+    _exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the parent
     deferred = []  # shared-memory inputs still referenced by caches
     while True:
