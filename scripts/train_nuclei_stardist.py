@@ -6,15 +6,19 @@ writes the model folder (StarDist format) to ``--out``.
 
     python scripts/train_nuclei_stardist.py --data ../shared/data/dsb2018_fluo --out runs --epochs 200
 
-Then ``python scripts/package_stardist.py --run runs/nuclei-stardist`` evaluates it on val and copies it, with its
+Stop early (after the current epoch; threshold optimization and ``training.json`` still
+run): ``touch runs/nuclei-stardist.stop``. Then ``python scripts/package_stardist.py --run
+runs/nuclei-stardist`` compares the run's weights on val and copies the best, with its
 model card, into the package.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
+from pathlib import Path
 
 from napari_cnnvision.backends.stardist.train import StarDistTrainSettings, train_stardist2d
 from napari_cnnvision.core.datasets import load_segmentation_split
@@ -52,8 +56,15 @@ def main(argv=None):
         m = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.metrics.items())
         print(f"[{time.strftime('%H:%M:%S')}] {ev.message} {m}", flush=True)
 
+    # Stop after the current epoch, keeping the best weights: `touch <out>/<name>.stop` or SIGTERM.
+    stop_file = Path(a.out) / f"{a.name}.stop"
+    stop_file.unlink(missing_ok=True)
+    term = []
+    signal.signal(signal.SIGTERM, lambda *_: term.append(1))
+    stop = lambda: bool(term) or stop_file.exists()  # noqa: E731
+
     res = train_stardist2d(train.images, train.masks, val.images, val.masks, a.out, a.name,
-                           settings, init_weights=a.init, progress=Progress(emit))
+                           settings, init_weights=a.init, progress=Progress(emit, stop))
     print(json.dumps({"model_dir": res.model_dir, "epochs": res.epochs_run, "seconds": res.seconds,
                       "thresholds": res.thresholds}), flush=True)
 
