@@ -1,10 +1,12 @@
 """Accuracy of segmentation models on a dataset split (default: dsb2018_fluo val).
 
-    python benchmarks/bench_segmentation_accuracy.py [--models nuclei-stardist nuclei-unet] [--split val]
+    python benchmarks/bench_segmentation_accuracy.py [--models nuclei-stardist nuclei-unet] [--split val] [--worst 5]
 
 Segments every image of the split through the plugin's Python API (the same backend as the
 widget and the CLI) and prints precision, recall, F1 and AP = TP/(TP+FP+FN) at IoU 0.5..0.9.
-Skips (exit 0) when the shared data folder is missing.
+``--worst N`` also lists the N images with the most errors (FP + FN at IoU 0.5) and the size of
+the objects missed, which tells where a model loses its AP. Skips (exit 0) when the shared data
+folder is missing.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ def main(argv=None):
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--split", default="val")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--worst", type=int, default=0, help="list the N images with the most errors")
     a = p.parse_args(argv)
     if not Path(a.data).is_dir():
         print(f"skipped: no dataset at {a.data}")
@@ -49,7 +52,29 @@ def main(argv=None):
         print(f"  {'IoU':>5} {'AP':>6} {'prec':>6} {'recall':>6} {'F1':>6}")
         for i in range(len(s.iou)):
             print(f"  {s.iou[i]:5.2f} {s.ap[i]:6.3f} {s.precision[i]:6.3f} {s.recall[i]:6.3f} {s.f1[i]:6.3f}")
+        if a.worst:
+            _print_worst(data, preds, s, a.worst)
     return 0
+
+
+def _print_worst(data, preds, total, n):
+    import numpy as np
+    from stardist.matching import matching
+
+    rows, missed = [], []
+    for name, truth, pred in zip(data.ids, data.masks, preds):
+        m = matching(truth, pred, thresh=0.5, report_matches=True)
+        rows.append((m.fp + m.fn, name, truth.shape, m.tp, m.fp, m.fn))
+        hit = {t for (t, _), sc in zip(m.matched_pairs, m.matched_scores) if sc >= 0.5}
+        areas = np.bincount(truth.ravel())
+        missed += [int(areas[k]) for k in range(1, len(areas)) if areas[k] and k not in hit]
+    c = total.at(0.5)
+    errors = c["fp"] + c["fn"]
+    print(f"  errors at IoU 0.5: {errors} ({c['fp']} FP, {c['fn']} FN); missed objects: median area "
+          f"{np.median(missed) if missed else 0:.0f} px, {sum(a < 60 for a in missed)} of {len(missed)} under 60 px")
+    for err, name, shape, tp, fp, fn in sorted(rows, reverse=True)[:n]:
+        print(f"  {name[:16]:16s} {shape[0]}x{shape[1]}: TP {tp} FP {fp} FN {fn} "
+              f"({100 * err / max(errors, 1):.0f}% of all errors)")
 
 
 if __name__ == "__main__":
