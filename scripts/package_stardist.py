@@ -124,6 +124,7 @@ def main(argv=None):
     )
     dest = Path(a.dest)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None, prefix=".pkg-"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is for everyone to read
     shutil.copy2(run / "config.json", tmp / "config.json")
     shutil.copy2(run / chosen, tmp / "weights_best.h5")  # the name stardist loads by default
     (tmp / "thresholds.json").write_text(json.dumps(thresholds))
