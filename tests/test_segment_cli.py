@@ -40,6 +40,10 @@ def test_segment_writes_tif_and_csv_and_skips_done(tmp_path, tiny):
     assert len(header) - 1 == len(set(np.unique(lab)) - {0})
     r2 = run()
     assert "segmented 0, skipped 2" in r2.stdout
+    r3 = run("--tta", "--overwrite")  # test-time augmentation: same files, other network output
+    assert r3.returncode == 0 and "segmented 2, skipped 0" in r3.stdout, r3.stderr[-2000:]
+    assert tifffile.imread(out / "a.tif").shape == img.shape
+    assert not np.array_equal(tifffile.imread(out / "a.tif"), lab)
 
 
 def test_evaluate_segment_against_truth(tmp_path):

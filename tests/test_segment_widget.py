@@ -7,6 +7,7 @@ import pytest
 from stardist_helpers import make_tiny_stardist
 
 from napari_cnnvision.layers.segmentation import RESULT_KEY
+from napari_cnnvision.widgets.segment import BROWSE as BROWSE_VALUE
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,23 @@ def test_segment_bad_input_reports_and_stays_usable(widget, qtbot):
     w.image.value = viewer.layers["nuclei_2d"]
     _run(w, qtbot)
     assert "objects in" in w.status.value
+
+
+def test_test_time_augmentation_option(widget, qtbot, tmp_path):
+    from stardist_helpers import make_tiny_stardist3d
+
+    viewer, w = widget
+    assert w.tta.enabled and not w.tta.value
+    w.tta.value = True
+    _run(w, qtbot)
+    res = viewer.layers["nuclei_2d [tiny-stardist]"]
+    assert res.metadata[RESULT_KEY]["tta"] is True and "objects in" in w.status.value
+    # flips/turns of 3D rays are not exact: the option is off for 3D models
+    make_tiny_stardist3d(tmp_path / "m")
+    w.model.value = BROWSE_VALUE
+    w.model_dir.value = str(tmp_path / "m" / "tiny-stardist3d")
+    w._on_model()
+    assert not w.tta.enabled and not w.tta.value
 
 
 def test_segment_current_frame_of_stack(widget, qtbot):

@@ -169,6 +169,20 @@ def test_3d_model_on_the_3d_sample(tf_pool, tmp_path):
     assert set(res.table["label"].tolist()) == set(np.unique(res.labels)) - {0}
 
 
+def test_tta_and_border_options_check_their_input(tf_pool, tiny, tmp_path):
+    from stardist_helpers import make_tiny_stardist3d
+
+    res = tf_pool.run("stardist.predict", {"image": _blobs(), "model": card_dict(tiny), "prob_thresh": 0.2,
+                                           "tta": True})
+    assert res.tta and res.labels.shape == (128, 160)
+    with pytest.raises(JobError, match="exclude_border must be >= 0"):
+        tf_pool.run("stardist.predict", {"image": _blobs(), "model": card_dict(tiny), "exclude_border": -1})
+    model3d = make_tiny_stardist3d(tmp_path)
+    with pytest.raises(JobError, match="2D StarDist models only"):
+        tf_pool.run("stardist.predict", {"image": np.zeros((8, 32, 32), np.float32), "model": card_dict(model3d),
+                                         "tta": True})
+
+
 def test_area_tiles_sample_large_images_by_area():
     from napari_cnnvision.backends.stardist.train import area_tiles
 

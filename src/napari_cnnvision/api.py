@@ -59,9 +59,13 @@ def get_model(name_or_path: str, registry: ModelRegistry | None = None) -> Model
 def segment(image, model: str | ModelCard | None = None, *, axes: str | None = None,
             prob_thresh: float | None = None, nms_thresh: float | None = None,
             pmin: float = 1.0, pmax: float = 99.8, n_tiles="auto", return_polygons: bool = False,
-            progress=None, registry: ModelRegistry | None = None, isolated: bool | None = None
-            ) -> SegmentationResult:
-    """Instance segmentation of ``image`` (see :class:`SegmentationResult`)."""
+            tta: bool = False, progress=None, registry: ModelRegistry | None = None,
+            isolated: bool | None = None) -> SegmentationResult:
+    """Instance segmentation of ``image`` (see :class:`SegmentationResult`).
+
+    ``tta``: test-time augmentation -- the network runs on the image's 8 flips / 90° turns and
+    the outputs are averaged before post-processing; about 8x slower, a little more accurate.
+    """
     from .backends.segment import job_for, run_segmentation
 
     registry = registry or ModelRegistry()
@@ -71,4 +75,4 @@ def segment(image, model: str | ModelCard | None = None, *, axes: str | None = N
         isolated = _must_isolate(job_for(card))
     return run_segmentation(image, card, axes=axes, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
                             pmin=pmin, pmax=pmax, n_tiles=n_tiles, return_polygons=return_polygons,
-                            progress=progress, pool=_worker_pool() if isolated else None)
+                            tta=tta, progress=progress, pool=_worker_pool() if isolated else None)

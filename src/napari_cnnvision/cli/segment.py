@@ -17,6 +17,8 @@ def add_parser(sub):
     p.add_argument("--tiles", default="auto", help="'auto', 'none' or one count per spatial axis, e.g. 2,2")
     p.add_argument("--pmin", type=float, default=1.0, help="low percentile for normalization (default 1)")
     p.add_argument("--pmax", type=float, default=99.8, help="high percentile for normalization (default 99.8)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average over the image's 8 flips/90-degree turns (about 8x slower)")
     p.add_argument("--axes", default=None, help="axis order, e.g. YX, YXC, ZYX, TYX (default: guessed)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -62,7 +64,7 @@ def run(args) -> int:
             image = read_image(f)
             res = api.segment(image, card, axes=args.axes, prob_thresh=args.prob_thresh,
                               nms_thresh=args.nms_thresh, pmin=args.pmin, pmax=args.pmax, n_tiles=tiles,
-                              progress=bar, registry=registry)
+                              tta=args.tta, progress=bar, registry=registry)
         except Exception as exc:
             bar.close()
             print(f"napari-cnnvision: {f}: {exc}", file=sys.stderr)

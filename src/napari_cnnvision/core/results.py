@@ -23,6 +23,7 @@ class SegmentationResult:
     polygons: list[np.ndarray] | None = None
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    tta: bool = False  # made with test-time augmentation (flips / 90° turns averaged)
 
     @property
     def n_objects(self) -> int:

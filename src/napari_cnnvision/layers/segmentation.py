@@ -26,7 +26,8 @@ def segmentation_layers(result: SegmentationResult, image_name: str = "image",
     table = {"index": result.table["label"], **result.table}
     features = pd.DataFrame(table)
     meta = {RESULT_KEY: {"kind": "segmentation", "model": result.model, "source": image_name,
-                         "prob_thresh": result.prob_thresh, "nms_thresh": result.nms_thresh}}
+                         "prob_thresh": result.prob_thresh, "nms_thresh": result.nms_thresh,
+                         "tta": result.tta}}
     kw = {"name": name, "features": features, "metadata": meta}
     if scale is not None:
         kw["scale"] = tuple(scale)[-result.labels.ndim:]

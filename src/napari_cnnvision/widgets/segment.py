@@ -31,12 +31,14 @@ class SegmentWidget(Container):
         self.tiles = LineEdit(label="tiles", value="auto", tooltip="'auto', 'none' or counts per axis: 2,2")
         self.scope = ComboBox(label="frames", choices=["whole stack", "current frame"], value="whole stack")
         self.outlines = CheckBox(text="also add outlines (Shapes)", value=False)
+        self.tta = CheckBox(text="test-time augmentation (8x slower, a little more accurate)", value=False,
+                            tooltip="average the network's output over the image's 8 flips and 90° turns")
         self.run_btn = PushButton(text="Segment")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
         self.status = Label(label="", value="")
         self.extend([self.image, self.model, self.model_dir, self.optimized, self.prob, self.nms, self.pmin,
-                     self.pmax, self.tiles, self.scope, self.outlines, self.run_btn, self.cancel_btn,
+                     self.pmax, self.tiles, self.scope, self.outlines, self.tta, self.run_btn, self.cancel_btn,
                      self.progress, self.status])
 
         self.model.changed.connect(self._on_model)
@@ -70,9 +72,13 @@ class SegmentWidget(Container):
     def _on_model(self, *_):
         self.model_dir.visible = self.model.value == BROWSE
         try:
-            uses_nms = not self.current_card().backend == "unet"
+            backend = self.current_card().backend
         except (InputError, ModelNotFound, ValueError):
-            uses_nms = True
+            backend = ""
+        uses_nms = backend != "unet"
+        self.tta.enabled = backend != "stardist3d"  # flips/turns of 3D rays are not exact
+        if not self.tta.enabled:
+            self.tta.value = False
         self.nms.visible = uses_nms  # the U-Net's watershed has no overlap threshold
         self.prob.label = "probability" if uses_nms else "seed probability"
         self._on_optimized()
@@ -122,7 +128,8 @@ class SegmentWidget(Container):
             frame = int(self.viewer.dims.current_step[0])
             data, axes = data[frame], axes[1:]
         kwargs = dict(image=data, model=card_payload(card), axes=axes, pmin=self.pmin.value, pmax=self.pmax.value,
-                      n_tiles=parse_tiles(self.tiles.value), return_polygons=self.outlines.value)
+                      n_tiles=parse_tiles(self.tiles.value), return_polygons=self.outlines.value,
+                      tta=bool(self.tta.value))
         if not self.optimized.value:
             kwargs.update(prob_thresh=self.prob.value, nms_thresh=self.nms.value)
         return job_for(card), kwargs, layer, frame

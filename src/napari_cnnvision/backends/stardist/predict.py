@@ -100,20 +100,33 @@ def _auto_tiles(shape: tuple[int, ...], n_dim: int) -> tuple[int, ...]:
     return tuple(tiles)
 
 
-def _raw_predict(model, model_key, frame, axes, pmin, pmax, n_tiles, progress_tile):
-    """Dense prob/dist for one frame, from cache when possible."""
-    key = (model_key, image_key(frame), axes, pmin, pmax, n_tiles)
-    if key in _RAW:
-        _RAW.move_to_end(key)
-        return _RAW[key], True
-    x = percentile_normalize(frame, pmin, pmax)
+def _network(model, x, axes, n_tiles, progress_tile):
     tiles = n_tiles + ((1,) if "C" in axes else ()) if n_tiles is not None else None
     res = None
     for res in model._predict_generator(x, axes=axes, normalizer=None, n_tiles=tiles,
                                         show_tile_progress=False):
         if res is None:
             progress_tile()
-    prob, dist = res[0], res[1]
+    return res[0], res[1]
+
+
+def _raw_predict(model, model_key, frame, axes, pmin, pmax, n_tiles, progress_tile, tta=False):
+    """Dense prob/dist for one frame, from cache when possible (averaged over flips/turns if ``tta``)."""
+    key = (model_key, image_key(frame), axes, pmin, pmax, n_tiles, tta)
+    if key in _RAW:
+        _RAW.move_to_end(key)
+        return _RAW[key], True
+    x = percentile_normalize(frame, pmin, pmax)
+    if tta:
+        from . import tta as _tta
+
+        def net(xt, t):
+            tiles = n_tiles[::-1] if (t.transpose and n_tiles is not None) else n_tiles
+            return _network(model, xt, axes, tiles, progress_tile)
+
+        prob, dist = _tta.predict_tta(net, x, tuple(model.config.grid), int(model.config.n_rays))
+    else:
+        prob, dist = _network(model, x, axes, n_tiles, progress_tile)
     _RAW[key] = (prob, dist)
     while len(_RAW) > 4:
         _RAW.popitem(last=False)
@@ -131,6 +144,8 @@ def segment(
     n_tiles: tuple[int, ...] | str | None = "auto",
     frames: list[int] | None = None,
     return_polygons: bool = False,
+    tta: bool = False,
+    exclude_border: int = 0,
     progress: Progress = NULL_PROGRESS,
     registry: ModelRegistry | None = None,
 ) -> SegmentationResult:
@@ -139,6 +154,12 @@ def segment(
     ``axes`` is guessed when ``None`` (see :func:`~napari_cnnvision.core.axes.guess_axes`).
     Stacks with a leading T axis are processed frame by frame (``frames`` restricts
     which; the others stay 0). Thresholds default to the model's optimized ones.
+
+    ``tta`` (2D models): average the network's output over the image's 8 flips/90° turns
+    before non-maximum suppression -- about 8x the network time, a little more accurate.
+    ``exclude_border``: object centres closer than this many grid steps to the image edge
+    are dropped. StarDist's own default is 2, which loses nuclei cut by the image edge
+    (about 2 points of AP@0.5 on dsb2018_fluo val); ours is 0.
     """
     t0 = time.perf_counter()
     if isinstance(card, str):
@@ -148,6 +169,10 @@ def segment(
     progress(0.0, f"loading model {card.name}")
     model = load_model(card)
     n_dim, n_ch = _model_axes(model)
+    if tta and n_dim != 2:
+        raise InputError("test-time augmentation (tta) is available for 2D StarDist models only")
+    if exclude_border < 0:
+        raise InputError(f"exclude_border must be >= 0, not {exclude_border}")
     inp = prepare_input(image, axes, card.name, n_dim, n_ch)
     spatial_shape, frame_axes = inp.spatial_shape, inp.frame_axes
     if isinstance(n_tiles, str):
@@ -167,7 +192,7 @@ def segment(
     labels_out = np.zeros(inp.labels_shape, np.int32)
     tables, polygons = [], [] if return_polygons else None
     t_net = t_nms = 0.0
-    n_tile_total = max(1, math.prod(n_tiles)) if n_tiles else 1
+    n_tile_total = (max(1, math.prod(n_tiles)) if n_tiles else 1) * (_n_tta(model) if tta else 1)
     offset = 0
     for k, f in enumerate(todo):
         progress.check()
@@ -181,10 +206,11 @@ def segment(
                      f"frame {k + 1}/{len(todo)}: tile {done_tiles[0]}/{n_tile_total}")
 
         ta = time.perf_counter()
-        (prob, dist), cached = _raw_predict(model, model_key, frame, frame_axes, pmin, pmax, n_tiles, tile_done)
+        (prob, dist), cached = _raw_predict(model, model_key, frame, frame_axes, pmin, pmax, n_tiles, tile_done,
+                                            tta)
         tb = time.perf_counter()
         labels, details = model._instances_from_prediction(spatial_shape, prob, dist, prob_thresh=prob_thresh,
-                                                           nms_thresh=nms_thresh)
+                                                           nms_thresh=nms_thresh, b=int(exclude_border))
         t_net += tb - ta
         t_nms += time.perf_counter() - tb
         labels = labels.astype(np.int32, copy=False)
@@ -208,7 +234,13 @@ def segment(
     table = concat_tables(tables) if tables else object_table(np.zeros((1,) * n_dim, np.int32), np.zeros(0), None)
     labels_out = compact_labels(labels_out)
     return SegmentationResult(labels_out, table, card.name, prob_thresh, nms_thresh, polygons, inp.warnings,
-                              {"network_s": t_net, "nms_s": t_nms, "total_s": time.perf_counter() - t0})
+                              {"network_s": t_net, "nms_s": t_nms, "total_s": time.perf_counter() - t0}, tta)
+
+
+def _n_tta(model) -> int:
+    from . import tta as _tta
+
+    return len(_tta.transforms_for(tuple(model.config.grid), int(model.config.n_rays)))
 
 
 def predict_job(progress, image, model, **kwargs):

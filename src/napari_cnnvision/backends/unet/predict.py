@@ -134,6 +134,29 @@ def predict_probs(
     return out
 
 
+def predict_probs_tta(model, x: np.ndarray, tile_size=DEFAULT_TILE, overlap=None, n_tiles=None,
+                      tile_done=None) -> np.ndarray:
+    """:func:`predict_probs` averaged over the image's 8 flips / 90° turns (test-time augmentation)."""
+    acc = None
+    combos = [(fy, fx, tr) for tr in (False, True) for fy in (False, True) for fx in (False, True)]
+    for i, (fy, fx, tr) in enumerate(combos):
+        xt = x[:, ::-1] if fy else x
+        xt = xt[:, :, ::-1] if fx else xt
+        xt = np.swapaxes(xt, 1, 2) if tr else xt
+        counts = None if n_tiles is None else (tuple(n_tiles)[::-1] if tr else tuple(n_tiles))
+
+        def done(k, n, i=i):
+            if tile_done is not None:
+                tile_done(i * n + k, n * len(combos))
+
+        p = predict_probs(model, np.ascontiguousarray(xt), tile_size, overlap, counts, done)
+        p = np.swapaxes(p, 1, 2) if tr else p
+        p = p[:, :, ::-1] if fx else p
+        p = p[:, ::-1] if fy else p
+        acc = p.copy() if acc is None else acc + p
+    return acc / len(combos)
+
+
 def _polygons(labels: np.ndarray, frame: int | None) -> list[np.ndarray]:
     """Outline (y, x) of each object, in label order (longest contour of the object)."""
     from skimage.measure import find_contours, regionprops
@@ -178,6 +201,7 @@ def segment(
     registry: ModelRegistry | None = None,
     tile_size: int | None = None,
     tile_overlap: int | None = None,
+    tta: bool = False,
 ) -> SegmentationResult:
     """Segment ``image`` with a U-Net model folder; see :class:`SegmentationResult`.
 
@@ -186,7 +210,8 @@ def segment(
     is ignored. ``n_tiles``: ``"auto"`` tiles of ``tile_size`` (default 512) pixels,
     ``None`` one tile for the whole image (unless ``tile_size`` is given), or a tile
     count per axis. Stacks with a leading T axis are processed frame by frame
-    (``frames`` restricts which; the others stay 0).
+    (``frames`` restricts which; the others stay 0). ``tta``: average the class
+    probabilities over the image's 8 flips / 90° turns (about 8x the network time).
     """
     from .io import load_model
 
@@ -221,7 +246,7 @@ def segment(
         progress.check()
         frame = inp.frame(f)
         ta = time.perf_counter()
-        fkey = (model_key, image_key(frame), frame_axes, pmin, pmax, tile, counts, tile_overlap)
+        fkey = (model_key, image_key(frame), frame_axes, pmin, pmax, tile, counts, tile_overlap, tta)
         cached = fkey in _RAW
         if cached:
             _RAW.move_to_end(fkey)
@@ -236,7 +261,7 @@ def segment(
                     progress((k + 0.9 * i / n) / len(todo), f"frame {k + 1}/{len(todo)}: tile {i}/{n}")
                     progress.check()
 
-                probs = predict_probs(model, x, tile, tile_overlap, counts, tile_done)
+                probs = (predict_probs_tta if tta else predict_probs)(model, x, tile, tile_overlap, counts, tile_done)
             _RAW[fkey] = probs
             while len(_RAW) > 2:
                 _RAW.popitem(last=False)
@@ -268,7 +293,8 @@ def segment(
                                                               0 if t_ax else None)
     labels_out = compact_labels(labels_out)
     return SegmentationResult(labels_out, table, card.name, seed, None, polygons, warnings_,
-                              {"network_s": t_net, "watershed_s": t_post, "total_s": time.perf_counter() - t0})
+                              {"network_s": t_net, "watershed_s": t_post, "total_s": time.perf_counter() - t0},
+                              tta)
 
 
 def predict_job(progress, image, model, **kwargs):
@@ -280,4 +306,4 @@ def predict_job(progress, image, model, **kwargs):
 
 
 
-__all__ = ["segment", "predict_probs", "tile_plan", "predict_job", "default_overlap"]
+__all__ = ["segment", "predict_probs", "predict_probs_tta", "tile_plan", "predict_job", "default_overlap"]
