@@ -4,8 +4,9 @@
 
 1. for each candidate weights file of the run (default: ``weights_best.h5``, the lowest val loss
    during training, ``weights_last.h5`` and ``weights_now.h5``, the latest epoch's): optimizes the probability/NMS thresholds on the val
-   split (unless ``--keep-thresholds``), segments every val image through the plugin's own backend
-   and scores it (AP = TP/(TP+FP+FN));
+   split for val AP@0.5 of the plugin's own post-processing (unless ``--keep-thresholds``; see
+   ``napari_cnnvision.backends.stardist.thresholds``), segments every val image through the plugin's
+   own backend and scores it (AP = TP/(TP+FP+FN));
 2. keeps the candidate with the highest val AP@0.5 (all choices are made on val, never on test);
 3. writes ``config.json``, ``weights_best.h5`` (the chosen weights), ``thresholds.json`` and a
    ``model.json`` card to ``--dest``. With ``--previous-card`` (the card of the model this run was
@@ -22,8 +23,8 @@ from pathlib import Path
 
 from napari_cnnvision.backends.evaluate import score_segmentations
 from napari_cnnvision.backends.stardist.predict import _RAW, load_model, segment
+from napari_cnnvision.backends.stardist.thresholds import optimize_thresholds
 from napari_cnnvision.core.datasets import load_segmentation_split
-from napari_cnnvision.core.normalize import percentile_normalize
 from napari_cnnvision.core.registry import ModelCard, read_card, write_card
 
 
@@ -45,14 +46,14 @@ def main(argv=None):
     val = load_segmentation_split(a.data, "val")
     card = read_card(run, "path")
     model = load_model(card)
-    Xv = [percentile_normalize(x, 1, 99.8) for x in val.images]
     results = []
     for cand in [c for c in a.candidates if (run / c).is_file()]:
         model.load_weights(cand)
         if not a.keep_thresholds:
             t = time.time()
-            thr = model.optimize_thresholds(Xv, val.masks)  # also writes run/thresholds.json
-            print(f"{cand}: optimized thresholds {thr} in {time.time() - t:.0f} s", flush=True)
+            best = optimize_thresholds(model, val.images, val.masks)
+            (run / "thresholds.json").write_text(json.dumps({"prob": best["prob"], "nms": best["nms"]}))
+            print(f"{cand}: optimized thresholds {best} in {time.time() - t:.0f} s", flush=True)
         thresholds = json.loads((run / "thresholds.json").read_text())
         _RAW.clear()  # the network output cache belongs to the previous weights
         t = time.time()

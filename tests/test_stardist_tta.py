@@ -64,3 +64,41 @@ def test_only_exact_transforms_are_used():
     # unequal grid steps: no transposes
     assert all(not t.transpose for t in tta.transforms_for((1, 2), 32))
     assert len(tta.transforms_for((1, 2), 32)) == 4
+
+
+class _NumpyStarDist:
+    """Just enough of a StarDist2D for the threshold optimizer, from stardist's numpy functions."""
+
+    class config:
+        grid = (1, 1)
+        n_rays = 32
+
+    def _instances_from_prediction(self, shape, prob, dist, prob_thresh, nms_thresh, b=2):
+        from stardist.geometry import polygons_to_label
+        from stardist.nms import non_maximum_suppression
+
+        points, probi, disti = non_maximum_suppression(dist, prob, grid=(1, 1), b=b, prob_thresh=prob_thresh,
+                                                       nms_thresh=nms_thresh)
+        return polygons_to_label(disti, points, prob=probi, shape=shape), {}
+
+
+def test_threshold_optimizer_scores_the_plugins_post_processing():
+    from napari_cnnvision.backends.stardist.thresholds import optimize_thresholds, score
+
+    rng = np.random.default_rng(0)
+    masks = [_labels((61, 80)), _labels((64, 81))[::-1].copy()]
+    for m in masks:
+        m[:2, 60:72] = 4  # a nucleus cut by the top edge: two rows of it are in the image
+    net = _fake_network((1, 1), 32)
+    raw = []
+    for m in masks:  # exact targets, probabilities with noise and a spurious blob below 0.5
+        p, d = net(m)
+        p = np.clip(p + rng.normal(0, 0.02, p.shape), 0, 1).astype(np.float32)
+        p[50:54, 5:9] = 0.45
+        raw.append((p, d))
+    model = _NumpyStarDist()
+    best = optimize_thresholds(model, masks, masks, raw=raw, prob_coarse=(0.2, 0.4, 0.6), nms_threshs=(0.3, 0.5))
+    assert best["ap"] == 1.0 and 0.45 < best["prob"] < 0.8 and best["nms"] in (0.3, 0.5)
+    assert score(model, masks, masks, raw, 0.3, 0.3) < 1.0  # the spurious blob counts at a low threshold
+    # StarDist's default border of 2 loses the nucleus cut by the image edge
+    assert score(model, masks, masks, raw, best["prob"], best["nms"], exclude_border=2) < 1.0
