@@ -80,16 +80,20 @@ def object_table(labels: np.ndarray, probs, frame: int | None) -> dict[str, np.n
 
     ``probs[k - 1]`` is the probability of label ``k``.
     """
-    from scipy import ndimage as ndi
-
     n = int(labels.max()) if labels.size else 0
     lab = np.arange(1, n + 1, dtype=np.int64)
     if n:
-        area = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
+        flat = labels.ravel()
+        area = np.bincount(flat, minlength=n + 1)[1:].astype(np.float64)
         keep = area > 0
+        cents = []
+        for ax in range(labels.ndim):  # centroid = per-label mean of each pixel coordinate
+            shape = [1] * labels.ndim
+            shape[ax] = labels.shape[ax]
+            coord = np.broadcast_to(np.arange(labels.shape[ax], dtype=np.float64).reshape(shape), labels.shape)
+            cents.append(np.bincount(flat, weights=coord.ravel(), minlength=n + 1)[1:][keep])
         lab, area = lab[keep], area[keep]
-        cents = np.asarray(ndi.center_of_mass(np.ones(labels.shape), labels, lab), np.float64)
-        cents = cents.reshape(len(lab), labels.ndim)
+        cents = np.stack(cents, axis=1) / area[:, None]
     else:
         area, cents = np.zeros(0), np.zeros((0, labels.ndim))
     out = {"label": lab, "area": area}
