@@ -33,14 +33,14 @@ sysdeps:
 	fi
 
 test: $(STAMP) sysdeps
-	QT_API=pyqt5 $(PY) -m pytest -ra
+	QT_API=pyqt6 $(PY) -m pytest -ra
 
 demo: $(STAMP)
 	@if [ -n "$$DISPLAY" ] || [ "$$(uname -s)" = Darwin ]; then \
 		$(PY) -m napari_cnnvision.demo; \
 	elif command -v xvfb-run >/dev/null 2>&1; then \
 		echo "no display: running napari under Xvfb; results and a window screenshot go to demo-output/"; \
-		QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m napari_cnnvision.demo --out demo-output; \
+		QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m napari_cnnvision.demo --out demo-output; \
 	else \
 		echo "no display and no Xvfb: running the demo through the CLI into demo-output/ (numpy-rendered preview)"; \
 		$(VENV)/bin/napari-cnnvision demo --out demo-output; \

@@ -13,7 +13,7 @@ def test_gui_demo_shows_segmentation(qtbot):
 
     viewer, seg = main(run=True)
     try:
-        assert "Segment (napari-cnnvision)" in viewer.window._dock_widgets
+        assert "Segment (napari-cnnvision)" in viewer.window.dock_widgets
         qtbot.waitUntil(lambda: not seg.runner.running, timeout=180000)
         result = viewer.layers["nuclei_2d [nuclei-stardist]"]
         assert len(np.unique(result.data)) > 50, seg.status.value
