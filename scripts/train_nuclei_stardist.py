@@ -42,6 +42,10 @@ def main(argv=None):
                    help="tile large training images so patches are drawn in proportion to image area")
     p.add_argument("--lr-patience", type=int, default=40,
                    help="halve the learning rate after this many epochs without a lower val loss")
+    p.add_argument("--grid", type=int, default=2,
+                   help="output grid step (2: predict every 2nd pixel, as the shipped model; 1: full resolution, "
+                        "better for tiny nuclei; 170 s vs 52 s per epoch on 2 CPU cores)")
+    p.add_argument("--rays", type=int, default=32, help="number of rays per object")
     a = p.parse_args(argv)
 
     train = load_segmentation_split(a.data, "train", a.limit)
@@ -50,7 +54,7 @@ def main(argv=None):
     settings = StarDistTrainSettings(epochs=a.epochs, steps_per_epoch=a.steps,
                                      patch_size=(a.patch, a.patch), batch_size=a.batch,
                                      learning_rate=a.lr, area_sampling=a.area_sampling,
-                                     reduce_lr_patience=a.lr_patience)
+                                     reduce_lr_patience=a.lr_patience, grid=(a.grid, a.grid), n_rays=a.rays)
 
     def emit(ev):
         m = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.metrics.items())
