@@ -7,7 +7,9 @@ Segments every image of the split through the plugin's Python API (the same back
 widget and the CLI) and prints precision, recall, F1 and AP = TP/(TP+FP+FN) at IoU 0.5..0.9.
 ``--worst N`` also lists the N images with the most errors (FP + FN at IoU 0.5) and the size of
 the objects missed, which tells where a model loses its AP. ``--tta`` also scores each model with
-test-time augmentation (8 flips / 90° turns averaged; same thresholds). Skips (exit 0) when the shared data
+test-time augmentation (8 flips / 90° turns averaged; same thresholds). ``--min-area N`` adds a
+diagnostic score that ignores objects under N pixels in both truth and prediction (the ground
+truth holds tiny annotation fragments; this shows how much of the AP they cost). Skips (exit 0) when the shared data
 folder is missing.
 """
 from __future__ import annotations
@@ -28,6 +30,8 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--worst", type=int, default=0, help="list the N images with the most errors")
     p.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
+    p.add_argument("--min-area", type=int, default=0,
+                   help="diagnostic: also score without objects under this many pixels (truth and prediction)")
     a = p.parse_args(argv)
     if not Path(a.data).is_dir():
         print(f"skipped: no dataset at {a.data}")
@@ -56,9 +60,23 @@ def main(argv=None):
             print(f"  {'IoU':>5} {'AP':>6} {'prec':>6} {'recall':>6} {'F1':>6}")
             for i in range(len(s.iou)):
                 print(f"  {s.iou[i]:5.2f} {s.ap[i]:6.3f} {s.precision[i]:6.3f} {s.recall[i]:6.3f} {s.f1[i]:6.3f}")
+            if a.min_area:
+                big = score_segmentations([_drop_small(m, a.min_area) for m in data.masks],
+                                          [_drop_small(q, a.min_area) for q in preds])
+                print(f"  without objects under {a.min_area} px: "
+                      + " ".join(f"AP@{i:.1f} {v:.3f}" for i, v in zip(big.iou, big.ap)))
             if a.worst:
                 _print_worst(data, preds, s, a.worst)
     return 0
+
+
+def _drop_small(labels, min_area):
+    import numpy as np
+
+    areas = np.bincount(labels.ravel())
+    small = areas < min_area
+    small[0] = False
+    return np.where(small[labels], 0, labels)
 
 
 def _print_worst(data, preds, total, n):
