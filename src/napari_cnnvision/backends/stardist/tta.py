@@ -89,16 +89,20 @@ def apply(t: Transform, x: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def invert(t: Transform, prob: np.ndarray, dist: np.ndarray, out_shape: tuple[int, int], n_rays: int):
-    """Map the network output for the transformed image back to the original frame."""
+def _invert_views(t: Transform, prob: np.ndarray, dist: np.ndarray, out_shape: tuple[int, int]):
+    """Views (no copies) of the output mapped back to the original frame; rays not yet re-indexed."""
     if t.transpose:
         prob, dist = np.swapaxes(prob, 0, 1), np.swapaxes(dist, 0, 1)
     if t.flip_x:
         prob, dist = prob[:, ::-1], dist[:, ::-1]
     if t.flip_y:
         prob, dist = prob[::-1], dist[::-1]
-    prob = prob[: out_shape[0], : out_shape[1]]
-    dist = dist[: out_shape[0], : out_shape[1]]
+    return prob[: out_shape[0], : out_shape[1]], dist[: out_shape[0], : out_shape[1]]
+
+
+def invert(t: Transform, prob: np.ndarray, dist: np.ndarray, out_shape: tuple[int, int], n_rays: int):
+    """Map the network output for the transformed image back to the original frame."""
+    prob, dist = _invert_views(t, prob, dist, out_shape)
     return prob, dist[..., ray_permutation(t, n_rays)]
 
 
@@ -107,14 +111,16 @@ def predict_tta(predict: Predict, x: np.ndarray, grid: tuple[int, int], n_rays: 
     """Mean probability and distances over ``transforms`` (default: all exact ones)."""
     transforms = transforms_for(grid, n_rays) if transforms is None else transforms
     out_shape = (math.ceil(x.shape[0] / grid[0]), math.ceil(x.shape[1] / grid[1]))
-    prob_sum = dist_sum = None
+    prob_sum = np.zeros(out_shape, np.float32)
+    dist_sum = np.zeros(out_shape + (n_rays,), np.float32)
     for t in transforms:
         p, d = predict(apply(t, x, grid), t)
-        p, d = invert(t, np.asarray(p, np.float32), np.asarray(d, np.float32), out_shape, n_rays)
-        if prob_sum is None:
-            prob_sum, dist_sum = p.astype(np.float32), d.astype(np.float32)
-        else:
-            prob_sum += p
-            dist_sum += d
+        p, d = _invert_views(t, np.asarray(p), np.asarray(d), out_shape)
+        prob_sum += p
+        for k, j in enumerate(ray_permutation(t, n_rays)):  # ray by ray: no full-size temporary copy
+            dist_sum[..., k] += d[..., j]
+        del p, d
     n = len(transforms)
-    return prob_sum / n, dist_sum / n
+    prob_sum /= n
+    dist_sum /= n
+    return prob_sum, dist_sum
