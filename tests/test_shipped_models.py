@@ -82,7 +82,7 @@ def _edge_recall(truth, pred):
     edge = set(np.unique(np.concatenate([truth[0], truth[-1], truth[:, 0], truth[:, -1]]))) - {0}
     m = matching(truth, pred, thresh=0.5, report_matches=True)
     hit = {t for (t, _), s in zip(m.matched_pairs, m.matched_scores) if s >= 0.5}
-    return len(edge & hit) / len(edge), len(edge)
+    return len(edge & hit) / max(len(edge), 1), len(edge)
 
 
 def test_nuclei_cut_by_the_image_edge_are_segmented(pool, sample_with_mask):
