@@ -119,9 +119,7 @@ def main(argv=None):
             "thresholds": thresholds,
             "stages": stages,
         },
-        metrics={"val": {f"ap@{s:.1f}": round(v, 4) for s, v in zip(scores.iou, scores.ap)} | {
-            f"f1@{s:.1f}": round(v, 4) for s, v in zip(scores.iou, scores.f1)} | {
-            "n_images": scores.n_images, "predict_seconds": round(seconds, 1)}},
+        metrics={"val": scores.card_metrics(seconds)},
     )
     dest = Path(a.dest)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None, prefix=".pkg-"))

@@ -28,12 +28,6 @@ from napari_cnnvision.core.io import atomic_write_text
 from napari_cnnvision.core.registry import read_card, write_card
 
 
-def _metrics(scores, seconds):
-    return {f"ap@{s:.1f}": round(v, 4) for s, v in zip(scores.iou, scores.ap)} | {
-        f"f1@{s:.1f}": round(v, 4) for s, v in zip(scores.iou, scores.f1)} | {
-        "n_images": scores.n_images, "predict_seconds": round(seconds, 1)}
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="src/napari_cnnvision/models/nuclei-stardist")
@@ -56,7 +50,7 @@ def main(argv=None):
                  for x in val.images]
         seconds = time.time() - t
         scores = score_segmentations(val.masks, preds)
-        metrics[key] = _metrics(scores, seconds)
+        metrics[key] = scores.card_metrics(seconds)
         print(f"{key}: " + " ".join(f"AP@{s:.1f} {v:.4f}" for s, v in zip(scores.iou, scores.ap))
               + f"  ({1000 * seconds / len(preds):.0f} ms/image)", flush=True)
     if a.dry_run:

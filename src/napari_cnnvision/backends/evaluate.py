@@ -26,6 +26,15 @@ class SegmentationScores:
         i = int(np.argmin(np.abs(np.asarray(self.iou) - iou)))
         return {k: getattr(self, k)[i] for k in ("iou", "precision", "recall", "f1", "ap", "tp", "fp", "fn")}
 
+    def card_metrics(self, predict_seconds: float | None = None) -> dict:
+        """The figures a model card records: ``ap@0.5`` ... ``f1@0.9``, ``n_images`` (and the time)."""
+        out = {f"ap@{s:.1f}": round(v, 4) for s, v in zip(self.iou, self.ap)}
+        out |= {f"f1@{s:.1f}": round(v, 4) for s, v in zip(self.iou, self.f1)}
+        out["n_images"] = self.n_images
+        if predict_seconds is not None:
+            out["predict_seconds"] = round(predict_seconds, 1)
+        return out
+
 
 def score_segmentations(truths, preds, ious=DEFAULT_IOUS) -> SegmentationScores:
     """Aggregate counts over all image pairs (``matching_dataset`` semantics)."""

@@ -110,23 +110,26 @@ def _network(model, x, axes, n_tiles, progress_tile):
     return res[0], res[1]
 
 
+def network_output(model, x, axes, n_tiles=None, progress_tile=lambda: None, tta=False):
+    """Dense prob/dist of a normalized frame, averaged over flips/turns if ``tta``."""
+    if not tta:
+        return _network(model, x, axes, n_tiles, progress_tile)
+    from . import tta as _tta
+
+    def net(xt, t):
+        tiles = n_tiles[::-1] if (t.transpose and n_tiles is not None) else n_tiles
+        return _network(model, xt, axes, tiles, progress_tile)
+
+    return _tta.predict_tta(net, x, tuple(model.config.grid), int(model.config.n_rays))
+
+
 def _raw_predict(model, model_key, frame, axes, pmin, pmax, n_tiles, progress_tile, tta=False):
     """Dense prob/dist for one frame, from cache when possible (averaged over flips/turns if ``tta``)."""
     key = (model_key, image_key(frame), axes, pmin, pmax, n_tiles, tta)
     if key in _RAW:
         _RAW.move_to_end(key)
         return _RAW[key], True
-    x = percentile_normalize(frame, pmin, pmax)
-    if tta:
-        from . import tta as _tta
-
-        def net(xt, t):
-            tiles = n_tiles[::-1] if (t.transpose and n_tiles is not None) else n_tiles
-            return _network(model, xt, axes, tiles, progress_tile)
-
-        prob, dist = _tta.predict_tta(net, x, tuple(model.config.grid), int(model.config.n_rays))
-    else:
-        prob, dist = _network(model, x, axes, n_tiles, progress_tile)
+    prob, dist = network_output(model, percentile_normalize(frame, pmin, pmax), axes, n_tiles, progress_tile, tta)
     _RAW[key] = (prob, dist)
     while len(_RAW) > 4:
         _RAW.popitem(last=False)

@@ -16,19 +16,13 @@ from ...core.progress import NULL_PROGRESS, Progress
 
 def raw_outputs(model, images, tta=False, pmin=1.0, pmax=99.8, progress: Progress = NULL_PROGRESS):
     """The network's (prob, dist) for each 2D image, averaged over flips/turns if ``tta``."""
-    from . import tta as _tta
-    from .predict import _network
+    from .predict import network_output
 
-    grid, n_rays = tuple(model.config.grid), int(model.config.n_rays)
     axes = "YX" if images[0].ndim == 2 else "YXC"
     out = []
     for k, x in enumerate(images):
         progress.check()
-        x = percentile_normalize(x, pmin, pmax)
-        if tta:
-            out.append(_tta.predict_tta(lambda xt, t: _network(model, xt, axes, None, lambda: None), x, grid, n_rays))
-        else:
-            out.append(_network(model, x, axes, None, lambda: None))
+        out.append(network_output(model, percentile_normalize(x, pmin, pmax), axes, tta=tta))
         progress((k + 1) / len(images) * 0.5, f"network output {k + 1}/{len(images)}")
     return out
 

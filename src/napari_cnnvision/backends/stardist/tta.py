@@ -13,37 +13,19 @@ Two details make the averaged output line up exactly with the plain one:
 * Transposing is used only when both grid steps are equal, and a transform is used only when it
   maps the set of ray directions onto itself.
 
-Pure numpy; the network is passed in as a function, so this module is testable without TensorFlow.
+The flips themselves are in ``backends/dihedral.py``. Pure numpy; the network is passed in as a
+function, so this module is testable without TensorFlow.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-Predict = Callable[[np.ndarray, "Transform"], "tuple[np.ndarray, np.ndarray]"]  # (image, its transform)
+from ..dihedral import ALL, Transform, backward, forward
 
-
-@dataclass(frozen=True)
-class Transform:
-    flip_y: bool
-    flip_x: bool
-    transpose: bool  # applied after the flips
-
-    def direction(self, dy: np.ndarray, dx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Where a direction (dy, dx) of the original image points in the transformed one."""
-        if self.flip_y:
-            dy = -dy
-        if self.flip_x:
-            dx = -dx
-        if self.transpose:
-            dy, dx = dx, dy
-        return dy, dx
-
-
-ALL = [Transform(fy, fx, t) for t in (False, True) for fy in (False, True) for fx in (False, True)]
+Predict = Callable[[np.ndarray, Transform], "tuple[np.ndarray, np.ndarray]"]  # (image, its transform)
 
 
 def ray_permutation(t: Transform, n_rays: int) -> np.ndarray | None:
@@ -81,29 +63,10 @@ def _pad_for_flip(x: np.ndarray, axis: int, step: int) -> np.ndarray:
 def apply(t: Transform, x: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """The transformed image (first two axes are Y, X; a trailing channel axis is kept)."""
     if t.flip_y:
-        x = _pad_for_flip(x, 0, grid[0])[::-1]
+        x = _pad_for_flip(x, 0, grid[0])
     if t.flip_x:
-        x = _pad_for_flip(x, 1, grid[1])[:, ::-1]
-    if t.transpose:
-        x = np.swapaxes(x, 0, 1)
-    return np.ascontiguousarray(x)
-
-
-def _invert_views(t: Transform, prob: np.ndarray, dist: np.ndarray, out_shape: tuple[int, int]):
-    """Views (no copies) of the output mapped back to the original frame; rays not yet re-indexed."""
-    if t.transpose:
-        prob, dist = np.swapaxes(prob, 0, 1), np.swapaxes(dist, 0, 1)
-    if t.flip_x:
-        prob, dist = prob[:, ::-1], dist[:, ::-1]
-    if t.flip_y:
-        prob, dist = prob[::-1], dist[::-1]
-    return prob[: out_shape[0], : out_shape[1]], dist[: out_shape[0], : out_shape[1]]
-
-
-def invert(t: Transform, prob: np.ndarray, dist: np.ndarray, out_shape: tuple[int, int], n_rays: int):
-    """Map the network output for the transformed image back to the original frame."""
-    prob, dist = _invert_views(t, prob, dist, out_shape)
-    return prob, dist[..., ray_permutation(t, n_rays)]
+        x = _pad_for_flip(x, 1, grid[1])
+    return np.ascontiguousarray(forward(t, x))
 
 
 def predict_tta(predict: Predict, x: np.ndarray, grid: tuple[int, int], n_rays: int,
@@ -115,7 +78,8 @@ def predict_tta(predict: Predict, x: np.ndarray, grid: tuple[int, int], n_rays: 
     dist_sum = np.zeros(out_shape + (n_rays,), np.float32)
     for t in transforms:
         p, d = predict(apply(t, x, grid), t)
-        p, d = _invert_views(t, np.asarray(p), np.asarray(d), out_shape)
+        p = backward(t, np.asarray(p))[: out_shape[0], : out_shape[1]]  # views; padding cropped
+        d = backward(t, np.asarray(d))[: out_shape[0], : out_shape[1]]
         prob_sum += p
         for k, j in enumerate(ray_permutation(t, n_rays)):  # ray by ray: no full-size temporary copy
             dist_sum[..., k] += d[..., j]

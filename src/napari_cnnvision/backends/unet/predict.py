@@ -137,24 +137,20 @@ def predict_probs(
 def predict_probs_tta(model, x: np.ndarray, tile_size=DEFAULT_TILE, overlap=None, n_tiles=None,
                       tile_done=None) -> np.ndarray:
     """:func:`predict_probs` averaged over the image's 8 flips / 90° turns (test-time augmentation)."""
+    from ..dihedral import ALL, backward, forward
+
     acc = None
-    combos = [(fy, fx, tr) for tr in (False, True) for fy in (False, True) for fx in (False, True)]
-    for i, (fy, fx, tr) in enumerate(combos):
-        xt = x[:, ::-1] if fy else x
-        xt = xt[:, :, ::-1] if fx else xt
-        xt = np.swapaxes(xt, 1, 2) if tr else xt
-        counts = None if n_tiles is None else (tuple(n_tiles)[::-1] if tr else tuple(n_tiles))
+    for i, t in enumerate(ALL):
+        counts = None if n_tiles is None else (tuple(n_tiles)[::-1] if t.transpose else tuple(n_tiles))
 
         def done(k, n, i=i):
             if tile_done is not None:
-                tile_done(i * n + k, n * len(combos))
+                tile_done(i * n + k, n * len(ALL))
 
-        p = predict_probs(model, np.ascontiguousarray(xt), tile_size, overlap, counts, done)
-        p = np.swapaxes(p, 1, 2) if tr else p
-        p = p[:, :, ::-1] if fx else p
-        p = p[:, ::-1] if fy else p
+        p = predict_probs(model, np.ascontiguousarray(forward(t, x, y_axis=1)), tile_size, overlap, counts, done)
+        p = backward(t, p, y_axis=1)
         acc = p.copy() if acc is None else acc + p
-    return acc / len(combos)
+    return acc / len(ALL)
 
 
 def _polygons(labels: np.ndarray, frame: int | None) -> list[np.ndarray]:
