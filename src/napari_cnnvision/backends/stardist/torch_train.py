@@ -113,10 +113,11 @@ def star_dist(lbl, n_rays: int = 32, grid: int = 1, max_steps: int | None = None
     c = torch.zeros_like(r)
     res = torch.zeros_like(r)
     alive = torch.ones(len(k), dtype=torch.bool, device=dev)
-    # A ray leaves its object's bounding box within (box diagonal + 1) unit steps; without
-    # max_steps, every 16 steps check whether any ray is still going (one GPU sync).
-    steps = int(max_steps) if max_steps is not None else H + W
-    for step in range(min(steps, H + W)):
+    # A ray leaves its object's bounding box within (box diagonal + 1) unit steps. Most rays are
+    # short: after 8, 16, 32, ... steps the finished ones are written out and dropped (one GPU
+    # sync each), so the long tail of steps runs on few entries.
+    steps = min(int(max_steps) if max_steps is not None else H + W, H + W)
+    for step in range(1, steps + 1):
         r = r + dr
         c = c + dc
         pr = torch.round(i0 + r).to(torch.int64)
@@ -126,8 +127,13 @@ def star_dist(lbl, n_rays: int = 32, grid: int = 1, max_steps: int | None = None
         hit = alive & (outside | (at != val))
         res = torch.where(hit, torch.sqrt((r - cr * dr) ** 2 + (c - cr * dc) ** 2), res)
         alive = alive & ~hit
-        if max_steps is None and step % 16 == 15 and not bool(alive.any()):
-            break
+        if step >= 8 and step & (step - 1) == 0 and step < steps:
+            done = ~alive
+            out[bi[done], k[done], ri[done], ci[done]] = res[done]
+            if not bool(alive.any()):
+                return out
+            bi, ri, ci, k, val, i0, j0, dr, dc, cr, base, r, c, res, alive = (
+                t[alive] for t in (bi, ri, ci, k, val, i0, j0, dr, dc, cr, base, r, c, res, alive))
     out[bi, k, ri, ci] = res
     return out
 
