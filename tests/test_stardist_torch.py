@@ -184,3 +184,43 @@ def test_tiny_training_run_exports_a_model_the_plugin_segments_with(tmp_path, sa
     assert (model_dir / "config.json").is_file() and (model_dir / "weights_ckpt_100.h5").is_file()
     training = json.loads((model_dir / "training.json").read_text())
     assert training["framework"] == "pytorch" and training["checkpoints"][0]["step"] == 12
+
+
+def test_training_script_end_to_end_on_a_small_dataset(tmp_path, sample):
+    """The recipe's command line on a dataset folder in the layout of ../shared/data/dsb2018_fluo."""
+    import runpy
+
+    import tifffile
+
+    x, y = sample
+    root = tmp_path / "data"
+    for sub in ("images", "masks", "splits"):
+        (root / sub).mkdir(parents=True)
+    ids = {"train": ["a", "b"], "val": ["c"]}
+    crops = {"a": (slice(0, 256), slice(0, 256)), "b": (slice(256, 512), slice(0, 256)),
+             "c": (slice(0, 256), slice(256, 512))}
+    for i, sl in crops.items():
+        tifffile.imwrite(root / "images" / f"{i}.tif", x[sl])
+        tifffile.imwrite(root / "masks" / f"{i}.tif", y[sl].astype(np.uint16))
+    for split, names in ids.items():
+        (root / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    out = tmp_path / "run"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_nuclei_stardist_torch.py"
+    argv = ["--data", str(root), "--out", str(out), "--grid", "2", "--rays", "16", "--filters", "8",
+            "--depth", "2", "--steps", "6", "--batch", "2", "--patch", "64", "--workers", "0",
+            "--warmup", "2", "--n-val-patches", "4", "--log-every", "3", "--save-at", "0.5", "1.0"]
+    import sys as _sys
+
+    old = _sys.argv
+    _sys.argv = [str(script)] + argv
+    try:
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(str(script), run_name="__main__")
+        assert not e.value.code
+    finally:
+        _sys.argv = old
+    assert sorted(p.name for p in out.glob("ckpt_*.npz")) == ["ckpt_050.npz", "ckpt_100.npz"]
+    _, meta = T.load_checkpoint(out / "ckpt_100.npz")
+    assert meta["step"] == 6 and meta["settings"]["batch"] == 2 and meta["config2d"]["n_rays"] == 16
+    log = (out / "train.log").read_text()
+    assert "train 2 images, val 1 images" in log and "step 6" in log and "saved ckpt_100.npz" in log
