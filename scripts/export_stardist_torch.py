@@ -39,7 +39,8 @@ def to_stardist(ckpts, run: Path):
         model.keras_model.set_weights(weights)
         name = f"weights_{Path(c).stem}.h5"
         model.keras_model.save_weights(str(run / name))
-        metas.append({"checkpoint": str(c), "weights": name} | {k: meta[k] for k in meta if k != "settings"})
+        metas.append({k: meta[k] for k in meta if k not in ("settings", "weights")}
+                     | {"checkpoint": str(c), "weights": name, "averaging": meta.get("weights")})
         print(f"{c} -> {run / name} (step {meta.get('step')}, val loss {meta.get('val_loss_ema')})", flush=True)
     settings = load_checkpoint(ckpts[-1])[1]["settings"]
     (run / "training.json").write_text(json.dumps({"framework": "pytorch", "settings": settings,

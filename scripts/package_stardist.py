@@ -40,6 +40,8 @@ def main(argv=None):
     p.add_argument("--previous-card", default=None,
                    help="model.json of the model this run started from (--init), to record all stages")
     p.add_argument("--command", default=None, help="the training command of this run, for the card")
+    p.add_argument("--hardware", default="2 CPU cores", help="what the run trained on, for the card")
+    p.add_argument("--recipe", default="scripts/train_nuclei_stardist.py", help="the training script, for the card")
     a = p.parse_args(argv)
 
     run = Path(a.run)
@@ -85,13 +87,23 @@ def main(argv=None):
             training["best_epoch"] = int(min(losses, key=lambda e: float(e[1]))[0])
     cfg = json.loads((run / "config.json").read_text())
     settings = training.get("settings", {})
-    command = a.command or (f"python scripts/train_nuclei_stardist.py --data {a.data} --out {run.parent} "
-                            f"--epochs {cfg.get('train_epochs')}")
-    stage = {"command": command, "epochs": epochs_done, "seconds": training.get("seconds"),
-             "best_epoch (lowest val loss)": training.get("best_epoch"), "weights": chosen,
-             "learning_rate": cfg.get("train_learning_rate"),
-             "area_sampling": settings.get("area_sampling", "--area-sampling" in command),
-             "reduce_lr_patience": settings.get("reduce_lr_patience", cfg.get("train_reduce_lr", {}).get("patience"))}
+    if training.get("framework") == "pytorch":  # made by scripts/export_stardist_torch.py
+        ck = next((c for c in training.get("checkpoints", []) if c.get("weights") == chosen), {})
+        command = a.command or (f"python {a.recipe} --out {run.parent} --grid {cfg['grid'][0]} "
+                                f"--batch {settings.get('batch')} --lr {settings.get('lr')}")
+        stage = {"command": command, "framework": "pytorch", "steps": ck.get("step"), "batch": settings.get("batch"),
+                 "seconds": ck.get("seconds"), "device": ck.get("device"), "weights": chosen,
+                 "learning_rate": settings.get("lr"), "schedule": "linear warm-up, cosine decay; EMA of the weights",
+                 "val_loss_ema": ck.get("val_loss_ema")}
+    else:
+        command = a.command or (f"python {a.recipe} --data {a.data} --out {run.parent} "
+                                f"--epochs {cfg.get('train_epochs')}")
+        stage = {"command": command, "epochs": epochs_done, "seconds": training.get("seconds"),
+                 "best_epoch (lowest val loss)": training.get("best_epoch"), "weights": chosen,
+                 "learning_rate": cfg.get("train_learning_rate"),
+                 "area_sampling": settings.get("area_sampling", "--area-sampling" in command),
+                 "reduce_lr_patience": settings.get("reduce_lr_patience",
+                                                    cfg.get("train_reduce_lr", {}).get("patience"))}
     stages, commands = [stage], [command]
     if a.previous_card:
         prev_card = json.loads(Path(a.previous_card).read_text())
@@ -104,7 +116,7 @@ def main(argv=None):
         name=a.name, task="segment", backend="stardist2d", classes=["nucleus"], axes="YX", channels=1,
         normalization={"type": "percentile", "pmin": 1.0, "pmax": 99.8},
         description="StarDist 2D nuclei model for fluorescence images, trained on the DSB2018 fluorescence "
-                    "train split by scripts/train_nuclei_stardist.py",
+                    f"train split by {a.recipe}",
         training={
             "data": "dsb2018_fluo (BBBC038 / Kaggle DSB2018 stage 1, fluorescence subset): train split "
                     "(391 images) for training, val split (68 images) for weight and threshold selection",
@@ -112,7 +124,7 @@ def main(argv=None):
             "epochs_run": sum(int(st.get("epochs") or 0) for st in stages),
             "steps_per_epoch": cfg.get("train_steps_per_epoch"),
             "seconds": round(sum(float(st.get("seconds") or 0) for st in stages)),
-            "hardware": "2 CPU cores",
+            "hardware": a.hardware,
             "weights": f"{chosen} of the last stage (highest val AP@0.5 among {', '.join(r[1] for r in results)})",
             "config": {k: cfg[k] for k in ("n_rays", "grid", "train_patch_size", "train_batch_size",
                                            "unet_n_depth", "unet_n_filter_base", "train_learning_rate")},

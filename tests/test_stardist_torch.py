@@ -186,24 +186,28 @@ def test_tiny_training_run_exports_a_model_the_plugin_segments_with(tmp_path, sa
     assert training["framework"] == "pytorch" and training["checkpoints"][0]["step"] == 12
 
 
-def test_training_script_end_to_end_on_a_small_dataset(tmp_path, sample):
-    """The recipe's command line on a dataset folder in the layout of ../shared/data/dsb2018_fluo."""
-    import runpy
-
+def _small_dataset(root, sample):
+    """Three 256² crops of stardist's sample in the layout of ../shared/data/dsb2018_fluo (2 train, 1 val)."""
     import tifffile
 
     x, y = sample
-    root = tmp_path / "data"
     for sub in ("images", "masks", "splits"):
         (root / sub).mkdir(parents=True)
-    ids = {"train": ["a", "b"], "val": ["c"]}
     crops = {"a": (slice(0, 256), slice(0, 256)), "b": (slice(256, 512), slice(0, 256)),
              "c": (slice(0, 256), slice(256, 512))}
     for i, sl in crops.items():
         tifffile.imwrite(root / "images" / f"{i}.tif", x[sl])
         tifffile.imwrite(root / "masks" / f"{i}.tif", y[sl].astype(np.uint16))
-    for split, names in ids.items():
-        (root / "splits" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    (root / "splits" / "train.txt").write_text("a\nb\n")
+    (root / "splits" / "val.txt").write_text("c\n")
+    return root
+
+
+def test_training_script_end_to_end_on_a_small_dataset(tmp_path, sample):
+    """The recipe's command line on a dataset folder in the layout of ../shared/data/dsb2018_fluo."""
+    import runpy
+
+    root = _small_dataset(tmp_path / "data", sample)
     out = tmp_path / "run"
     script = Path(__file__).resolve().parents[1] / "scripts" / "train_nuclei_stardist_torch.py"
     argv = ["--data", str(root), "--out", str(out), "--grid", "2", "--rays", "16", "--filters", "8",
@@ -224,3 +228,39 @@ def test_training_script_end_to_end_on_a_small_dataset(tmp_path, sample):
     assert meta["step"] == 6 and meta["settings"]["batch"] == 2 and meta["config2d"]["n_rays"] == 16
     log = (out / "train.log").read_text()
     assert "train 2 images, val 1 images" in log and "step 6" in log and "saved ckpt_100.npz" in log
+
+
+def test_packaging_a_torch_trained_model_records_its_stage(tmp_path, sample):
+    """export_stardist_torch.py -> package_stardist.py: thresholds, val metrics and a card naming the run."""
+    x, y = sample
+    data = _small_dataset(tmp_path / "data", sample)
+    s = T.TorchTrainSettings(net=T.TorchStarDistConfig(grid=2, n_rays=16, unet_n_filter_base=8, unet_n_depth=2),
+                             patch=64, batch=2, steps=4, warmup=1, workers=0, save_at=(1.0,), n_val_patches=2)
+    ckpt = T.train_torch([x[:256, :256]], [y[:256, :256]], [x[:256, 256:]], [y[:256, 256:]],
+                         tmp_path / "ck", s, log=lambda m: None)[0]
+    run, dest = tmp_path / "run" / "nuclei-stardist", tmp_path / "models" / "tiny"
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    res = _run(f"""
+        import json, runpy, sys
+        for argv, script in [
+            (["--to-stardist", {str(ckpt)!r}, "--run", {str(run)!r}], "export_stardist_torch.py"),
+            (["--run", {str(run)!r}, "--data", {str(data)!r}, "--dest", {str(dest)!r}, "--candidates",
+              "weights_ckpt_100.h5", "--hardware", "a test CPU", "--recipe", "scripts/train_nuclei_stardist_torch.py",
+              "--command", "tiny run"], "package_stardist.py")]:
+            sys.argv = [script] + argv
+            try:
+                runpy.run_path({str(scripts)!r} + "/" + script, run_name="__main__")
+            except SystemExit as e:
+                assert not e.code, e.code
+        from napari_cnnvision.core.registry import read_card
+        card = read_card({str(dest)!r}, "user")
+        print(json.dumps({{"backend": card.backend, "training": card.training, "metrics": card.metrics}}))
+    """)
+    assert res["backend"] == "stardist2d"
+    t = res["training"]
+    assert t["hardware"] == "a test CPU" and t["command"].startswith("tiny run")
+    stage = t["stages"][-1]
+    assert stage["framework"] == "pytorch" and stage["steps"] == 4 and stage["batch"] == 2
+    assert stage["weights"] == "weights_ckpt_100.h5"
+    assert 0 <= res["metrics"]["val"]["ap@0.5"] <= 1 and res["metrics"]["val"]["n_images"] == 1
+    assert (dest / "weights_best.h5").is_file() and (dest / "thresholds.json").is_file()
