@@ -23,6 +23,7 @@ import numpy as np
 
 def _data(n):
     from napari_cnnvision.backends.stardist import torch_train as T
+    from napari_cnnvision.backends.stardist.train import area_tiles
     from napari_cnnvision.core.normalize import percentile_normalize
 
     root = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "dsb2018_fluo")
@@ -38,7 +39,7 @@ def _data(n):
         xs, ys, src = [x], [y], "stardist sample image"
     X = [percentile_normalize(x) for x in xs]
     Y = [T.fill_label_holes(y.astype(np.int32)) for y in ys]
-    return T.area_tiles(X, Y, 256), src
+    return area_tiles(X, Y, (256, 256)), src
 
 
 def main(argv=None):

@@ -42,8 +42,8 @@ def to_stardist(ckpts, run: Path):
         metas.append({k: meta[k] for k in meta if k not in ("settings", "weights")}
                      | {"checkpoint": str(c), "weights": name, "averaging": meta.get("weights")})
         print(f"{c} -> {run / name} (step {meta.get('step')}, val loss {meta.get('val_loss_ema')})", flush=True)
-    settings = load_checkpoint(ckpts[-1])[1]["settings"]
-    (run / "training.json").write_text(json.dumps({"framework": "pytorch", "settings": settings,
+    # the last checkpoint's settings (all checkpoints of one run share them)
+    (run / "training.json").write_text(json.dumps({"framework": "pytorch", "settings": meta["settings"],
                                                    "checkpoints": metas}, indent=1))
 
 

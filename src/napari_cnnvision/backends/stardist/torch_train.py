@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import binary_fill_holes, distance_transform_edt, find_objects
 
+from .train import area_tiles  # numpy only; images larger than two patches -> patch-sized tiles
+
 
 # ---------------------------------------------------------------------------------- targets
 def _grown(sl, shape):
@@ -303,13 +305,6 @@ def stardist_loss(prob_logit, dist_pred, prob_true, dist_true, background_reg=1e
 
 
 # ---------------------------------------------------------------------------------- data
-def area_tiles(images, masks, patch):
-    """Split images larger than two patches into patch-sized tiles (see ``train.area_tiles``)."""
-    from .train import area_tiles as _tiles
-
-    return _tiles(images, masks, (patch, patch))
-
-
 class PatchSampler:
     """Random training patches as ``StarDistData2D`` draws them, with the recipe's augmentation.
 
@@ -445,17 +440,17 @@ def train_torch(images, masks, val_images, val_masks, out_dir, settings: TorchTr
     min_hw = min(min(x.shape[:2]) for x in X + Xv)
     patch = min(s.patch, (min_hw // 16) * 16)
     if s.area_sampling:
-        X, Y = area_tiles(X, Y, patch)
+        X, Y = area_tiles(X, Y, (patch, patch))
     g = s.net.grid
 
     # a fixed set of val patches for the logged val loss (no augmentation)
-    vs = PatchSampler(Xv, Yv, patch, g, foreground_prob=1.0, seed=12345)
+    rng = np.random.default_rng(12345)
     vsx, vsy, vsp = [], [], []
     for _ in range(s.n_val_patches):
-        k = int(vs.rng.integers(len(Xv)))
+        k = int(rng.integers(len(Xv)))
         x, y = Xv[k], Yv[k]
-        r0 = int(vs.rng.integers(y.shape[0] - patch + 1))
-        c0 = int(vs.rng.integers(y.shape[1] - patch + 1))
+        r0 = int(rng.integers(y.shape[0] - patch + 1))
+        c0 = int(rng.integers(y.shape[1] - patch + 1))
         yp = np.ascontiguousarray(y[r0:r0 + patch, c0:c0 + patch], dtype=np.int32)
         vsx.append(x[r0:r0 + patch, c0:c0 + patch])
         vsy.append(yp)
@@ -520,7 +515,7 @@ def train_torch(images, masks, val_images, val_masks, out_dir, settings: TorchTr
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, torch.bfloat16, enabled=use_bf16):
             pl, dp = net(xb)
-        loss, lp, ld = stardist_loss(pl.float(), dp.float(), pb, db, s.background_reg)
+        loss = stardist_loss(pl.float(), dp.float(), pb, db, s.background_reg)[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
