@@ -46,6 +46,8 @@ def main(argv=None):
                    help="output grid step (2: predict every 2nd pixel, as the shipped model; 1: full resolution, "
                         "better for tiny nuclei; 170 s vs 52 s per epoch on 2 CPU cores)")
     p.add_argument("--rays", type=int, default=32, help="number of rays per object")
+    p.add_argument("--scale-aug", type=float, default=0.0,
+                   help="random per-axis zoom of each patch by up to 1+S (0: off)")
     a = p.parse_args(argv)
 
     train = load_segmentation_split(a.data, "train", a.limit)
@@ -54,7 +56,8 @@ def main(argv=None):
     settings = StarDistTrainSettings(epochs=a.epochs, steps_per_epoch=a.steps,
                                      patch_size=(a.patch, a.patch), batch_size=a.batch,
                                      learning_rate=a.lr, area_sampling=a.area_sampling,
-                                     reduce_lr_patience=a.lr_patience, grid=(a.grid, a.grid), n_rays=a.rays)
+                                     reduce_lr_patience=a.lr_patience, grid=(a.grid, a.grid), n_rays=a.rays,
+                                     scale_augment=a.scale_aug)
 
     def emit(ev):
         m = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.metrics.items())

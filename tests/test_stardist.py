@@ -196,6 +196,27 @@ def test_area_tiles_sample_large_images_by_area():
     assert xs[8].shape == small.shape
 
 
+def test_zoom_augmentation_keeps_patch_shape_and_labels():
+    from napari_cnnvision.backends.stardist.train import _augment, zoom_patch
+
+    x = np.random.default_rng(0).random((64, 80)).astype(np.float32)
+    y = np.zeros((64, 80), np.int32)
+    y[20:40, 10:30] = 1  # 20 x 20
+    y[50:60, 60:76] = 2
+    zx, zy = zoom_patch(x, y, (1.25, 0.8))  # taller and narrower, centre-cropped / padded back
+    assert zx.shape == x.shape and zy.shape == y.shape and zy.dtype == y.dtype
+    assert (zy == 1).sum() == 25 * 16
+    assert set(np.unique(zy)) <= {0, 1, 2}  # nearest neighbour: no new or blended labels
+    zx, zy = zoom_patch(x, y, (0.5, 0.5))  # zoom-out: the border is background in both
+    assert (zy[:16] == 0).all() and np.allclose(zx[:16], x.min()) and (zy == 1).sum() == 100
+    rgb, _ = zoom_patch(np.stack([x] * 3, -1), y, (1.1, 0.9))
+    assert rgb.shape == (64, 80, 3)
+    np.random.seed(1)
+    sizes = {int((_augment(x, y, 0.25)[1] == 1).sum()) for _ in range(20)}
+    assert len(sizes) > 5 and min(sizes) >= 0.64 * 400 * 0.99 and max(sizes) <= 1.5625 * 400 * 1.01
+    assert {int((_augment(x, y)[1] == 1).sum()) for _ in range(5)} == {400}  # off by default
+
+
 def test_train_job_fine_tunes_into_a_loadable_model(tf_pool, tmp_path):
     images = [_blobs((192, 192), n=8, seed=s) for s in range(4)] + [_blobs((256, 600), n=20, seed=9)]
     from scipy import ndimage as ndi
@@ -203,7 +224,8 @@ def test_train_job_fine_tunes_into_a_loadable_model(tf_pool, tmp_path):
     masks = [ndi.label(im > 60)[0].astype(np.uint16) for im in images]  # blobs: pixels lifted above the noise
     events = []
     settings = {"n_rays": 8, "patch_size": (96, 96), "batch_size": 2, "epochs": 2, "steps_per_epoch": 3,
-                "unet_n_depth": 2, "unet_n_filter_base": 8, "area_sampling": True, "reduce_lr_patience": 5}
+                "unet_n_depth": 2, "unet_n_filter_base": 8, "area_sampling": True, "reduce_lr_patience": 5,
+                "scale_augment": 0.2}
     res = tf_pool.run("stardist.train", {"images": images[1:], "masks": masks[1:], "val_images": images[:1],
                                          "val_masks": masks[:1], "basedir": str(tmp_path), "name": "mini",
                                          "settings": settings}, on_event=events.append)
