@@ -139,7 +139,7 @@ def test_trained_tiny_unet_segments_held_out_disks(trained):
     # the card records how the model was made and how good it is
     assert card.training["data"] == "synthetic disks" and card.training["epochs"] == 4
     assert {"command", "seconds"} <= set(card.training)
-    assert set(card.metrics["val"]) >= {"ap@0.5", "ap@0.6", "ap@0.7", "ap@0.8", "ap@0.9"}
+    assert set(card.metrics["val"]) >= {"ap@0.5", "ap@0.6", "ap@0.7", "ap@0.8", "ap@0.9", "f1@0.5", "n_images", "mean_ap"}
     cfg = read_config(card.path)
     assert min(SEED_GRID) <= cfg["thresholds"]["seed"] <= max(SEED_GRID) and cfg["thresholds"] == res.thresholds
     assert thresholds_of(card)["prob"] == cfg["thresholds"]["seed"]

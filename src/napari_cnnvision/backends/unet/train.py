@@ -287,9 +287,10 @@ def train_unet(
         if score > best_score + 1e-9 or (abs(score - best_score) <= 1e-9 and abs(t - 0.5) < abs(best_t - 0.5)):
             best_t, best_score = t, score
     preds = [instances_from_probs(p, best_t, s.fg_thresh, s.min_size) for p in probs]
-    aps = _ap(Yv, preds, EVAL_IOUS)
-    metrics = {"val": {**{f"ap@{i:.1f}": round(a, 4) for i, a in zip(EVAL_IOUS, aps)},
-                       "mean_ap": round(float(np.mean(aps)), 4), "n_images": len(Yv)}}
+    from ..evaluate import score_segmentations
+
+    val_scores = score_segmentations(Yv, preds, EVAL_IOUS)  # the same figures as a StarDist card's
+    metrics = {"val": {**val_scores.card_metrics(), "mean_ap": round(float(np.mean(val_scores.ap)), 4)}}
     thresholds = {"seed": best_t, "fg": s.fg_thresh, "min_size": s.min_size}
     seconds = time.time() - t0
     settings_d = asdict(s)
