@@ -104,6 +104,8 @@ def main(argv=None):
                  "area_sampling": settings.get("area_sampling", "--area-sampling" in command),
                  "reduce_lr_patience": settings.get("reduce_lr_patience",
                                                     cfg.get("train_reduce_lr", {}).get("patience"))}
+        if settings.get("scale_augment"):
+            stage["scale_augment"] = settings["scale_augment"]
     stages, commands = [stage], [command]
     if a.previous_card:
         prev_card = json.loads(Path(a.previous_card).read_text())

@@ -48,6 +48,9 @@ def main(argv=None):
     p.add_argument("--rays", type=int, default=32, help="number of rays per object")
     p.add_argument("--scale-aug", type=float, default=0.0,
                    help="random per-axis zoom of each patch by up to 1+S (0: off)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="also keep every N-th epoch's weights as weights_e<epoch>.h5, for package_stardist.py "
+                        "--candidates")
     a = p.parse_args(argv)
 
     train = load_segmentation_split(a.data, "train", a.limit)
@@ -57,7 +60,7 @@ def main(argv=None):
                                      patch_size=(a.patch, a.patch), batch_size=a.batch,
                                      learning_rate=a.lr, area_sampling=a.area_sampling,
                                      reduce_lr_patience=a.lr_patience, grid=(a.grid, a.grid), n_rays=a.rays,
-                                     scale_augment=a.scale_aug)
+                                     scale_augment=a.scale_aug, save_every=a.save_every)
 
     def emit(ev):
         m = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.metrics.items())

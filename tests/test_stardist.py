@@ -225,14 +225,55 @@ def test_train_job_fine_tunes_into_a_loadable_model(tf_pool, tmp_path):
     events = []
     settings = {"n_rays": 8, "patch_size": (96, 96), "batch_size": 2, "epochs": 2, "steps_per_epoch": 3,
                 "unet_n_depth": 2, "unet_n_filter_base": 8, "area_sampling": True, "reduce_lr_patience": 5,
-                "scale_augment": 0.2}
+                "scale_augment": 0.2, "save_every": 1}
     res = tf_pool.run("stardist.train", {"images": images[1:], "masks": masks[1:], "val_images": images[:1],
                                          "val_masks": masks[:1], "basedir": str(tmp_path), "name": "mini",
                                          "settings": settings}, on_event=events.append)
     assert res.epochs_run == 2 and len(res.history["loss"]) == 2
     assert [e.message for e in events if e.message.startswith("epoch")] == ["epoch 1/2", "epoch 2/2"]
     folder = tmp_path / "mini"
-    assert {"config.json", "weights_best.h5", "thresholds.json", "training.json"} <= {p.name for p in folder.iterdir()}
+    assert {"config.json", "weights_best.h5", "thresholds.json", "training.json", "weights_e001.h5",
+            "weights_e002.h5"} <= {p.name for p in folder.iterdir()}
     assert 0 < res.thresholds["prob"] < 1
     out = tf_pool.run("stardist.predict", {"image": images[0], "model": card_dict(folder)})
     assert out.labels.shape == images[0].shape
+
+    # package_stardist.py: compares the saved epochs on val, records this stage after the previous model's
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import tifffile
+
+    from napari_cnnvision.core.registry import read_card, shipped_models_dir
+
+    data = tmp_path / "data"
+    for sub in ("images", "masks", "splits"):
+        (data / sub).mkdir(parents=True)
+    tifffile.imwrite(data / "images" / "v.tif", images[0].astype(np.uint8))
+    tifffile.imwrite(data / "masks" / "v.tif", masks[0])
+    (data / "splits" / "val.txt").write_text("v\n")
+    (tmp_path / "train_stardist.log").write_text(
+        "[10:00:00] epoch 1/2 epoch=1 seconds=3.5 loss=1 val_loss=0.9\n"
+        "[10:00:04] epoch 2/2 epoch=2 seconds=7.25 loss=0.8 val_loss=0.95\n")
+    previous = shipped_models_dir() / "nuclei-stardist" / "model.json"
+    dest = tmp_path / "models" / "mini"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "package_stardist.py"
+    out = subprocess.run([sys.executable, str(script), "--run", str(folder), "--data", str(data), "--dest", str(dest),
+                          "--candidates", "weights_e001.h5", "weights_e002.h5", "--previous-card", str(previous),
+                          "--command", "tiny run --scale-aug 0.2"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    card = read_card(dest, "user")
+    prev = json.loads(previous.read_text())
+    stages = card.training["stages"]
+    assert len(stages) == len(prev["training"]["stages"]) + 1
+    last = stages[-1]
+    assert last["weights"] in ("weights_e001.h5", "weights_e002.h5") and last["scale_augment"] == 0.2
+    assert last["epochs"] == 2 and last["best_epoch (lowest val loss)"] == 1  # from the log
+    assert last["seconds"] == json.loads((folder / "training.json").read_text())["seconds"]  # measured
+    assert str(prev["metrics"]["val"]["ap@0.5"]) in last["init"]
+    assert card.training["command"].split(" && ")[-2] == "tiny run --scale-aug 0.2"
+    assert card.training["epochs_run"] == prev["training"]["epochs_run"] + 2
+    assert 0 <= card.metrics["val"]["ap@0.5"] <= 1 and card.metrics["val"]["n_images"] == 1
+    assert {"config.json", "weights_best.h5", "thresholds.json", "model.json"} <= {p.name for p in dest.iterdir()}

@@ -39,6 +39,9 @@ class StarDistTrainSettings:
     #: ``[1 / (1 + scale_augment), 1 + scale_augment]`` (0: off, the original recipe); teaches
     #: nuclei of other sizes and aspect ratios than the training images hold
     scale_augment: float = 0.0
+    #: also keep the weights of every N-th epoch as ``weights_e<epoch>.h5`` (0: off), so that
+    #: later epochs can be compared on val AP, not only on val loss (``weights_best.h5``)
+    save_every: int = 0
 
 
 @dataclass
@@ -173,6 +176,8 @@ def train_stardist2d(
             logs = {k: float(v) for k, v in (logs or {}).items()}
             progress((epoch + 1) / total, f"epoch {epoch + 1}/{total}", epoch=epoch + 1,
                      seconds=time.time() - t0, **logs)
+            if s.save_every and (epoch + 1) % s.save_every == 0:
+                model.keras_model.save_weights(str(Path(basedir) / name / f"weights_e{epoch + 1:03d}.h5"))
             if progress.stop_requested:
                 self.model.stop_training = True
 
