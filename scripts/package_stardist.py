@@ -106,6 +106,9 @@ def main(argv=None):
                                                     cfg.get("train_reduce_lr", {}).get("patience"))}
         if settings.get("scale_augment"):
             stage["scale_augment"] = settings["scale_augment"]
+    averaged = json.loads((run / "averaged.json").read_text()) if (run / "averaged.json").is_file() else {}
+    if chosen in averaged:  # made by scripts/average_stardist_weights.py
+        stage["weights"] = f"{chosen}: the mean of {', '.join(averaged[chosen]['average_of'])}"
     stages, commands = [stage], [command]
     if a.previous_card:
         prev_card = json.loads(Path(a.previous_card).read_text())

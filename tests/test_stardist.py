@@ -260,16 +260,40 @@ def test_train_job_fine_tunes_into_a_loadable_model(tf_pool, tmp_path):
     previous = shipped_models_dir() / "nuclei-stardist" / "model.json"
     dest = tmp_path / "models" / "mini"
     script = Path(__file__).resolve().parents[1] / "scripts" / "package_stardist.py"
-    out = subprocess.run([sys.executable, str(script), "--run", str(folder), "--data", str(data), "--dest", str(dest),
-                          "--candidates", "weights_e001.h5", "weights_e002.h5", "--previous-card", str(previous),
-                          "--command", "tiny run --scale-aug 0.2"], capture_output=True, text=True, timeout=600)
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    out = subprocess.run([sys.executable, str(scripts / "average_stardist_weights.py"), "--run", str(folder),
+                          "--weights", "weights_e001.h5", "weights_e002.h5"], capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    check = subprocess.run([sys.executable, "-c", f"""
+import json, numpy as np
+from napari_cnnvision.backends.stardist.predict import load_model
+from napari_cnnvision.core.registry import read_card
+m = load_model(read_card({str(folder)!r}, "path")).keras_model
+w = {{}}
+for f in ("weights_e001.h5", "weights_e002.h5", "weights_avg.h5"):
+    m.load_weights({str(folder)!r} + "/" + f); w[f] = m.get_weights()
+d = max(float(np.abs(c - (a + b) / 2).max()) for a, b, c in zip(*w.values()))
+s = max(float(np.abs(a - b).max()) for a, b in zip(w["weights_e001.h5"], w["weights_e002.h5"]))
+print(json.dumps({{"diff": d, "spread": s}}))"""], capture_output=True, text=True, timeout=600)
+    res = json.loads([ln for ln in check.stdout.splitlines() if ln.startswith("{")][-1])
+    assert res["spread"] > 1e-4 and res["diff"] < 1e-6  # the two epochs differ; the file is their mean
+    out = subprocess.run([sys.executable, str(script), "--run", str(folder), "--data", str(data), "--dest", str(dest),
+                          "--candidates", "weights_e001.h5", "weights_e002.h5", "weights_avg.h5",
+                          "--previous-card", str(previous), "--command", "tiny run --scale-aug 0.2"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for cand in ("weights_e001.h5", "weights_e002.h5", "weights_avg.h5"):  # all compared on val
+        assert f"{cand} val IoU 0.5" in out.stdout
     card = read_card(dest, "user")
     prev = json.loads(previous.read_text())
     stages = card.training["stages"]
     assert len(stages) == len(prev["training"]["stages"]) + 1
     last = stages[-1]
-    assert last["weights"] in ("weights_e001.h5", "weights_e002.h5") and last["scale_augment"] == 0.2
+    chosen = out.stdout.split("chosen: ")[1].split()[0]
+    assert last["scale_augment"] == 0.2 and last["weights"].startswith(chosen)
+    if chosen == "weights_avg.h5":
+        assert last["weights"] == "weights_avg.h5: the mean of weights_e001.h5, weights_e002.h5"
     assert last["epochs"] == 2 and last["best_epoch (lowest val loss)"] == 1  # from the log
     assert last["seconds"] == json.loads((folder / "training.json").read_text())["seconds"]  # measured
     assert str(prev["metrics"]["val"]["ap@0.5"]) in last["init"]
