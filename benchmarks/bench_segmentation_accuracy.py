@@ -7,7 +7,10 @@ Segments every image of the split through the plugin's Python API (the same back
 widget and the CLI) and prints precision, recall, F1 and AP = TP/(TP+FP+FN) at IoU 0.5..0.9.
 ``--worst N`` also lists the N images with the most errors (FP + FN at IoU 0.5) and the size of
 the objects missed, which tells where a model loses its AP. ``--tta`` also scores each model with
-test-time augmentation (8 flips / 90° turns averaged; same thresholds). ``--min-area N`` adds a
+test-time augmentation (8 flips / 90° turns averaged; same thresholds). ``--bootstrap N`` adds a 95% interval for AP@0.5
+from N resamples of the images (with replacement), and for each further model (or mode) its paired
+difference to the first: whether a gain is larger than the image-to-image noise of a 68-image split.
+``--min-area N`` adds a
 diagnostic score that ignores objects under N pixels in both truth and prediction (the ground
 truth holds tiny annotation fragments; this shows how much of the AP they cost). Skips (exit 0) when the shared data
 folder is missing.
@@ -30,6 +33,8 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--worst", type=int, default=0, help="list the N images with the most errors")
     p.add_argument("--tta", action="store_true", help="also score with test-time augmentation")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="95%% intervals of AP@0.5 (and of differences to the first model) from N image resamples")
     p.add_argument("--min-area", type=int, default=0,
                    help="diagnostic: also score without objects under this many pixels (truth and prediction)")
     a = p.parse_args(argv)
@@ -44,6 +49,7 @@ def main(argv=None):
 
     data = load_segmentation_split(a.data, a.split, a.limit)
     reg = ModelRegistry()
+    counts = {}  # label -> per-image (tp, fp, fn) at IoU 0.5, for --bootstrap
     for name in a.models:
         try:
             card = reg.get(name)
@@ -67,7 +73,45 @@ def main(argv=None):
                       + " ".join(f"AP@{i:.1f} {v:.3f}" for i, v in zip(big.iou, big.ap)))
             if a.worst:
                 _print_worst(data, preds, s, a.worst)
+            if a.bootstrap:
+                counts[f"{name}{' with tta' if tta else ''}"] = _per_image_counts(data.masks, preds)
+    if a.bootstrap and counts:
+        _print_bootstrap(counts, a.bootstrap)
     return 0
+
+
+def _per_image_counts(truths, preds):
+    import numpy as np
+    from stardist.matching import matching
+
+    return np.array([[(m := matching(t, q, thresh=0.5)).tp, m.fp, m.fn] for t, q in zip(truths, preds)], float)
+
+
+def _print_bootstrap(counts: dict, n: int, seed: int = 0):
+    """Image-level bootstrap of AP@0.5 = sum TP / sum (TP + FP + FN); differences are paired
+    (the same resampled images for every model)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n_img = len(next(iter(counts.values())))
+    idx = rng.integers(0, n_img, size=(n, n_img))
+
+    def ap(c):
+        s = c[idx].sum(axis=1)  # (n, 3)
+        return s[:, 0] / s.sum(axis=1)
+
+    aps = {k: ap(c) for k, c in counts.items()}
+    first = next(iter(aps))
+    print(f"bootstrap over images ({n} resamples of {n_img}), AP@0.5 with its 95% interval:")
+    for k, v in aps.items():
+        c = counts[k].sum(axis=0)
+        lo, hi = np.percentile(v, [2.5, 97.5])
+        line = f"  {k}: {c[0] / c.sum():.3f} [{lo:.3f}, {hi:.3f}]"
+        if k != first:
+            d = v - aps[first]
+            dlo, dhi = np.percentile(d, [2.5, 97.5])
+            line += f"; minus {first}: {np.mean(d):+.3f} [{dlo:+.3f}, {dhi:+.3f}], better in {100 * np.mean(d > 0):.0f}%"
+        print(line)
 
 
 def _drop_small(labels, min_area):
