@@ -106,6 +106,11 @@ def main(argv=None):
                                                     cfg.get("train_reduce_lr", {}).get("patience"))}
         if settings.get("scale_augment"):
             stage["scale_augment"] = settings["scale_augment"]
+    import re
+
+    saved = re.fullmatch(r"weights_e(\d+)\.h5", chosen)  # kept by --save-every
+    if saved:
+        stage["weights_epoch"] = int(saved.group(1))
     averaged = json.loads((run / "averaged.json").read_text()) if (run / "averaged.json").is_file() else {}
     if chosen in averaged:  # made by scripts/average_stardist_weights.py
         stage["weights"] = f"{chosen}: the mean of {', '.join(averaged[chosen]['average_of'])}"

@@ -292,8 +292,11 @@ print(json.dumps({{"diff": d, "spread": s}}))"""], capture_output=True, text=Tru
     last = stages[-1]
     chosen = out.stdout.split("chosen: ")[1].split()[0]
     assert last["scale_augment"] == 0.2 and last["weights"].startswith(chosen)
-    if chosen == "weights_avg.h5":
+    if chosen != "weights_avg.h5":
+        assert last["weights_epoch"] == int(chosen[9:12])
+    else:
         assert last["weights"] == "weights_avg.h5: the mean of weights_e001.h5, weights_e002.h5"
+        assert "weights_epoch" not in last
     assert last["epochs"] == 2 and last["best_epoch (lowest val loss)"] == 1  # from the log
     assert last["seconds"] == json.loads((folder / "training.json").read_text())["seconds"]  # measured
     assert str(prev["metrics"]["val"]["ap@0.5"]) in last["init"]
