@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from napari_cnnvision.core.io import atomic_write_text, atomic_write_with
 
 
 def average(run: Path, weights: list[str], out: str) -> Path:
@@ -36,18 +36,12 @@ def average(run: Path, weights: list[str], out: str) -> Path:
         arrays = [np.asarray(a, dtype=np.float64) for a in model.keras_model.get_weights()]
         total = arrays if total is None else [t + a for t, a in zip(total, arrays)]
     model.keras_model.set_weights([(t / len(weights)).astype(np.float32) for t in total])
-    fd, tmp = tempfile.mkstemp(dir=run, prefix=".avg-", suffix=".h5")
-    os.close(fd)
-    try:
-        model.keras_model.save_weights(tmp)
-        os.replace(tmp, run / out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_with(run / out, lambda tmp: model.keras_model.save_weights(str(tmp)))
     # the run's record of what the file is, for the model card
     info = run / "averaged.json"
     record = json.loads(info.read_text()) if info.is_file() else {}
     record[out] = {"average_of": list(weights)}
-    info.write_text(json.dumps(record, indent=1))
+    atomic_write_text(info, json.dumps(record, indent=1))
     return run / out
 
 

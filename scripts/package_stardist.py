@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -75,8 +76,6 @@ def main(argv=None):
     log = run.parent / "train_stardist.log"
     epochs_done = None
     if log.is_file():
-        import re
-
         text = log.read_text(errors="ignore")
         hits = re.findall(r"epoch (\d+)/\d+ epoch=\d+ seconds=([\d.]+)", text)
         if hits:
@@ -106,8 +105,6 @@ def main(argv=None):
                                                     cfg.get("train_reduce_lr", {}).get("patience"))}
         if settings.get("scale_augment"):
             stage["scale_augment"] = settings["scale_augment"]
-    import re
-
     saved = re.fullmatch(r"weights_e(\d+)\.h5", chosen)  # kept by --save-every
     if saved:
         stage["weights_epoch"] = int(saved.group(1))

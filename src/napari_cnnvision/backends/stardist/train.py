@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -182,8 +183,7 @@ def train_stardist2d(
                 self.model.stop_training = True
 
     model.callbacks.append(_Report())
-    augmenter = _augment if not s.scale_augment else (lambda x, y: _augment(x, y, s.scale_augment))
-    hist = model.train(X, Y, validation_data=(Xv, Yv), augmenter=augmenter,
+    hist = model.train(X, Y, validation_data=(Xv, Yv), augmenter=partial(_augment, scale=s.scale_augment),
                        epochs=s.epochs, steps_per_epoch=s.steps_per_epoch)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     seconds = time.time() - t0
