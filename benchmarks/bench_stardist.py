@@ -39,7 +39,7 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=1024, help="image size for the ratio and threshold figures")
     a = p.parse_args(argv)
 
-    from napari_cnnvision.backends.segment import card_payload
+    from napari_cnnvision.backends.dispatch import card_payload
     from napari_cnnvision.core.normalize import percentile_normalize
     from napari_cnnvision.core.registry import ModelRegistry
     from napari_cnnvision.sample_data import load_sample

@@ -28,7 +28,7 @@ def make_tiny_stardist(folder: Path, name: str = "tiny-stardist", channels: int 
 
 
 def card_dict(path: Path) -> dict:
-    from napari_cnnvision.backends.segment import card_payload
+    from napari_cnnvision.backends.dispatch import card_payload
     from napari_cnnvision.core.registry import read_card
 
     return card_payload(read_card(path, "path"))

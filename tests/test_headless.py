@@ -7,7 +7,7 @@ CODE = r"""
 import json, sys, time
 t = time.perf_counter()
 import napari_cnnvision, napari_cnnvision.api, napari_cnnvision.cli.main
-import napari_cnnvision.worker, napari_cnnvision.layers, napari_cnnvision.backends.segment
+import napari_cnnvision.worker, napari_cnnvision.layers, napari_cnnvision.backends.dispatch
 import napari_cnnvision.backends.stardist.predict
 from npe2 import PluginManifest
 pm = PluginManifest.from_distribution("napari-cnnvision")

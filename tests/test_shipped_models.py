@@ -51,7 +51,7 @@ def test_nuclei_stardist_loads_with_stardist_itself():
 def test_shipped_model_segments_the_stardist_sample(pool, sample_with_mask, name, min_ap50):
     """stardist's bundled DSB2018 image and its ground truth (not part of our training data split)."""
     from napari_cnnvision.backends.evaluate import score_segmentations
-    from napari_cnnvision.backends.segment import card_payload, job_for
+    from napari_cnnvision.backends.dispatch import card_payload, job_for
 
     img, mask = sample_with_mask
     card = ModelRegistry().get(name)
@@ -63,7 +63,7 @@ def test_shipped_model_segments_the_stardist_sample(pool, sample_with_mask, name
 def test_shipped_models_on_the_shared_val_split(pool, shared_data):
     """A slice of the real val split (the full split is benchmarks/bench_segmentation_accuracy.py)."""
     from napari_cnnvision.backends.evaluate import score_segmentations
-    from napari_cnnvision.backends.segment import card_payload, job_for
+    from napari_cnnvision.backends.dispatch import card_payload, job_for
     from napari_cnnvision.core.datasets import load_segmentation_split
 
     val = load_segmentation_split(shared_data / "dsb2018_fluo", "val", limit=12)
@@ -87,7 +87,7 @@ def _edge_recall(truth, pred):
 
 def test_nuclei_cut_by_the_image_edge_are_segmented(pool, sample_with_mask):
     """StarDist's default drops object centres within 2 grid steps of the edge; ours keeps them."""
-    from napari_cnnvision.backends.segment import card_payload
+    from napari_cnnvision.backends.dispatch import card_payload
 
     img, mask = sample_with_mask
     card = card_payload(ModelRegistry().get("nuclei-stardist"))
@@ -111,7 +111,7 @@ def test_test_time_augmentation_is_flip_equivariant(pool, sample_with_mask):
     from stardist.matching import matching
 
     from napari_cnnvision.backends.evaluate import score_segmentations
-    from napari_cnnvision.backends.segment import card_payload
+    from napari_cnnvision.backends.dispatch import card_payload
 
     img, mask = sample_with_mask
     img, mask = img[:301, :257], mask[:301, :257]  # odd sizes: mirroring keeps StarDist's grid

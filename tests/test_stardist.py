@@ -128,7 +128,7 @@ def test_corrupt_and_missing_model_folders(tf_pool, tiny, tmp_path):
 
 def test_pretrained_offline_is_a_clear_error(tf_pool):
     """StarDist's own download-and-cache code runs; with no network it becomes a clear message."""
-    from napari_cnnvision.backends.segment import card_payload
+    from napari_cnnvision.backends.dispatch import card_payload
     from napari_cnnvision.core.registry import ModelRegistry
 
     card = ModelRegistry().get("2D_versatile_fluo")

@@ -162,7 +162,7 @@ def test_trained_tiny_unet_segments_held_out_disks(trained):
 
 def test_registry_and_job_entry_points(trained, tmp_path):
     _, card, _ = trained
-    from napari_cnnvision.backends.segment import card_payload, job_for, run_segmentation
+    from napari_cnnvision.backends.dispatch import card_payload, job_for, run_model
 
     user = tmp_path / "models"
     copy_model(trained, user / "tiny-unet")
@@ -172,7 +172,7 @@ def test_registry_and_job_entry_points(trained, tmp_path):
     by_name = segment(img, "tiny-unet", registry=reg)
     assert job_for(card) == "unet.predict"
     via_job = predict_job(RecordingProgress(), image=img, model=card_payload(card))
-    via_dispatch = run_segmentation(img, card)
+    via_dispatch = run_model(img, card)
     np.testing.assert_array_equal(by_name.labels, via_job.labels)
     np.testing.assert_array_equal(by_name.labels, via_dispatch.labels)
     # a lower seed threshold is a valid request (served from the probability cache)
@@ -427,7 +427,7 @@ def test_modules_do_not_import_torch_on_import():
 
 def test_train_and_predict_jobs_in_the_compute_worker(pool, trained):
     """The real path: both jobs run in the torch worker process; results come back."""
-    from napari_cnnvision.backends.segment import card_payload
+    from napari_cnnvision.backends.dispatch import card_payload
 
     _, card, _ = trained
     rng = np.random.default_rng(8)

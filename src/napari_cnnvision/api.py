@@ -66,13 +66,13 @@ def segment(image, model: str | ModelCard | None = None, *, axes: str | None = N
     ``tta``: test-time augmentation -- the network runs on the image's 8 flips / 90° turns and
     the outputs are averaged before post-processing; about 8x slower, a little more accurate.
     """
-    from .backends.segment import job_for, run_segmentation
+    from .backends.dispatch import job_for, run_model
 
     registry = registry or ModelRegistry()
     card = model if isinstance(model, ModelCard) else (
         registry.get(model) if model is not None else registry.default("segment"))
     if isolated is None:
-        isolated = _must_isolate(job_for(card))
-    return run_segmentation(image, card, axes=axes, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
+        isolated = _must_isolate(job_for(card, task="segment"))
+    return run_model(image, card, task="segment", axes=axes, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
                             pmin=pmin, pmax=pmax, n_tiles=n_tiles, return_polygons=return_polygons,
                             tta=tta, progress=progress, pool=_worker_pool() if isolated else None)

@@ -5,12 +5,7 @@ import numpy as np
 
 from ..core.results import SegmentationResult
 
-# Key in a layer's metadata that marks layers this plugin made (so re-runs replace only those).
-RESULT_KEY = "napari_cnnvision"
-
-
-def result_name(image_name: str, model: str) -> str:
-    return f"{image_name} [{model}]"
+from .common import RESULT_KEY, result_name  # noqa: F401  (re-exported)
 
 
 def segmentation_layers(result: SegmentationResult, image_name: str = "image",

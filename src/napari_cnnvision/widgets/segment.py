@@ -88,7 +88,7 @@ class SegmentWidget(Container):
         self.prob.enabled = self.nms.enabled = manual
         if not manual:
             try:
-                from ..backends.segment import thresholds_for
+                from ..backends.dispatch import thresholds_for
 
                 thr = thresholds_for(self.current_card())
             except (InputError, ModelNotFound, ValueError):
@@ -111,7 +111,7 @@ class SegmentWidget(Container):
 
     # -- running ----------------------------------------------------------------------
     def _request(self):
-        from ..backends.segment import card_payload, job_for
+        from ..backends.dispatch import card_payload, job_for
         from ..cli.segment import parse_tiles
         from ..core.axes import guess_axes
 
@@ -132,7 +132,7 @@ class SegmentWidget(Container):
                       tta=bool(self.tta.value))
         if not self.optimized.value:
             kwargs.update(prob_thresh=self.prob.value, nms_thresh=self.nms.value)
-        return job_for(card), kwargs, layer, frame
+        return job_for(card, task="segment"), kwargs, layer, frame
 
     def run(self, *_):
         self._debounce.stop()
