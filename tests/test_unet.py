@@ -160,7 +160,7 @@ def test_trained_tiny_unet_segments_held_out_disks(trained):
     assert ap >= 0.8, ap
 
 
-def test_registry_and_job_entry_points(trained, tmp_path):
+def test_registry_and_job_entry_points(trained, tmp_path, monkeypatch):
     _, card, _ = trained
     from napari_cnnvision.backends.dispatch import card_payload, job_for, run_model
 
@@ -175,9 +175,16 @@ def test_registry_and_job_entry_points(trained, tmp_path):
     via_dispatch = run_model(img, card)
     np.testing.assert_array_equal(by_name.labels, via_job.labels)
     np.testing.assert_array_equal(by_name.labels, via_dispatch.labels)
-    # a lower seed threshold is a valid request (served from the probability cache)
-    low = segment(img, card, prob_thresh=0.35)
-    assert low.prob_thresh == 0.35
+    # a lower seed threshold is a valid request, served from the probability cache: no network call
+    from napari_cnnvision.backends.unet import predict as unet_predict
+
+    hits = unet_predict._RAW.hits
+    monkeypatch.setattr(unet_predict, "predict_probs", lambda *a, **k: pytest.fail("the network ran again"))
+    prog = RecordingProgress()
+    low = segment(img, card, prob_thresh=0.35, progress=prog)
+    assert low.prob_thresh == 0.35 and unet_predict._RAW.hits == hits + 1
+    assert "(cached network output)" in prog.events[-1].message
+    assert low.n_objects > 0 and by_name.n_objects > 0
     with pytest.raises(InputError, match="between 0 and 1"):
         segment(img, card, prob_thresh=1.5)
 
@@ -330,8 +337,8 @@ def test_input_errors_and_empty_images(trained):
         segment(np.zeros((64, 64)), card, axes="QX")
     with pytest.raises(InputError, match="do not match"):
         segment(np.zeros((64, 64)), card, axes="TYX")
-    with pytest.raises(InputError, match="2D model"):
-        segment(np.zeros((4, 64, 64)), card, axes="ZYX")
+    with pytest.raises(InputError, match="axes= argument"):
+        segment(np.zeros((2, 3, 4, 64, 64)), card)
     with pytest.raises(InputError, match="too small"):
         segment(np.zeros((5, 64)), card)
     with pytest.raises(InputError, match="must hold numbers"):
@@ -383,6 +390,75 @@ def test_stack_frame_by_frame(trained):
     # a stop request between frames cancels the job
     with pytest.raises(Cancelled):
         segment(stack + 1.0, card, progress=RecordingProgress(stop_after=2))
+
+
+def test_the_model_card_decides_the_normalization(trained, tmp_path, monkeypatch):
+    """The card's percentiles (here 0 / 100) are what the network sees, unless pmin/pmax are given."""
+    from napari_cnnvision.backends.unet import predict as unet_predict
+    from napari_cnnvision.core.normalize import percentile_normalize
+
+    folder = copy_model(trained, tmp_path / "card-0-100")
+    meta = json.loads((folder / "model.json").read_text())
+    meta["normalization"] = {"type": "percentile", "pmin": 0.0, "pmax": 100.0}
+    (folder / "model.json").write_text(json.dumps(meta))
+    card = read_card(folder, "path")
+    img, _ = make_disks((64, 64), 6, np.random.default_rng(21))
+    img[3, 3] = 40.0  # one hot pixel: 0/100 and 1/99.8 percentiles differ a lot
+    seen = []
+    real = unet_predict.predict_probs
+
+    def spy(model, x, *a, **k):
+        seen.append(np.array(x))
+        return real(model, x, *a, **k)
+
+    monkeypatch.setattr(unet_predict, "predict_probs", spy)
+    res = segment(img, card)
+    assert res.normalization == {"type": "percentile", "pmin": 0.0, "pmax": 100.0, "source": "card"}
+    np.testing.assert_allclose(seen[-1][0], percentile_normalize(img, 0.0, 100.0))
+    over = segment(img, card, pmin=1.0, pmax=99.8)  # an explicit choice overrides the card
+    assert over.normalization == {"type": "percentile", "pmin": 1.0, "pmax": 99.8, "source": "caller"}
+    np.testing.assert_allclose(seen[-1][0], percentile_normalize(img, 1.0, 99.8))
+    assert np.abs(seen[0] - seen[1]).max() > 0.1
+    assert res.n_objects < over.n_objects  # the hot pixel squashes the 0/100 input: fewer objects found
+    meta["normalization"] = {"type": "zscore"}
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(CorruptModel, match="normalization type 'zscore' is unknown"):
+        segment(img, read_card(folder, "path"))
+
+
+def _balls(shape, n, rng, radius=7.0):
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    labels = np.zeros(shape, np.int32)
+    centres = []
+    while len(centres) < n:
+        c = (rng.uniform(radius, shape[0] - radius), *rng.uniform(radius + 1, np.array(shape[1:]) - radius - 1))
+        if all(np.hypot(*(np.subtract(c, o)[1:])) > 2 * radius + 3 for o in centres):
+            centres.append(c)
+            labels[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= radius ** 2] = len(centres)
+    img = (labels > 0) * 0.9 + 0.1 + rng.normal(0, 0.1, shape)
+    return img.astype(np.float32), labels
+
+
+def test_z_stack_with_a_2d_model_slice_by_slice_and_stitched(trained):
+    _, card, _ = trained
+    vol, truth = _balls((18, 64, 64), 3, np.random.default_rng(2))
+    guessed = segment(vol, card)  # unchanged guess: a 3-D array is a time-lapse for a 2D model
+    assert "frame" in guessed.table and guessed.frames == list(range(18))
+    flat = segment(vol, card, axes="ZYX")
+    assert "frame" not in flat.table and "centroid_z" in flat.table and flat.labels.shape == vol.shape
+    assert any("slice by slice" in w and "stitch_z=True" in w for w in flat.warnings)
+    assert flat.n_objects >= 3 * 8  # each ball counted in many slices
+    stitched = segment(vol, card, axes="ZYX", stitch_z=True, return_polygons=True)
+    assert stitched.n_objects == 3, stitched.table
+    assert any("stitched" in w for w in stitched.warnings)
+    for k in range(1, 4):  # each 3-D object is one ball
+        ids, counts = np.unique(stitched.labels[truth == k], return_counts=True)
+        assert counts[ids > 0].max() > 0.8 * (truth == k).sum()
+    assert stitched.polygons and all(p.shape[1] == 3 for p in stitched.polygons)  # (z, y, x) outlines
+    part = segment(vol, card, axes="ZYX", frames=[9])
+    assert part.frames == [9] and not part.labels[8].any() and part.labels[9].any()
+    t = segment(np.stack([vol, vol]), card, axes="TZYX", stitch_z=True)
+    assert t.labels.shape == (2,) + vol.shape and t.table["frame"].tolist() == [0, 0, 0, 1, 1, 1]
 
 
 def test_stop_request_ends_training_after_the_epoch(tmp_path):

@@ -58,11 +58,16 @@ def get_model(name_or_path: str, registry: ModelRegistry | None = None) -> Model
 
 def segment(image, model: str | ModelCard | None = None, *, axes: str | None = None,
             prob_thresh: float | None = None, nms_thresh: float | None = None,
-            pmin: float = 1.0, pmax: float = 99.8, n_tiles="auto", return_polygons: bool = False,
+            pmin: float | None = None, pmax: float | None = None, n_tiles="auto", return_polygons: bool = False,
             tta: bool = False, progress=None, registry: ModelRegistry | None = None,
-            isolated: bool | None = None) -> SegmentationResult:
+            isolated: bool | None = None, stitch_z: bool = False) -> SegmentationResult:
     """Instance segmentation of ``image`` (see :class:`SegmentationResult`).
 
+    ``axes``: the axis order ("YX", "YXC", "TYX", "ZYX", "TZYX", ...); guessed when ``None``
+    (a 3-D array is then a time-lapse "TYX" for a 2D model). A 2D model given a Z stack
+    (``axes="ZYX"``) segments it slice by slice; ``stitch_z=True`` links overlapping objects
+    of neighbouring slices into 3D objects. ``pmin``/``pmax``: normalization percentiles;
+    ``None`` uses the model card's normalization (``result.normalization`` says what was used).
     ``tta``: test-time augmentation -- the network runs on the image's 8 flips / 90° turns and
     the outputs are averaged before post-processing; about 8x slower, a little more accurate.
     """
@@ -74,5 +79,6 @@ def segment(image, model: str | ModelCard | None = None, *, axes: str | None = N
     if isolated is None:
         isolated = _must_isolate(job_for(card, task="segment"))
     return run_model(image, card, task="segment", axes=axes, prob_thresh=prob_thresh, nms_thresh=nms_thresh,
-                            pmin=pmin, pmax=pmax, n_tiles=n_tiles, return_polygons=return_polygons,
-                            tta=tta, progress=progress, pool=_worker_pool() if isolated else None)
+                     pmin=pmin, pmax=pmax, n_tiles=n_tiles, return_polygons=return_polygons, tta=tta,
+                     stitch_z=stitch_z, progress=progress, pool=_worker_pool() if isolated else None)
+

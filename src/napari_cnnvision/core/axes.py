@@ -26,7 +26,7 @@ def guess_axes(shape: tuple[int, ...], model_ndim: int = 2, rgb: bool | None = N
     if axes is None:
         raise InputError(
             f"cannot tell the axis order of an image of shape {shape} for a {model_ndim}D model; "
-            "pass axes explicitly (e.g. 'YX', 'YXC', 'TYX', 'ZYX', 'TZYX')")
+            "pass the axis order with the axes= argument (e.g. axes='YX', 'YXC', 'TYX', 'ZYX' or 'TZYX')")
     return axes + ("C" if rgb else "")
 
 
@@ -39,9 +39,18 @@ def check_axes(axes: str, shape: tuple[int, ...]) -> str:
     return axes
 
 
-def split_frames(axes: str) -> tuple[str, str]:
-    """Split e.g. 'TYXC' into ('T', 'YXC')."""
-    return ("T", axes[1:]) if axes.startswith("T") else ("", axes)
+def loop_axes(axes: str, model_ndim: int) -> tuple[str, str]:
+    """Split ``axes`` into the leading axes processed one position at a time and the axes
+    one model call sees: ``('T', 'YXC')`` for 'TYXC'; a 2D model on a Z stack works slice
+    by slice, so 'TZYX' gives ``('TZ', 'YX')``; a 3D model keeps Z: ``('T', 'ZYX')``.
+
+    Raises :class:`InputError` when the image has fewer spatial axes than the model.
+    """
+    spatial = axes.replace("T", "").replace("C", "")
+    if len(spatial) < model_ndim:
+        raise InputError(f"a {model_ndim}D model needs {model_ndim} spatial axes, but the image axes are {axes!r}")
+    n_loop = len(axes.replace("C", "")) - model_ndim
+    return axes[:n_loop], axes[n_loop:]
 
 
 def check_image(image: np.ndarray) -> np.ndarray:

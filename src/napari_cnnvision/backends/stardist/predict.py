@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from ...core.axes import InputError
-from ...core.normalize import percentile_normalize
+from ...core.cache import LRUCache
+from ...core.normalize import resolve_normalization
 from ...core.progress import NULL_PROGRESS, Progress
 from ...core.registry import CorruptModel, ModelCard, ModelNotFound, ModelRegistry
 from ...core.results import SegmentationResult
-from ..common import (compact_labels, concat_tables, image_key, object_table, offset_labels, prepare_input,
-                      selected_frames)
+from ..common import FrameSegmentation, assemble_segmentation, describe_frame, image_key, model_job, prepare_input
+from ..frames import run_frames
 
-_MODELS: OrderedDict = OrderedDict()  # (source, path/name) -> model, at most 2
-_RAW: OrderedDict = OrderedDict()  # raw-output cache, at most 4 entries
+_MODELS = LRUCache(2)  # (source, path/name) -> model
+_RAW = LRUCache(4)  # (model, normalized frame, axes, tiling, tta) -> (prob, dist)
 DOWNLOAD_TIMEOUT_S = 30
 MAX_TILE_PIXELS = 1024 * 1024  # per 2D tile; 3D tiles get 128**3
 
@@ -38,10 +38,11 @@ def _stardist_classes():
 
 
 def load_model(card: ModelCard):
-    key = (card.source, card.path or card.name)
-    if key in _MODELS:
-        _MODELS.move_to_end(key)
-        return _MODELS[key]
+    """The StarDist model of ``card`` (the last two are kept in memory)."""
+    return _MODELS.get_or_make((card.source, card.path or card.name), lambda: _load(card))[0]
+
+
+def _load(card: ModelCard):
     StarDist2D, StarDist3D = _stardist_classes()
     cls = StarDist3D if card.backend == "stardist3d" else StarDist2D
     if card.source == "pretrained":
@@ -60,9 +61,6 @@ def load_model(card: ModelCard):
                 model = cls(None, name=folder.name, basedir=str(folder.parent))
         except Exception as exc:
             raise CorruptModel(f"cannot load the StarDist model in {folder}: {exc}") from exc
-    _MODELS[key] = model
-    while len(_MODELS) > 2:
-        _MODELS.popitem(last=False)
     return model
 
 
@@ -123,32 +121,20 @@ def network_output(model, x, axes, n_tiles=None, progress_tile=lambda: None, tta
     return _tta.predict_tta(net, x, tuple(model.config.grid), int(model.config.n_rays))
 
 
-def _raw_predict(model, model_key, frame, axes, pmin, pmax, n_tiles, progress_tile, tta=False):
-    """Dense prob/dist for one frame, from cache when possible (averaged over flips/turns if ``tta``)."""
-    key = (model_key, image_key(frame), axes, pmin, pmax, n_tiles, tta)
-    if key in _RAW:
-        _RAW.move_to_end(key)
-        return _RAW[key], True
-    prob, dist = network_output(model, percentile_normalize(frame, pmin, pmax), axes, n_tiles, progress_tile, tta)
-    _RAW[key] = (prob, dist)
-    while len(_RAW) > 4:
-        _RAW.popitem(last=False)
-    return (prob, dist), False
-
-
 def segment(
     image: np.ndarray,
     card: ModelCard | str,
     axes: str | None = None,
     prob_thresh: float | None = None,
     nms_thresh: float | None = None,
-    pmin: float = 1.0,
-    pmax: float = 99.8,
+    pmin: float | None = None,
+    pmax: float | None = None,
     n_tiles: tuple[int, ...] | str | None = "auto",
     frames: list[int] | None = None,
     return_polygons: bool = False,
     tta: bool = False,
     exclude_border: int = 0,
+    stitch_z: bool = False,
     progress: Progress = NULL_PROGRESS,
     registry: ModelRegistry | None = None,
 ) -> SegmentationResult:
@@ -156,7 +142,10 @@ def segment(
 
     ``axes`` is guessed when ``None`` (see :func:`~napari_cnnvision.core.axes.guess_axes`).
     Stacks with a leading T axis are processed frame by frame (``frames`` restricts
-    which; the others stay 0). Thresholds default to the model's optimized ones.
+    which; the others stay 0). A 2D model given a Z stack (``axes="ZYX"``/``"TZYX"``)
+    runs slice by slice; ``stitch_z`` then links overlapping objects of neighbouring
+    slices into 3D objects. Thresholds default to the model's optimized ones; the
+    normalization to the model card's (``pmin``/``pmax`` override it with percentiles).
 
     ``tta`` (2D models): average the network's output over the image's 8 flips/90° turns
     before non-maximum suppression -- about 8x the network time, a little more accurate.
@@ -169,6 +158,7 @@ def segment(
         card = (registry or ModelRegistry()).get(card)
     if not card.backend.startswith("stardist"):
         raise InputError(f"model {card.name!r} is a {card.backend} model, not a StarDist model")
+    norm = resolve_normalization(card.normalization, pmin, pmax, f"model {card.name!r}")
     progress(0.0, f"loading model {card.name}")
     model = load_model(card)
     n_dim, n_ch = _model_axes(model)
@@ -190,54 +180,39 @@ def segment(
     prob_thresh = float(thr.prob if prob_thresh is None else prob_thresh)
     nms_thresh = float(thr.nms if nms_thresh is None else nms_thresh)
     model_key = (card.source, card.path or card.name)
-
-    todo = selected_frames(inp.n_frames, frames)
-    labels_out = np.zeros(inp.labels_shape, np.int32)
-    tables, polygons = [], [] if return_polygons else None
-    t_net = t_nms = 0.0
     n_tile_total = (max(1, math.prod(n_tiles)) if n_tiles else 1) * (_n_tta(model) if tta else 1)
-    offset = 0
-    for k, f in enumerate(todo):
-        progress.check()
-        offset_before = offset
-        frame = inp.frame(f)
-        done_tiles = [0]
 
-        def tile_done(k=k):
-            done_tiles[0] += 1
-            progress((k + 0.9 * done_tiles[0] / n_tile_total) / len(todo),
-                     f"frame {k + 1}/{len(todo)}: tile {done_tiles[0]}/{n_tile_total}")
+    def one_frame(step) -> FrameSegmentation:
+        done = [0]
 
-        ta = time.perf_counter()
-        (prob, dist), cached = _raw_predict(model, model_key, frame, frame_axes, pmin, pmax, n_tiles, tile_done,
-                                            tta)
-        tb = time.perf_counter()
-        labels, details = model._instances_from_prediction(spatial_shape, prob, dist, prob_thresh=prob_thresh,
-                                                           nms_thresh=nms_thresh, b=int(exclude_border))
-        t_net += tb - ta
-        t_nms += time.perf_counter() - tb
+        def tile_done():
+            done[0] += 1
+            step.tile(done[0], n_tile_total)
+
+        with step.timed("network_s"):
+            x = inp.normalized(step.index, norm)
+            (prob, dist), cached = _RAW.get_or_make(
+                (model_key, image_key(x), frame_axes, n_tiles, tta),
+                lambda: network_output(model, x, frame_axes, n_tiles, tile_done, tta))
+        with step.timed("nms_s"):
+            labels, details = model._instances_from_prediction(spatial_shape, prob, dist, prob_thresh=prob_thresh,
+                                                               nms_thresh=nms_thresh, b=int(exclude_border))
         labels = labels.astype(np.int32, copy=False)
-        frame_id = f if inp.has_t else None
-        table_f = object_table(labels, np.asarray(details["prob"]), frame_id)
-        if inp.has_t:  # labels stay unique across the stack
-            labels, table_f, offset = offset_labels(labels, table_f, offset)
-            labels_out[f] = labels
-        else:
-            labels_out = labels
-        tables.append(table_f)
-        if polygons is not None and n_dim == 2:
-            coord = np.asarray(details["coord"])  # (n, 2, n_rays)
-            kept = set((table_f["label"] - offset_before).tolist())  # the polygons' own indices + 1
-            for i in range(len(coord)):
-                if i + 1 in kept:
-                    poly = np.moveaxis(coord[i], 0, -1)
-                    polygons.append(poly if frame_id is None else np.column_stack([np.full(len(poly), f), poly]))
-        progress((k + 1) / len(todo), f"frame {k + 1}/{len(todo)}: {len(tables[-1]['label'])} objects"
-                 + (" (cached network output)" if cached else ""))
-    table = concat_tables(tables) if tables else object_table(np.zeros((1,) * n_dim, np.int32), np.zeros(0), None)
-    labels_out = compact_labels(labels_out)
-    return SegmentationResult(labels_out, table, card.name, prob_thresh, nms_thresh, polygons, inp.warnings,
-                              {"network_s": t_net, "nms_s": t_nms, "total_s": time.perf_counter() - t0}, tta)
+        polys = None
+        if return_polygons and n_dim == 2:
+            coord = np.asarray(details["coord"])  # (n, 2, n_rays); label i + 1 is polygon i
+            kept = np.unique(labels[labels > 0])
+            polys = [np.moveaxis(coord[k - 1], 0, -1) for k in kept]
+        return FrameSegmentation(labels, np.asarray(details["prob"]), polys, cached)
+
+    indices = inp.indices(frames)
+    timings: dict[str, float] = {"network_s": 0.0, "nms_s": 0.0}
+    outs = run_frames(indices, one_frame, progress, describe_frame, "slice" if inp.slice_wise else "frame", timings)
+    labels_out, table, polygons, notes = assemble_segmentation(inp, indices, outs, return_polygons, stitch_z,
+                                                               model_name=card.name)
+    timings["total_s"] = time.perf_counter() - t0
+    return SegmentationResult(labels_out, table, card.name, prob_thresh, nms_thresh, polygons, inp.warnings + notes,
+                              timings, tta, norm, inp.processed(indices))
 
 
 def _n_tta(model) -> int:
@@ -246,11 +221,7 @@ def _n_tta(model) -> int:
     return len(_tta.transforms_for(tuple(model.config.grid), int(model.config.n_rays)))
 
 
-def predict_job(progress, image, model, **kwargs):
-    """Worker job: ``model`` is a registry name, a folder path or a card dict."""
-    card = ModelCard.from_dict(model, model.get("source", "path"), model.get("path")) if isinstance(model, dict) else model
-    return segment(image, card, progress=progress, **kwargs)
-
+predict_job = model_job(segment)
 
 
 def thresholds_of(card: ModelCard) -> dict:

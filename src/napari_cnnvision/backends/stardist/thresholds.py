@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...core.normalize import percentile_normalize
+from ...core.normalize import normalize_for
 from ...core.progress import NULL_PROGRESS, Progress
 
 
-def raw_outputs(model, images, tta=False, pmin=1.0, pmax=99.8, progress: Progress = NULL_PROGRESS):
-    """The network's (prob, dist) for each 2D image, averaged over flips/turns if ``tta``."""
+def raw_outputs(model, images, tta=False, normalization: dict | None = None, progress: Progress = NULL_PROGRESS):
+    """The network's (prob, dist) for each 2D image, averaged over flips/turns if ``tta``;
+    ``normalization``: a model card's (default: percentiles 1 / 99.8)."""
     from .predict import network_output
 
     axes = "YX" if images[0].ndim == 2 else "YXC"
     out = []
     for k, x in enumerate(images):
         progress.check()
-        out.append(network_output(model, percentile_normalize(x, pmin, pmax), axes, tta=tta))
+        out.append(network_output(model, normalize_for(x, normalization)[0], axes, tta=tta))
         progress((k + 1) / len(images) * 0.5, f"network output {k + 1}/{len(images)}")
     return out
 
@@ -37,12 +38,13 @@ def score(model, images, masks, raw, prob, nms, exclude_border=0, iou=0.5) -> fl
 
 def optimize_thresholds(model, images, masks, *, tta=False, exclude_border=0, iou=0.5,
                         nms_threshs=(0.3, 0.4, 0.5), prob_coarse=tuple(np.round(np.arange(0.3, 0.81, 0.05), 2)),
-                        fine_step=0.01, raw=None, progress: Progress = NULL_PROGRESS) -> dict:
+                        fine_step=0.01, raw=None, normalization: dict | None = None,
+                        progress: Progress = NULL_PROGRESS) -> dict:
     """Best ``{"prob", "nms", "ap"}`` on (images, masks): a coarse probability grid per NMS
     threshold, then a fine one around the best coarse value."""
     if len(images) != len(masks) or not images:
         raise ValueError("need the same, non-zero number of images and masks")
-    raw = raw_outputs(model, images, tta, progress=progress) if raw is None else raw
+    raw = raw_outputs(model, images, tta, normalization, progress=progress) if raw is None else raw
     seen: dict = {}
 
     def f(prob, nms):

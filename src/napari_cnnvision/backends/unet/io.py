@@ -22,6 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...core.cache import LRUCache
 from ...core.registry import CorruptModel, ModelCard, ModelNotFound, write_card
 
 CONFIG_NAME = "config.json"
@@ -31,7 +32,7 @@ FORMAT_VERSION = 1
 DEFAULT_THRESHOLDS = {"seed": 0.5, "fg": 0.5, "min_size": 8}
 CACHE_SIZE = 2
 
-_CACHE: OrderedDict = OrderedDict()  # (path, mtimes) -> LoadedUNet
+_CACHE = LRUCache(CACHE_SIZE)  # (path, mtimes) -> LoadedUNet
 _LOCK = threading.Lock()
 
 
@@ -265,9 +266,9 @@ def load_model(folder: str | Path, use_cache: bool = True) -> LoadedUNet:
     key = _cache_key(folder)
     if use_cache:
         with _LOCK:
-            if key in _CACHE:
-                _CACHE.move_to_end(key)
-                return _CACHE[key]
+            hit = _CACHE.get(key)
+        if hit is not None:
+            return hit
     meta = read_config(folder)
     try:
         config = UNetConfig.from_dict(meta["unet"])
@@ -296,16 +297,9 @@ def load_model(folder: str | Path, use_cache: bool = True) -> LoadedUNet:
                         meta["thresholds"], str(folder), key)
     if use_cache:
         with _LOCK:
-            _CACHE[key] = loaded
-            while len(_CACHE) > CACHE_SIZE:
-                _CACHE.popitem(last=False)
+            _CACHE.put(key, loaded)
     return loaded
 
 
-def clear_cache() -> None:
-    with _LOCK:
-        _CACHE.clear()
-
-
-__all__ = ["save_model", "load_model", "read_config", "thresholds_of", "clear_cache", "LoadedUNet",
+__all__ = ["save_model", "load_model", "read_config", "thresholds_of", "LoadedUNet",
            "CONFIG_NAME", "WEIGHTS_NAME", "DEFAULT_THRESHOLDS"]

@@ -14,21 +14,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
 
 import numpy as np
 
 from ...core.axes import InputError
-from ...core.normalize import percentile_normalize
+from ...core.cache import LRUCache
+from ...core.normalize import resolve_normalization
 from ...core.progress import NULL_PROGRESS, Progress
 from ...core.registry import CorruptModel, ModelCard, ModelRegistry
 from ...core.results import SegmentationResult
-from ..common import (compact_labels, concat_tables, image_key, object_table, offset_labels, prepare_input,
-                      selected_frames)
+from ..common import FrameSegmentation, assemble_segmentation, describe_frame, image_key, model_job, prepare_input
+from ..frames import run_frames
 from .targets import INTERIOR, instances_from_probs, object_probabilities
 
 DEFAULT_TILE = 512
-_RAW: OrderedDict = OrderedDict()  # probability cache, at most 2 entries
+_RAW = LRUCache(2)  # (model, normalized frame, tiling, tta) -> class probabilities (None: constant frame)
 
 
 def default_overlap(depth: int) -> int:
@@ -153,7 +153,7 @@ def predict_probs_tta(model, x: np.ndarray, tile_size=DEFAULT_TILE, overlap=None
     return acc / len(ALL)
 
 
-def _polygons(labels: np.ndarray, frame: int | None) -> list[np.ndarray]:
+def _polygons(labels: np.ndarray) -> list[np.ndarray]:
     """Outline (y, x) of each object, in label order (longest contour of the object)."""
     from skimage.measure import find_contours, regionprops
 
@@ -164,7 +164,7 @@ def _polygons(labels: np.ndarray, frame: int | None) -> list[np.ndarray]:
         if not contours:
             continue
         poly = max(contours, key=len)[:-1] + np.array([y0 - 1, x0 - 1])
-        out.append(np.column_stack([np.full(len(poly), frame), poly]) if frame is not None else poly)
+        out.append(poly)
     return out
 
 
@@ -188,8 +188,8 @@ def segment(
     axes: str | None = None,
     prob_thresh: float | None = None,
     nms_thresh: float | None = None,
-    pmin: float = 1.0,
-    pmax: float = 99.8,
+    pmin: float | None = None,
+    pmax: float | None = None,
     n_tiles: tuple[int, ...] | str | None = "auto",
     frames: list[int] | None = None,
     return_polygons: bool = False,
@@ -198,6 +198,7 @@ def segment(
     tile_size: int | None = None,
     tile_overlap: int | None = None,
     tta: bool = False,
+    stitch_z: bool = False,
 ) -> SegmentationResult:
     """Segment ``image`` with a U-Net model folder; see :class:`SegmentationResult`.
 
@@ -206,7 +207,9 @@ def segment(
     is ignored. ``n_tiles``: ``"auto"`` tiles of ``tile_size`` (default 512) pixels,
     ``None`` one tile for the whole image (unless ``tile_size`` is given), or a tile
     count per axis. Stacks with a leading T axis are processed frame by frame
-    (``frames`` restricts which; the others stay 0). ``tta``: average the class
+    (``frames`` restricts which; the others stay 0); a Z stack (``axes="ZYX"``/``"TZYX"``)
+    slice by slice, with ``stitch_z`` linking overlapping objects of neighbouring slices.
+    ``pmin``/``pmax`` ``None``: the model card's normalization. ``tta``: average the class
     probabilities over the image's 8 flips / 90° turns (about 8x the network time).
     """
     from .io import load_model
@@ -218,88 +221,48 @@ def segment(
         raise InputError(f"model {card.name!r} is a {card.backend} model, not a U-Net model")
     if not card.path:
         raise CorruptModel(f"the U-Net model {card.name!r} has no folder")
+    norm = resolve_normalization(card.normalization, pmin, pmax, f"model {card.name!r}")
     progress(0.0, f"loading model {card.name}")
     loaded = load_model(card.path)
     model, cfg = _to_best_device(loaded.model), loaded.config
     inp = prepare_input(image, axes, card.name, 2, cfg.in_channels)
-    has_c, frame_axes, warnings_ = inp.has_c, inp.frame_axes, inp.warnings
     tile, counts = _parse_tiles(n_tiles, tile_size)
     thr = loaded.thresholds
     seed = float(thr["seed"] if prob_thresh is None else prob_thresh)
     if not 0.0 < seed < 1.0:
         raise InputError(f"the probability (seed) threshold must lie between 0 and 1, got {seed}")
     fg, min_size = float(thr["fg"]), int(thr["min_size"])
-    model_key = loaded.key
 
-    todo = selected_frames(inp.n_frames, frames)
-    t_ax = inp.has_t
-    labels_out = np.zeros(inp.labels_shape, np.int32)
-    tables, polygons = [], [] if return_polygons else None
-    t_net = t_post = 0.0
-    constant_frames = []
-    offset = 0
-    for k, f in enumerate(todo):
-        progress.check()
-        frame = inp.frame(f)
-        ta = time.perf_counter()
-        fkey = (model_key, image_key(frame), frame_axes, pmin, pmax, tile, counts, tile_overlap, tta)
-        cached = fkey in _RAW
-        if cached:
-            _RAW.move_to_end(fkey)
-            probs = _RAW[fkey]
-        else:
-            x = percentile_normalize(frame, pmin, pmax)
-            x = np.moveaxis(x, -1, 0) if has_c else x[None]
-            if not np.any(x):  # constant (or empty) frame: nothing to segment
-                probs = None
-            else:
-                def tile_done(i, n, k=k):
-                    progress((k + 0.9 * i / n) / len(todo), f"frame {k + 1}/{len(todo)}: tile {i}/{n}")
-                    progress.check()
+    def one_frame(step) -> FrameSegmentation:
+        with step.timed("network_s"):
+            x = inp.normalized(step.index, norm)
+            x = np.moveaxis(x, -1, 0) if inp.has_c else x[None]
 
-                probs = (predict_probs_tta if tta else predict_probs)(model, x, tile, tile_overlap, counts, tile_done)
-            _RAW[fkey] = probs
-            while len(_RAW) > 2:
-                _RAW.popitem(last=False)
-        tb = time.perf_counter()
-        if probs is None:
-            constant_frames.append(f)
-            labels = np.zeros(frame.shape[:-1] if has_c else frame.shape, np.int32)
-            obj_p = np.zeros(0)
-        else:
+            def run():
+                if not np.any(x):  # constant (or empty) frame: nothing to segment
+                    return None
+                return (predict_probs_tta if tta else predict_probs)(model, x, tile, tile_overlap, counts, step.tile)
+
+            probs, cached = _RAW.get_or_make((loaded.key, image_key(x), tile, counts, tile_overlap, tta), run)
+        with step.timed("watershed_s"):
+            if probs is None:
+                return FrameSegmentation(np.zeros(x.shape[1:], np.int32), np.zeros(0), [] if return_polygons else None,
+                                         cached, constant=True)
             labels = instances_from_probs(probs, seed_thresh=seed, fg_thresh=fg, min_size=min_size)
             obj_p = object_probabilities(labels, probs[INTERIOR])
-        t_net += tb - ta
-        t_post += time.perf_counter() - tb
-        table_f = object_table(labels, obj_p, f if t_ax else None)
-        if t_ax:  # labels stay unique across the stack
-            labels, table_f, offset = offset_labels(labels, table_f, offset)
-            labels_out[f] = labels
-        else:
-            labels_out = labels
-        tables.append(table_f)
-        if polygons is not None:
-            polygons.extend(_polygons(labels, f if t_ax else None))
-        progress((k + 1) / len(todo), f"frame {k + 1}/{len(todo)}: {len(tables[-1]['label'])} objects"
-                 + (" (cached network output)" if cached else ""))
-    if constant_frames:
-        which = "the image is" if not t_ax else f"{len(constant_frames)} frame(s) are"
-        warnings_.append(f"{which} constant after normalization; no objects there")
-    table = concat_tables(tables) if tables else object_table(np.zeros((1, 1), np.int32), np.zeros(0),
-                                                              0 if t_ax else None)
-    labels_out = compact_labels(labels_out)
-    return SegmentationResult(labels_out, table, card.name, seed, None, polygons, warnings_,
-                              {"network_s": t_net, "watershed_s": t_post, "total_s": time.perf_counter() - t0},
-                              tta)
+        return FrameSegmentation(labels, obj_p, _polygons(labels) if return_polygons else None, cached)
+
+    indices = inp.indices(frames)
+    timings: dict[str, float] = {"network_s": 0.0, "watershed_s": 0.0}
+    outs = run_frames(indices, one_frame, progress, describe_frame, "slice" if inp.slice_wise else "frame", timings)
+    labels_out, table, polygons, notes = assemble_segmentation(inp, indices, outs, return_polygons, stitch_z,
+                                                               model_name=card.name)
+    timings["total_s"] = time.perf_counter() - t0
+    return SegmentationResult(labels_out, table, card.name, seed, None, polygons, inp.warnings + notes, timings, tta,
+                              norm, inp.processed(indices))
 
 
-def predict_job(progress, image, model, **kwargs):
-    """Worker job: ``model`` is a registry name, a folder path or a card dict."""
-    if isinstance(model, dict):
-        model = ModelCard.from_dict(model, model.get("source", "path"), model.get("path"))
-    card = model
-    return segment(image, card, progress=progress, **kwargs)
-
+predict_job = model_job(segment)
 
 
 __all__ = ["segment", "predict_probs", "predict_probs_tta", "tile_plan", "predict_job", "default_overlap"]
