@@ -18,7 +18,6 @@ import argparse
 import json
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from napari_cnnvision.backends.evaluate import score_segmentations
 from napari_cnnvision.backends.stardist.predict import _RAW, load_model, segment
 from napari_cnnvision.backends.stardist.thresholds import optimize_thresholds
 from napari_cnnvision.core.datasets import load_segmentation_split
+from napari_cnnvision.core.io import staged_dir
 from napari_cnnvision.core.registry import ModelCard, read_card, write_card
 
 
@@ -141,16 +141,11 @@ def main(argv=None):
         metrics={"val": scores.card_metrics(seconds)},
     )
     dest = Path(a.dest)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None, prefix=".pkg-"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is for everyone to read
-    shutil.copy2(run / "config.json", tmp / "config.json")
-    shutil.copy2(run / chosen, tmp / "weights_best.h5")  # the name stardist loads by default
-    (tmp / "thresholds.json").write_text(json.dumps(thresholds))
-    write_card(out_card, tmp)
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(dest)
+    with staged_dir(dest) as tmp:  # replaces dest at once when complete; the old model is there until then
+        shutil.copy2(run / "config.json", tmp / "config.json")
+        shutil.copy2(run / chosen, tmp / "weights_best.h5")  # the name stardist loads by default
+        (tmp / "thresholds.json").write_text(json.dumps(thresholds))
+        write_card(out_card, tmp)
     print(f"wrote {dest}: val AP@0.5 {scores.at(0.5)['ap']:.3f}")
 
 

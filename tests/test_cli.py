@@ -43,3 +43,32 @@ def test_unknown_model_is_a_clear_error(tmp_path):
     assert out.returncode == 2
     assert "no model named 'no-such-model'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_debug_flag_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    from napari_cnnvision.cli import main as cli_main
+    from napari_cnnvision.core import registry
+
+    img = tmp_path / "a.tif"
+    import numpy as np
+    import tifffile
+
+    tifffile.imwrite(img, np.zeros((8, 8), np.uint8))
+    args = ["segment", str(img), "--out", str(tmp_path / "o"), "--model", "no-such-model"]
+    assert cli_main.main(args) == 2
+    err = capsys.readouterr().err
+    assert "no model named 'no-such-model'" in err and "Traceback" not in err
+    assert cli_main.main(["--debug", *args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ModelNotFound" in err and "no model named 'no-such-model'" in err
+
+    def boom(self, *a, **k):  # an unexpected error
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(registry.ModelRegistry, "list", boom)
+    assert cli_main.main(["models"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "napari-cnnvision: error: RuntimeError: boom"
+    assert cli_main.main(["--debug", "models"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and 'raise RuntimeError("boom")' in err

@@ -70,3 +70,28 @@ def test_corrupt_user_model_is_skipped_in_listing(tmp_path):
     (user / "broken").mkdir()
     (user / "broken" / "model.json").write_text("{")
     assert "broken" not in [c.name for c in reg.list()]
+
+
+def test_dot_folders_are_never_listed(tmp_path):
+    """Leftovers of an interrupted model-folder swap (`.name.*.tmp`, `.name.old-*`) hold cards too."""
+    reg, _, user = make_registry(tmp_path)
+    for sub in ("mine", ".mine.k2j4.tmp", ".mine.old-0123abcd", ".hidden"):
+        (user / sub).mkdir()
+        write_card(ModelCard("mine" if sub != ".hidden" else "hidden", "segment", "unet"), user / sub)
+    users = [c for c in reg.list() if c.source == "user"]
+    assert [(c.name, c.path) for c in users] == [("mine", str(user / "mine"))]
+
+
+def test_a_swap_interrupted_between_its_renames_still_finds_the_old_model(tmp_path):
+    """Killed after `name` -> `.name.old-*` and before the new folder was renamed in: the complete
+    old copy is the model, by name and by path, until the next save recovers it."""
+    reg, _, user = make_registry(tmp_path)
+    old = user / ".mine.old-0000000000000001ab"
+    old.mkdir()
+    write_card(ModelCard("mine", "segment", "unet", description="v1"), old)
+    (user / ".mine.x1y2.tmp").mkdir()  # the new folder that was never renamed in (maybe incomplete)
+    users = [c for c in reg.list() if c.source == "user"]
+    assert [(c.name, c.path, c.description) for c in users] == [("mine", str(old), "v1")]
+    assert reg.get("mine").path == str(old)
+    assert read_card(user / "mine").path == str(old)
+    assert reg.get(str(user / "mine")).description == "v1"

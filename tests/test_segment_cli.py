@@ -68,3 +68,149 @@ def test_evaluate_segment_against_truth(tmp_path):
     txt = subprocess.run([CLI, "evaluate", "segment", "--pred", str(tmp_path / "p"), "--truth",
                           str(tmp_path / "t")], capture_output=True, text=True, timeout=120)
     assert "precision" in txt.stdout and "0.90" in txt.stdout
+
+
+# --- the batch loop in-process, with a stand-in for the network (fast, no TensorFlow) -------------
+import errno  # noqa: E402
+
+from napari_cnnvision.cli.main import main  # noqa: E402
+from napari_cnnvision.core.registry import ModelCard, write_card  # noqa: E402
+from napari_cnnvision.core.results import SegmentationResult  # noqa: E402
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """A model folder (card only) and an api.segment that labels pixels above the image mean;
+    records the keyword arguments of each call."""
+    from napari_cnnvision import api
+
+    folder = tmp_path / "fake-model"
+    folder.mkdir()
+    write_card(ModelCard("fake", "segment", "unet", ["nucleus"]), folder)
+    calls = []
+
+    def segment(image, card, **kw):
+        calls.append(kw)
+        img = np.asarray(image)
+        img = img if img.ndim == 2 else img[..., 0]
+        labels = (img > img.mean()).astype(np.uint16)
+        n = int(labels.max())
+        table = {"label": np.arange(1, n + 1), "area": np.full(n, float(labels.sum()))}
+        return SegmentationResult(labels=labels, table=table, model=card.name)
+
+    monkeypatch.setattr(api, "segment", segment)
+    return folder, calls
+
+
+def _images(folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    made = {}
+    for i, name in enumerate(names):
+        img = (rng.random((16 + i, 20)) * 200).astype(np.uint8)
+        if name.endswith(".png"):
+            from skimage.io import imsave
+
+            imsave(folder / name, img, check_contrast=False)
+        else:
+            tifffile.imwrite(folder / name, img)
+        made[name] = img
+    return made
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_out_folder_that_would_overwrite_inputs_is_refused(tmp_path, fake, capsys):
+    model, calls = fake
+    src = tmp_path / "imgs"
+    _images(src, ["a.tif", "b.png"])
+    before = _snapshot(src)
+    rc = main(["segment", str(src), "--out", str(src), "--model", str(model), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "would overwrite the input" in err and "a.tif" in err
+    assert _snapshot(src) == before  # nothing written, not even b's outputs
+    assert calls == []
+
+
+def test_inputs_with_one_stem_get_distinct_predictable_outputs(tmp_path, fake, capsys):
+    model, calls = fake
+    src = tmp_path / "in"
+    imgs = _images(src, ["a.png", "a.tif", "b.tif"])
+    out = tmp_path / "out"
+    rc = main(["segment", str(src), "--out", str(out), "--model", str(model), "--quiet"])
+    res = capsys.readouterr()
+    assert rc == 0, res.err
+    assert "segmented 3, skipped 0" in res.out
+    assert sorted(p.name for p in out.iterdir()) == ["a.png.csv", "a.png.tif", "a.tif.csv", "a.tif.tif",
+                                                    "b.csv", "b.tif"]
+    for name, stem in (("a.png", "a.png"), ("a.tif", "a.tif"), ("b.tif", "b")):
+        img = imgs[name]
+        np.testing.assert_array_equal(tifffile.imread(out / f"{stem}.tif"), img > img.mean())
+    # a second run finds every result and skips all three
+    assert main(["segment", str(src), "--out", str(out), "--model", str(model), "--quiet"]) == 0
+    assert "segmented 0, skipped 3" in capsys.readouterr().out
+
+
+def test_same_file_name_in_two_folders_is_refused(tmp_path, fake, capsys):
+    model, calls = fake
+    _images(tmp_path / "x", ["a.tif"])
+    _images(tmp_path / "y", ["a.tif"])
+    out = tmp_path / "out"
+    rc = main(["segment", str(tmp_path / "x"), str(tmp_path / "y"), "--out", str(out), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "same output name" in err, err
+    assert not out.exists() or list(out.iterdir()) == []
+    assert calls == []
+
+
+@pytest.mark.parametrize("which", ["labels", "table"])
+def test_a_failed_write_is_reported_and_the_batch_goes_on(tmp_path, fake, capsys, monkeypatch, which):
+    from napari_cnnvision.core import io, tables
+
+    model, calls = fake
+    src = tmp_path / "in"
+    _images(src, ["a.tif", "b.tif", "c.tif"])
+    out = tmp_path / "out"
+    mod, fn = (io, "write_tiff") if which == "labels" else (tables, "write_table")
+    real = getattr(mod, fn)
+
+    def failing(path, data):
+        if Path(path).stem == "b":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(mod, fn, failing)
+    rc = main(["segment", str(src), "--out", str(out), "--model", str(model), "--quiet"])
+    res = capsys.readouterr()
+    assert rc == 1
+    assert "segmented 2, skipped 0 (already done), failed 1" in res.out
+    assert [line for line in res.err.splitlines() if "b.tif" in line and "No space left" in line]
+    # a and c are complete; b has no half-written pair (a re-run redoes it)
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "a.tif", "c.csv", "c.tif"]
+    monkeypatch.setattr(mod, fn, real)
+    assert main(["segment", str(src), "--out", str(out), "--model", str(model), "--quiet"]) == 0
+    assert "segmented 1, skipped 2" in capsys.readouterr().out
+
+
+def test_pmin_pmax_are_passed_only_when_given(tmp_path, fake, capsys):
+    model, calls = fake
+    src = tmp_path / "in"
+    _images(src, ["a.tif"])
+    assert main(["segment", str(src), "--out", str(tmp_path / "o1"), "--model", str(model), "--quiet"]) == 0
+    assert "pmin" not in calls[-1] and "pmax" not in calls[-1]  # the card's normalization
+    assert main(["segment", str(src), "--out", str(tmp_path / "o2"), "--model", str(model), "--quiet",
+                 "--pmin", "2"]) == 0
+    assert calls[-1]["pmin"] == 2.0 and "pmax" not in calls[-1]
+    assert main(["segment", str(src), "--out", str(tmp_path / "o3"), "--model", str(model), "--quiet",
+                 "--pmin", "0.5", "--pmax", "99"]) == 0
+    assert (calls[-1]["pmin"], calls[-1]["pmax"]) == (0.5, 99.0)
+
+
+def test_normalization_help_names_the_model_card(capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: the model's normalization (its card)" in text

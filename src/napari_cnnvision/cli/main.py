@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 
 from ..core.axes import InputError
 from ..core.registry import CorruptModel, ModelNotFound, ModelRegistry
@@ -27,19 +28,25 @@ def _cmd_models(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import evaluate, segment
+    from . import localize
+    from . import detect
 
     p = argparse.ArgumentParser(
         prog="napari-cnnvision",
         description="CNN segmentation, detection and localization for microscopy images "
                     "(the backends of the napari-cnnvision plugin, for batch work).")
     p.add_argument("--version", action="version", version=_version())
+    p.add_argument("--debug", action="store_true",
+                   help="print the full traceback of errors (before the command: napari-cnnvision --debug segment ...)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     m = sub.add_parser("models", help="list the available models")
     m.add_argument("--json", action="store_true", help="print name, task, backend, source, classes and path as JSON")
     m.add_argument("--task", choices=["segment", "detect", "localize"])
     m.set_defaults(func=_cmd_models)
     segment.add_parser(sub)
+    detect.add_parser(sub)
     evaluate.add_parser(sub)
+    localize.add_parser(sub)
     d = sub.add_parser("demo", help="segment the bundled nuclei sample and write results + a preview PNG")
     d.add_argument("--out", default="demo-output")
     d.add_argument("--model", default=None)
@@ -65,19 +72,23 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    debug = getattr(args, "debug", False)
     try:
         return int(args.func(args) or 0)
     except (InputError, ModelNotFound, CorruptModel, FileNotFoundError, ValueError) as exc:
+        if debug:
+            traceback.print_exc()
         print(f"napari-cnnvision: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
         print("\nnapari-cnnvision: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a clear one-line message, the traceback only on request
-        if getattr(args, "debug", False):
-            raise
-        name = type(exc).__name__
-        print(f"napari-cnnvision: error: {name}: {exc}", file=sys.stderr)
+    except Exception as exc:  # a clear one-line message; the traceback with --debug
+        if debug:
+            traceback.print_exc()
+        print(f"napari-cnnvision: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 
 

@@ -1,22 +1,39 @@
-"""``napari-cnnvision segment``: batch instance segmentation of image files."""
+"""``napari-cnnvision segment``: batch instance segmentation of image files.
+
+Output names: ``DIR/<stem>.tif`` (labels) and ``DIR/<stem>.csv`` (one row per object) when the
+input's stem is unique among the inputs; inputs that share a stem (``a.png``, ``a.tif``) keep their
+whole file name instead (``a.png.tif``, ``a.png.csv``, ``a.tif.tif``, ...). Outputs that would
+overwrite an input, or two inputs that would still write one output (the same file name in two
+folders), are refused before anything is written.
+"""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 
+class OutputConflict(ValueError):
+    """The output names of a batch would overwrite an input or collide."""
+
+
 def add_parser(sub):
     p = sub.add_parser("segment", help="segment images; writes DIR/<stem>.tif (labels) and DIR/<stem>.csv",
-                       description="Instance segmentation of image files or folders. Images whose outputs "
-                                   "already exist are skipped (use --overwrite to redo them).")
+                       description="Instance segmentation of image files or folders. Writes DIR/<stem>.tif "
+                                   "(labels) and DIR/<stem>.csv (objects); inputs sharing a stem (a.png, a.tif) "
+                                   "keep their file name (a.png.tif, a.png.csv). Outputs that would overwrite "
+                                   "an input are refused. Images whose outputs already exist are skipped "
+                                   "(use --overwrite to redo them).")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--model", default=None, help="registry name or model folder (default: the shipped default)")
     p.add_argument("--prob-thresh", type=float, default=None, help="default: the model's optimized threshold")
     p.add_argument("--nms-thresh", type=float, default=None, help="default: the model's optimized threshold")
     p.add_argument("--tiles", default="auto", help="'auto', 'none' or one count per spatial axis, e.g. 2,2")
-    p.add_argument("--pmin", type=float, default=1.0, help="low percentile for normalization (default 1)")
-    p.add_argument("--pmax", type=float, default=99.8, help="high percentile for normalization (default 99.8)")
+    p.add_argument("--pmin", type=float, default=None,
+                   help="low percentile for normalization (default: the model's normalization (its card))")
+    p.add_argument("--pmax", type=float, default=None,
+                   help="high percentile for normalization (default: the model's normalization (its card))")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average over the image's 8 flips/90-degree turns (about 8x slower)")
     p.add_argument("--axes", default=None, help="axis order, e.g. YX, YXC, ZYX, TYX (default: guessed)")
@@ -37,11 +54,70 @@ def parse_tiles(text: str):
         raise ValueError(f"--tiles must be 'auto', 'none' or numbers like 2,2 (got {text!r})") from None
 
 
+def output_stems(files: list[Path]) -> list[str]:
+    """The output stem of each input: its stem, or its whole file name where stems repeat."""
+    count: dict[str, int] = {}
+    for f in files:
+        count[f.stem.casefold()] = count.get(f.stem.casefold(), 0) + 1
+    return [f.stem if count[f.stem.casefold()] == 1 else f.name for f in files]
+
+
+def _file_id(p: Path):
+    try:
+        st = os.stat(p)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def plan_outputs(files: list[Path], out: Path) -> list[tuple[Path, Path]]:
+    """``(labels .tif, table .csv)`` for each input; :class:`OutputConflict` when an output would
+    overwrite an input (the same file, also through a link) or two inputs would write one output."""
+    plan = [(out / f"{s}.tif", out / f"{s}.csv") for s in output_stems(files)]
+    seen: dict[str, Path] = {}
+    for f, (tif, _) in zip(files, plan):
+        key = tif.name.casefold()  # on case-insensitive file systems a.TIF and a.tif are one file
+        if key in seen:
+            raise OutputConflict(f"{seen[key]} and {f} would write the same output name {tif.name} in {out}; "
+                                 "segment them into separate --out folders")
+        seen[key] = f
+    inputs = {i: f for f in files if (i := _file_id(f)) is not None}
+    for tif, csv in plan:
+        for p in (tif, csv):
+            hit = inputs.get(_file_id(p))
+            if hit is not None:
+                raise OutputConflict(f"the output {p} would overwrite the input {hit}; choose another --out folder")
+    return plan
+
+
+class WriteFailed(Exception):
+    """Writing one image's results failed (the message names the file and the reason)."""
+
+
+def _write(res, tif: Path, csv: Path) -> None:
+    """Both outputs, or (on an error) neither of the files this call began to write."""
+    from ..core import io, tables
+
+    done = []
+    try:
+        for path, write, data in ((tif, io.write_tiff, res.labels), (csv, tables.write_table, res.table)):
+            try:
+                write(path, data)
+            except OSError as exc:
+                raise WriteFailed(f"cannot write {path}: {exc.strerror or exc}") from exc
+            done.append(path)
+    except BaseException:
+        for p in done:  # no new labels beside an old or a missing table
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        raise
+
+
 def run(args) -> int:
     from .. import api
     from ..core.images import expand_inputs, read_image
-    from ..core.tables import write_table
-    from ..core.io import write_tiff
     from ..core.registry import ModelRegistry
     from .progress import TerminalProgress
 
@@ -49,30 +125,36 @@ def run(args) -> int:
     card = registry.get(args.model) if args.model else registry.default("segment")
     tiles = parse_tiles(args.tiles)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     files = expand_inputs(args.images)
     if not files:
         raise ValueError("no input images found")
+    plan = plan_outputs(files, out)  # before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    norm = {k: getattr(args, k) for k in ("pmin", "pmax") if getattr(args, k) is not None}  # else the card's
+    debug = getattr(args, "debug", False)
     done = skipped = failed = 0
-    for i, f in enumerate(files):
-        tif, csv = out / f"{f.stem}.tif", out / f"{f.stem}.csv"
+    for i, (f, (tif, csv)) in enumerate(zip(files, plan)):
         if tif.exists() and csv.exists() and not args.overwrite:
             skipped += 1
             continue
         bar = TerminalProgress(f"[{i + 1}/{len(files)}] {f.name}", enabled=not args.quiet)
         try:
-            image = read_image(f)
-            res = api.segment(image, card, axes=args.axes, prob_thresh=args.prob_thresh,
-                              nms_thresh=args.nms_thresh, pmin=args.pmin, pmax=args.pmax, n_tiles=tiles,
-                              tta=args.tta, progress=bar, registry=registry)
-        except Exception as exc:
-            bar.close()
-            print(f"napari-cnnvision: {f}: {exc}", file=sys.stderr)
+            try:
+                image = read_image(f)
+                res = api.segment(image, card, axes=args.axes, prob_thresh=args.prob_thresh,
+                                  nms_thresh=args.nms_thresh, n_tiles=tiles, tta=args.tta, progress=bar,
+                                  registry=registry, **norm)
+            finally:
+                bar.close()
+            _write(res, tif, csv)
+        except Exception as exc:  # this image fails; the batch goes on
+            if debug:
+                import traceback
+
+                traceback.print_exc()
+            print(f"napari-cnnvision: {f}: {_message(exc)}", file=sys.stderr)
             failed += 1
             continue
-        bar.close()
-        write_tiff(tif, res.labels)
-        write_table(csv, res.table)
         for w in res.warnings:
             print(f"napari-cnnvision: {f.name}: warning: {w}", file=sys.stderr)
         if not args.quiet:
@@ -80,3 +162,7 @@ def run(args) -> int:
         done += 1
     print(f"segmented {done}, skipped {skipped} (already done), failed {failed}; model {card.name}")
     return 1 if failed else 0
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc).strip() or type(exc).__name__

@@ -28,12 +28,15 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def expand_inputs(items) -> list[Path]:
-    """Files and folders (their images, sorted) -> list of image files."""
-    out = []
+    """Files and folders (their images, sorted) -> list of image files, each file once (a file
+    named twice, or given and also inside a given folder, keeps its first place)."""
+    out, seen = [], set()
     for item in items:
         p = Path(item)
-        if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            out.append(p)
+        found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        for q in found:
+            key = q.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(q)
     return out

@@ -80,7 +80,19 @@ def write_card(card: ModelCard, folder: str | Path) -> Path:
 
 
 def read_card(folder: str | Path, source: str = "user") -> ModelCard:
+    """The card of a model folder. A folder that is missing because a replace of it was
+    interrupted (see :func:`~napari_cnnvision.core.io.replace_dir`) is read from its complete
+    old copy; ``card.path`` then names that copy."""
+    from .io import current_dir
+
     folder = Path(folder)
+    if not folder.exists():
+        live = current_dir(folder)
+        if live is not None and live != folder:
+            card = read_card(live, source)
+            if card.name == live.name:  # a name taken from the folder (a StarDist folder without card)
+                card.name = folder.name
+            return card
     card_path = folder / CARD_NAME
     if card_path.is_file():
         try:
@@ -161,12 +173,24 @@ class ModelRegistry:
         self.shipped_dir = Path(shipped_dir) if shipped_dir is not None else shipped_models_dir()
 
     def _folder_cards(self, root: Path, source: str) -> list[ModelCard]:
+        """One card per model folder. Dot-folders are never models: they are the temp folders and
+        old copies of a folder replace (``.name.*.tmp``, ``.name.old-*``); an old copy stands in
+        for ``name`` only while ``name`` itself is missing (a replace killed between its renames)."""
+        from .io import swapped_out_name
+
         cards = []
         if not root.is_dir():
             return cards
-        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        names = set()
+        for p in root.iterdir():
+            if not p.is_dir():
+                continue
+            name = p.name if not p.name.startswith(".") else swapped_out_name(p)
+            if name and not name.startswith("."):
+                names.add(name)
+        for name in sorted(names):
             try:
-                cards.append(read_card(sub, source))
+                cards.append(read_card(root / name, source))
             except (ModelNotFound, CorruptModel):
                 continue  # listed by `doctor`-style checks, not here
         return cards

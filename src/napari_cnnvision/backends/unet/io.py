@@ -17,12 +17,12 @@ import os
 import shutil
 import tempfile
 import threading
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...core.cache import LRUCache
+from ...core.io import replace_dir
 from ...core.registry import CorruptModel, ModelCard, ModelNotFound, write_card
 
 CONFIG_NAME = "config.json"
@@ -170,25 +170,11 @@ def save_model(
             (tmp / fname).write_text(text)
         write_card(card, tmp)
         os.chmod(tmp, 0o755)
-        _replace_dir(tmp, folder)
+        replace_dir(tmp, folder)  # the old or the new complete folder is there at every instant
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    if not dest.exists():
-        os.rename(new, dest)
-        return
-    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(dest, old)
-    try:
-        os.rename(new, dest)
-    except BaseException:
-        os.rename(old, dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _read_state_dict(path: Path, folder: Path) -> dict:
