@@ -1,4 +1,4 @@
-"""`napari-cnnvision segment` and `evaluate segment` end to end (subprocesses)."""
+"""`napari-cnnvision segment` and `evaluate segment`: end to end (subprocesses) and the batch loop in-process."""
 import json
 import subprocess
 import sys
@@ -214,3 +214,28 @@ def test_normalization_help_names_the_model_card(capsys):
         main(["segment", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "default: the model's normalization (its card)" in text
+
+
+def test_a_file_given_twice_is_segmented_once(tmp_path, fake, capsys):
+    model, calls = fake
+    src = tmp_path / "in"
+    _images(src, ["a.tif", "b.tif"])
+    rc = main(["segment", str(src), str(src / "a.tif"), "--out", str(tmp_path / "o"), "--model", str(model),
+               "--quiet"])
+    assert rc == 0 and "segmented 2, skipped 0" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.csv", "a.tif", "b.csv", "b.tif"]
+
+
+def test_debug_shows_the_traceback_of_a_failed_image(tmp_path, fake, capsys):
+    model, calls = fake
+    src = tmp_path / "in"
+    _images(src, ["a.tif"])
+    (src / "broken.tif").write_bytes(b"not a tiff")
+    args = ["segment", str(src), "--out", str(tmp_path / "o"), "--model", str(model), "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "broken.tif: cannot read image" in err and "Traceback" not in err
+    assert main(["--debug", *args]) == 1  # a.tif is done (skipped), broken.tif fails again
+    res = capsys.readouterr()
+    assert "Traceback" in res.err and "broken.tif: cannot read image" in res.err
+    assert "segmented 0, skipped 1 (already done), failed 1" in res.out

@@ -25,11 +25,3 @@ def write_table(path: str | Path, table: dict) -> Path:
         w.writerow(row)
     return atomic_write_text(path, buf.getvalue())
 
-
-def read_table(path: str | Path) -> dict[str, list[str]]:
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return {}
-    head, body = rows[0], rows[1:]
-    return {h: [r[i] for r in body] for i, h in enumerate(head)}
