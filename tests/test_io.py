@@ -1,6 +1,9 @@
-"""Writes are atomic: a failure (e.g. a full disk) leaves the old file and no temp file behind."""
+"""Writes are atomic: a failure (e.g. a full disk) leaves the old file and no temp file behind; a replaced
+folder is the old or the new complete one at every instant, also when the process is killed half-way."""
 import errno
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,8 +70,6 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
 
 
 # --- replacing a folder: at every instant the old or the new complete folder is there ---------------
-import shutil  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 
 class Killed(BaseException):
@@ -174,9 +175,12 @@ def test_replace_dir_failure_keeps_the_old_folder(tmp_path, monkeypatch, swap_mo
             raise OSError(errno.EACCES, "Permission denied")
         return real(a, b)
 
+    def exchange_fails(a, b):
+        raise OSError(errno.EACCES, "Permission denied")
+
     monkeypatch.setattr(os, "rename", second_rename_fails)
-    monkeypatch.setattr(io, "_exchange", lambda a, b: (_ for _ in ()).throw(OSError(errno.EACCES, "denied"))
-                        if swap_mode == "exchange" else False)
+    if swap_mode == "exchange":
+        monkeypatch.setattr(io, "_exchange", exchange_fails)
     with pytest.raises(OSError):
         io.replace_dir(tmp_path / ".model.abc.tmp", dest)
     assert _version(dest) == "v1"

@@ -1,4 +1,5 @@
 """`napari-cnnvision segment` and `evaluate segment`: end to end (subprocesses) and the batch loop in-process."""
+import errno
 import json
 import subprocess
 import sys
@@ -8,6 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 from stardist_helpers import make_tiny_stardist
+
+from napari_cnnvision.cli.main import main
+from napari_cnnvision.core.registry import ModelCard, write_card
+from napari_cnnvision.core.results import SegmentationResult
 
 CLI = str(Path(sys.executable).with_name("napari-cnnvision"))
 
@@ -71,11 +76,7 @@ def test_evaluate_segment_against_truth(tmp_path):
 
 
 # --- the batch loop in-process, with a stand-in for the network (fast, no TensorFlow) -------------
-import errno  # noqa: E402
 
-from napari_cnnvision.cli.main import main  # noqa: E402
-from napari_cnnvision.core.registry import ModelCard, write_card  # noqa: E402
-from napari_cnnvision.core.results import SegmentationResult  # noqa: E402
 
 
 @pytest.fixture
