@@ -21,6 +21,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "stardist.train": ("tf", "napari_cnnvision.backends.stardist.train:train_job"),
     "unet.predict": ("torch", "napari_cnnvision.backends.unet.predict:predict_job"),
     "unet.train": ("torch", "napari_cnnvision.backends.unet.train:train_job"),
+    "localizer.predict": ("torch", "napari_cnnvision.backends.localizer.predict:predict_job"),
     "stardist.download": ("tf", "napari_cnnvision.backends.pretrained:download_job"),
     "torchvision.download": ("torch", "napari_cnnvision.backends.pretrained:download_job"),
 }
