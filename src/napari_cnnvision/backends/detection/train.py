@@ -1,0 +1,318 @@
+"""Train any detector that follows torchvision's detection convention (see :mod:`.models`).
+
+AdamW with a linear warm-up and a cosine decay (over the epochs or the time budget, whichever
+ends first); the shared box-aware augmentation (flips / 90° turns, intensity jitter, optional
+zoom; :mod:`..augment`); after every
+epoch the validation images are detected and the weights with the best mAP@0.5 are kept.
+A checkpoint after every epoch lets an interrupted run resume. ``progress`` gets one event
+per epoch (``train_loss``, ``val_loss``, ``val_map``); a stop request ends training after the
+current epoch and keeps the best weights. No DataLoader workers (the compute worker is a
+daemon process and may not fork); PyTorch is imported inside the functions.
+
+A sample is a dict: ``image`` (H, W, C) array (uint8, or float in 0..1), ``boxes`` (m, 4)
+x0, y0, x1, y1 in pixels, ``labels`` (m,) in 1..K.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ...core.progress import NULL_PROGRESS, Progress
+
+
+@dataclass
+class DetTrainSettings:
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    warmup_steps: int = 100
+    min_lr_fraction: float = 0.05
+    time_budget_min: float | None = None
+    flips: bool = True  # the 8 flips / quarter turns
+    gain: tuple[float, float] = (0.9, 1.1)  # intensity jitter x * U(gain) + U(-offset, offset)
+    offset: float = 0.05
+    zoom: float = 0.0  # per-axis zoom up to 1 + zoom either way (0: off)
+    seed: int = 0
+    val_every: int = 1
+    val_score_thresh: float = 0.01
+    grad_clip: float = 10.0
+    checkpoint: str | None = None
+    resume: bool = False
+    device: str | None = None
+
+    def __post_init__(self):
+        for k in ("epochs", "batch_size", "val_every"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"{k} must be at least 1, got {getattr(self, k)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.time_budget_min is not None and not self.time_budget_min > 0:
+            raise ValueError(f"time_budget_min must be positive, got {self.time_budget_min}")
+
+
+@dataclass
+class DetTrainResult:
+    model_dir: str | None
+    epochs_run: int
+    best_epoch: int
+    seconds: float
+    history: dict
+    metrics: dict
+    stopped: bool = False
+    settings: dict = field(default_factory=dict)
+
+
+# --- samples and augmentation ---------------------------------------------------------
+def _check_samples(samples, k: int, what: str):
+    for i, s in enumerate(samples):
+        im = np.asarray(s["image"])
+        if im.ndim != 3:
+            raise ValueError(f"{what} sample {i}: image must be (H, W, C), got shape {im.shape}")
+        b = np.asarray(s["boxes"], np.float32).reshape(-1, 4)
+        lab = np.asarray(s["labels"]).reshape(-1)
+        if len(b) != len(lab):
+            raise ValueError(f"{what} sample {i}: {len(b)} boxes but {len(lab)} labels")
+        if len(lab) and (lab.min() < 1 or lab.max() > k):
+            raise ValueError(f"{what} sample {i}: labels must be in 1..{k}, got {sorted(set(lab.tolist()))}")
+
+
+def _to_float(image) -> np.ndarray:
+    im = np.asarray(image)
+    if im.dtype == np.uint8:
+        return im.astype(np.float32) / 255.0
+    return np.clip(im.astype(np.float32), 0.0, 1.0)
+
+
+def _augment(sample, rng, s: DetTrainSettings):
+    """One draw of the shared box-aware augmentation (:mod:`..augment`) on a float image."""
+    from ..augment import AugmentSettings, augment
+
+    x = _to_float(sample["image"])
+    boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
+    labels = np.asarray(sample["labels"], np.int64).reshape(-1)
+    a = augment(rng, x, boxes=boxes[:, [1, 0, 3, 2]],
+                settings=AugmentSettings(flips=s.flips, gain=tuple(s.gain), offset=s.offset, zoom=s.zoom))
+    b = a.boxes[:, [1, 0, 3, 2]].astype(np.float32)
+    lab = labels[a.box_index]
+    ok = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)  # a zoom can cut a box down to nothing
+    return a.image.astype(np.float32), b[ok], lab[ok]
+
+
+def _tensor(x: np.ndarray, device):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))).to(device)
+
+
+# --- evaluation -----------------------------------------------------------------------
+def detect_samples(model, samples, device, batch_size: int = 4) -> list[dict]:
+    """Eval-mode detections of samples as numpy dicts (boxes, labels, scores)."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(samples), batch_size):
+            batch = [_tensor(_to_float(s["image"]), device) for s in samples[i:i + batch_size]]
+            for d in model(batch):
+                out.append({k: d[k].cpu().numpy() for k in ("boxes", "labels", "scores")})
+    return out
+
+
+def val_loss(model, samples, device, batch_size: int = 4) -> float:
+    """Mean summed loss on samples without touching batch-norm statistics."""
+    import torch
+
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i:i + batch_size]
+            imgs = [_tensor(_to_float(s["image"]), device) for s in chunk]
+            tg = [_target(s["boxes"], s["labels"], device) for s in chunk]
+            total += float(sum(model(imgs, tg).values())) * len(chunk)
+            n += len(chunk)
+    model.eval()
+    return total / max(n, 1)
+
+
+def _target(boxes, labels, device):
+    import torch
+
+    return {"boxes": torch.as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4), device=device),
+            "labels": torch.as_tensor(np.asarray(labels, np.int64).reshape(-1), device=device)}
+
+
+def val_map(model, samples, num_classes, device, score_thresh) -> dict:
+    """mAP@0.5 and per-class AP of the model on samples (thresholds restored afterwards)."""
+    from .boxap import average_precision
+    from .models import set_thresholds
+
+    old = (model.roi_heads if hasattr(model, "roi_heads") else model).score_thresh
+    set_thresholds(model, score_thresh)
+    try:
+        preds = detect_samples(model, samples, device)
+    finally:
+        set_thresholds(model, old)
+    return average_precision(preds, [{"boxes": s["boxes"], "labels": s["labels"]} for s in samples], num_classes)
+
+
+# --- training -------------------------------------------------------------------------
+def _lr_factor(step: int, frac: float, s: DetTrainSettings) -> float:
+    if step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    frac = min(max(frac, 0.0), 1.0)
+    return s.min_lr_fraction + (1 - s.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def _save_checkpoint(path: Path, state: dict):
+    import torch
+
+    from ...core.io import atomic_write_with
+
+    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
+
+
+def train_detector(model, config: dict, train: list[dict], val: list[dict], out_folder=None,
+                   settings: DetTrainSettings | None = None, progress: Progress = NULL_PROGRESS,
+                   card_fields: dict | None = None) -> DetTrainResult:
+    """Train ``model`` (built from ``config``) and, if ``out_folder`` is given, save it there.
+
+    The card gets the settings, the training time and the validation mAP@0.5 / per-class AP
+    of the chosen epoch; ``card_fields`` adds to it (``training`` entries such as data,
+    command and hardware are merged).
+    """
+    import torch
+
+    from .models import save_detector
+
+    s = settings or DetTrainSettings()
+    classes = list(config["classes"])
+    k = len(classes)
+    if not train:
+        raise ValueError("no training samples")
+    if not val:
+        raise ValueError("no validation samples (they choose the best epoch)")
+    _check_samples(train, k, "training")
+    _check_samples(val, k, "validation")
+    device = torch.device(s.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr,
+                            weight_decay=s.weight_decay)
+    history = {"train_loss": [], "val_loss": [], "val_map": [], "lr": [], "seconds": []}
+    best_map, best_epoch, best_state, start_epoch, step, elapsed0 = -1.0, 0, None, 1, 0, 0.0
+    ckpt = Path(s.checkpoint) if s.checkpoint else None
+    if ckpt is not None and s.resume and ckpt.is_file():
+        c = torch.load(ckpt, map_location="cpu", weights_only=True)
+        model.load_state_dict(c["model"])
+        opt.load_state_dict(c["optimizer"])
+        history, best_map, best_epoch = c["history"], float(c["best_map"]), int(c["best_epoch"])
+        best_state, start_epoch, step, elapsed0 = c["best_state"], int(c["epoch"]) + 1, int(c["step"]), float(c["elapsed"])
+        progress(None, f"resumed from {ckpt} after epoch {start_epoch - 1}")
+    t0 = time.time() - elapsed0
+    budget = s.time_budget_min * 60 if s.time_budget_min else None
+    steps_per_epoch = math.ceil(len(train) / s.batch_size)
+    total_steps = s.epochs * steps_per_epoch
+    stopped, epoch_seconds = False, []
+    for epoch in range(start_epoch, s.epochs + 1):
+        te = time.time()
+        rng = np.random.default_rng([s.seed, epoch])  # per epoch: a resumed run draws the same
+        torch.manual_seed(s.seed * 100003 + epoch)
+        order = rng.permutation(len(train))
+        model.train()
+        run, n_run = 0.0, 0
+        for b in range(steps_per_epoch):
+            idx = order[b * s.batch_size:(b + 1) * s.batch_size]
+            imgs, tgs = [], []
+            for i in idx:
+                x, boxes, labels = _augment(train[i], rng, s)
+                imgs.append(_tensor(x, device))
+                tgs.append(_target(boxes, labels, device))
+            frac = step / total_steps
+            if budget:
+                frac = max(frac, (time.time() - t0) / budget)
+            for g in opt.param_groups:
+                g["lr"] = s.lr * _lr_factor(step, frac, s)
+            losses = model(imgs, tgs)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the training loss is not finite at epoch {epoch} ({ {k2: float(v) for k2, v in losses.items()} })")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if s.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            opt.step()
+            step += 1
+            run += float(loss.detach()) * len(idx)
+            n_run += len(idx)
+            if progress.stop_requested:
+                break
+        do_val = epoch % s.val_every == 0 or epoch == s.epochs or progress.stop_requested
+        vl, vm = float("nan"), float("nan")
+        if do_val:
+            vl = val_loss(model, val, device)
+            vm = val_map(model, val, k, device, s.val_score_thresh)["map"]
+            if vm > best_map:
+                best_map, best_epoch = vm, epoch
+                best_state = {kk: v.detach().cpu().clone() for kk, v in model.state_dict().items()}
+        elapsed = time.time() - t0
+        for key, v in (("train_loss", run / max(n_run, 1)), ("val_loss", vl), ("val_map", vm),
+                       ("lr", opt.param_groups[0]["lr"]), ("seconds", elapsed)):
+            history[key].append(float(v))
+        epoch_seconds.append(time.time() - te)
+        if ckpt is not None:
+            _save_checkpoint(ckpt, {"model": {kk: v.detach().cpu() for kk, v in model.state_dict().items()},
+                                    "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+                                    "best_state": best_state, "best_map": best_map, "best_epoch": best_epoch,
+                                    "history": history, "elapsed": elapsed})
+        frac_done = epoch / s.epochs if not budget else max(epoch / s.epochs, elapsed / budget)
+        progress(min(frac_done, 1.0), f"epoch {epoch}/{s.epochs}", epoch=epoch,
+                 train_loss=history["train_loss"][-1], val_loss=vl, val_map=vm, best_epoch=best_epoch,
+                 seconds=elapsed)
+        if progress.stop_requested:
+            stopped = True
+            break
+        if budget and elapsed + float(np.median(epoch_seconds[-3:])) > budget:
+            stopped = True
+            break
+    if best_state is None:  # stopped before any validation
+        best_state = {kk: v.detach().cpu().clone() for kk, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    model.eval()
+    seconds = time.time() - t0
+    result = val_map(model, val, k, device, s.val_score_thresh)
+    metrics = {"val": {"map@0.5": round(result["map"], 4),
+                       "ap@0.5": {classes[c - 1]: round(v, 4) for c, v in result["ap"].items()},
+                       "n_images": len(val), "ap_method": "boxap (101-point, COCO-style)"}}
+    settings_d = asdict(s)
+    folder = None
+    if out_folder is not None:
+        fields = dict(card_fields or {})
+        training = {"epochs": len(history["train_loss"]), "best_epoch": best_epoch, "seconds": round(seconds, 1),
+                    "stopped_early": stopped, "settings": settings_d, "history": history,
+                    "n_train": len(train), "n_val": len(val), **fields.pop("training", {})}
+        fields["metrics"] = {**metrics, **fields.get("metrics", {})}
+        model.cpu()
+        folder = str(save_detector(model, config, out_folder, {**fields, "training": training}))
+        progress(1.0, f"saved {folder} (val mAP@0.5 {result['map']:.3f})", val_map=result["map"])
+    return DetTrainResult(folder, len(history["train_loss"]), best_epoch, seconds, history, metrics, stopped,
+                          settings_d)
+
+
+def samples_from_split(split) -> list[dict]:
+    """The trainer's samples from a :class:`~.data.DetectionSplit` (boxes y0, x0, y1, x1 and
+    0-based class ids -> x0, y0, x1, y1 and labels 1..K)."""
+    out = []
+    for sm in split.samples:
+        b = np.asarray(sm.boxes, np.float32).reshape(-1, 4)[:, [1, 0, 3, 2]]
+        out.append({"image": sm.image, "boxes": b, "labels": np.asarray(sm.class_ids, np.int64) + 1,
+                    "name": sm.name})
+    return out
