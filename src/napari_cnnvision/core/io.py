@@ -20,6 +20,7 @@ def _umask() -> int:
 
 
 _FILE_MODE = 0o666 & ~_umask()  # what a plain open() would give (mkstemp makes files 0600)
+_DIR_MODE = 0o777 & ~_umask()  # what a plain mkdir() would give (mkdtemp makes folders 0700)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -208,7 +209,7 @@ def staged_dir(dest: str | Path):
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a model folder is for all to read
+    os.chmod(tmp, _DIR_MODE)  # mkdtemp makes it private; a model folder is for all to read
     try:
         yield tmp
         replace_dir(tmp, dest)
