@@ -154,3 +154,139 @@ def test_worker_exits_when_its_parent_is_killed(tmp_path):
         assert _gone(pid), "the worker outlived its parent"
     finally:
         proc.kill()
+
+
+# -- shared memory is released whatever the client does ------------------------------------------
+
+def _wait_for(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return cond()
+
+
+def test_no_shm_left_when_a_progress_callback_raises(pool):
+    """The callback fails after the job has started: its result (large arrays in shared memory)
+    is never taken by the client, and must not stay in /dev/shm."""
+    before = shm_names()
+    img = np.ones((512, 512), np.float32)
+
+    def boom(ev):
+        raise ZeroDivisionError("callback bug")
+
+    with pytest.raises(ZeroDivisionError):
+        pool.run("echo", {"image": img}, on_event=boom)
+    time.sleep(1.0)  # time for a worker that went on to send its result
+    assert shm_names() <= before
+    res = pool.run("echo", {"image": img})  # the pool is usable afterwards
+    np.testing.assert_array_equal(res["args"]["image"], img)
+    assert shm_names() <= before
+
+
+def test_no_shm_left_after_ctrl_c_during_wait(pool):
+    """Ctrl-C while the caller waits (the isolated Python API): the job's result must not leak."""
+    import _thread
+
+    before = shm_names()
+    w = pool.worker_for("sleep")
+    w.start()
+    threading.Timer(0.5, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        w.run("toy.train", {"epochs": 4, "seconds": 1.0, "weights_size": 1 << 18})
+    time.sleep(1.5)  # the job would have ended and sent its result by now
+    assert shm_names() <= before
+    assert pool.run("toy.train", {"epochs": 1})["epochs"] == 1
+    assert shm_names() <= before
+
+
+def test_server_leaves_no_shm_when_the_client_is_gone():
+    """A result sent to a client that closes its end without reading it is removed by the worker."""
+    from napari_cnnvision.worker import transport
+
+    before = shm_names()
+    w = ComputeWorker()
+    w.start()
+    payload, blocks = transport.dumps({"image": np.ones((512, 512), np.float32)})
+    try:
+        w._conn.send(("run", 1, "echo", payload))
+        assert w._conn.poll(60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # skip progress events up to the result
+            msg = w._conn.recv()
+            if msg[0] == "done":
+                break
+    finally:
+        transport.release(blocks, unlink=True)
+    proc = w._proc
+    w._conn.close()  # the client goes away without taking the result
+    proc.join(10)
+    assert not proc.is_alive()
+    assert shm_names() <= before
+
+
+# -- the worker may use the GPU ----------------------------------------------------------------
+
+def test_worker_keeps_the_gpus_visible(monkeypatch):
+    """Trainings need the GPU: the worker no longer hides it (NAPARI_CNNVISION_CUDA_DEVICES opts out)."""
+    from napari_cnnvision.worker import WorkerPool
+
+    monkeypatch.delenv("NAPARI_CNNVISION_CUDA_DEVICES", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    p = WorkerPool()
+    try:
+        assert p.run("framework_info", {})["cuda_visible_devices"] is None
+    finally:
+        p.shutdown()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    p = WorkerPool()
+    try:
+        assert p.run("framework_info", {})["cuda_visible_devices"] == "0"
+    finally:
+        p.shutdown()
+    monkeypatch.setenv("NAPARI_CNNVISION_CUDA_DEVICES", "")  # opt out: CPU only
+    p = WorkerPool()
+    try:
+        assert p.run("framework_info", {})["cuda_visible_devices"] == ""
+    finally:
+        p.shutdown()
+
+
+# -- cooperative Stop keeps the model; kinds of jobs get their own processes -------------------
+
+def test_stop_ends_a_training_early_and_returns_its_model(pool):
+    stop = threading.Event()
+    events = []
+
+    def on_event(ev):
+        events.append(ev)
+        if ev.metrics.get("epoch") == 3:
+            stop.set()
+
+    res = pool.run("toy.train", {"epochs": 200, "seconds": 20.0}, on_event=on_event, should_cancel=stop.is_set)
+    assert res["stopped"] and 3 <= res["epochs"] < 200
+    assert (res["weights"] == res["epochs"]).all()  # the model of the epochs done
+    assert [e.metrics["epoch"] for e in events if e.metrics] == list(range(1, res["epochs"] + 1))
+
+
+def test_stop_asked_at_once_is_not_lost(pool):
+    """Stop pressed right after Start (before the worker picked the job up) still stops it."""
+    res = pool.run("toy.train", {"epochs": 100, "seconds": 10.0}, should_cancel=lambda: True)
+    assert res["stopped"] and res["epochs"] == 1
+
+
+def test_training_and_inference_get_separate_workers(pool):
+    assert pool.worker_for("toy.train") is not pool.worker_for("sleep")
+    assert pool.worker_for("stardist.train") is not pool.worker_for("stardist.predict")
+    assert pool.worker_for("stardist.predict") is pool.worker_for("stardist.download")
+    box = {}
+    t = threading.Thread(target=lambda: box.update(res=pool.run("toy.train", {"epochs": 20, "seconds": 4.0})))
+    t.start()
+    assert _wait_for(lambda: pool.worker_for("toy.train").alive)
+    t0 = time.monotonic()
+    assert pool.run("sleep", {"seconds": 0.1, "steps": 1})["steps"] == 1  # not queued behind the training
+    assert time.monotonic() - t0 < 3.0
+    assert t.is_alive()
+    t.join(30)
+    assert box["res"]["epochs"] == 20
+    assert pool.workers["none-train"] is pool.worker_for("toy.train")
+    assert pool.workers["none"] is pool.worker_for("sleep")

@@ -1,6 +1,7 @@
 """Running compute-worker jobs from napari without blocking its event loop."""
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -11,6 +12,7 @@ from ..worker import ComputeError, WorkerPool
 _POOLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _DONE = object()
 MIN_UPDATE_S = 0.2
+log = logging.getLogger("napari_cnnvision")
 
 
 def pool_for(viewer) -> WorkerPool:
@@ -22,12 +24,26 @@ def pool_for(viewer) -> WorkerPool:
     return pool
 
 
+class _Carried(ComputeError):
+    """Carries a RuntimeError out of the thread helper, which would drop it silently."""
+
+    def __init__(self, original: BaseException):
+        super().__init__(str(original))
+        self.original = original
+
+
 class JobRunner:
     """Starts one job at a time on ``pool`` from a napari ``thread_worker``.
 
-    ``on_progress(event)``, ``on_done(result)``, ``on_error(exc)`` and ``on_finished()``
-    run on the GUI thread. ``cancel()`` stops the job at once (the worker is killed and
-    restarted on the next job); ``stop()`` asks it to stop at its next check.
+    ``on_progress(event)``, ``on_metrics(event)``, ``on_done(result)``, ``on_error(exc)`` and
+    ``on_finished()`` run on the GUI thread. ``on_progress`` gets the latest event at most every
+    :data:`MIN_UPDATE_S` (plain bar updates in between are dropped); ``on_metrics`` gets every
+    event that carries metrics (a training's epochs), each one, in order, before ``on_done``.
+
+    ``stop()`` asks the job to stop at its next check: it sees ``progress.stop_requested`` and
+    may end normally with what it has (a training returns its model so far; a prediction raises
+    :class:`Cancelled`). ``cancel()`` stops it at once: its worker process is killed (and
+    restarted on the next job); workers running other jobs, e.g. a training, are not touched.
 
     With ``owner`` (the widget's Qt object), closing the widget or napari mid-job cancels
     the job and drops its callbacks, which would otherwise touch deleted Qt widgets.
@@ -36,8 +52,8 @@ class JobRunner:
     def __init__(self, pool: WorkerPool, owner=None):
         self.pool = pool
         self._worker = None
-        self._job = None
         self._stop = threading.Event()
+        self._kill = threading.Event()
         self._alive = True
         if owner is not None:
             owner.destroyed.connect(self._owner_destroyed)
@@ -58,14 +74,15 @@ class JobRunner:
         return self._worker is not None
 
     def start(self, job: str, kwargs: dict, on_progress=None, on_done=None, on_error=None, on_finished=None,
-              framework: str | None = None):
+              framework: str | None = None, on_metrics=None):
         from napari.qt.threading import thread_worker
 
         if self.running:
             raise RuntimeError("a job is already running")
-        pool, stop = self.pool, self._stop
+        pool, stop, kill = self.pool, self._stop, self._kill
         stop.clear()
-        self._job = (job, framework)
+        kill.clear()
+        keep_metrics = on_metrics is not None
 
         @thread_worker(ignore_errors=True)  # errors go to on_error, not re-raised in Qt
         def _run():
@@ -75,7 +92,7 @@ class JobRunner:
             def target():
                 try:
                     box["result"] = pool.run(job, kwargs, on_event=events.put, should_cancel=stop.is_set,
-                                             framework=framework)
+                                             framework=framework, should_kill=kill.is_set)
                 except BaseException as exc:  # delivered to the GUI thread below
                     box["error"] = exc
                 finally:
@@ -83,37 +100,44 @@ class JobRunner:
 
             threading.Thread(target=target, name=f"cnnvision-{job}", daemon=True).start()
             # At most ~5 updates a second reach the GUI: each progress-bar repaint redraws
-            # napari's OpenGL window, which is costly with software rendering.
-            last_t, pending = 0.0, None
+            # napari's OpenGL window, which is costly with software rendering. Events with
+            # metrics are collected meanwhile and all delivered with the next update.
+            last_t, latest, metrics = 0.0, None, []
             while True:
                 try:
-                    ev = events.get(timeout=MIN_UPDATE_S if pending is not None else None)
+                    ev = events.get(timeout=MIN_UPDATE_S if latest is not None else None)
                 except queue.Empty:
                     ev = None
                 if ev is _DONE:
                     break
                 if ev is not None:
-                    pending = ev
+                    latest = ev
+                    if keep_metrics and ev.metrics:
+                        metrics.append(ev)
                 now = time.monotonic()
-                if pending is not None and now - last_t >= MIN_UPDATE_S:
-                    yield pending
-                    last_t, pending = now, None
-            if pending is not None:
-                yield pending
+                if latest is not None and now - last_t >= MIN_UPDATE_S:
+                    yield latest, metrics
+                    last_t, latest, metrics = now, None, []
+            if latest is not None:
+                yield latest, metrics
             if "error" in box:
                 exc = box["error"]
-                if isinstance(exc, RuntimeError):  # superqt would drop it silently
-                    raise ComputeError(f"{type(exc).__name__}: {exc}") from exc
-                raise exc
+                raise _Carried(exc) if isinstance(exc, RuntimeError) else exc
             return box.get("result")
 
+        def deliver(item):
+            latest, metrics = item
+            for ev in metrics:
+                on_metrics(ev)
+            if on_progress is not None:
+                on_progress(latest)
+
         w = _run()
-        if on_progress is not None:
-            w.yielded.connect(self._guard(on_progress))
+        w.yielded.connect(self._guard(deliver))
         if on_done is not None:
             w.returned.connect(self._guard(on_done))
         if on_error is not None:
-            w.errored.connect(self._guard(on_error))
+            w.errored.connect(self._guard(lambda exc: on_error(exc.original if isinstance(exc, _Carried) else exc)))
 
         def _finished():
             self._worker = None
@@ -126,23 +150,35 @@ class JobRunner:
         return w
 
     def stop(self):
+        """Ask the job to stop at its next check (a training then returns the model it has)."""
         self._stop.set()
 
     def cancel(self):
-        if self._job is not None:
-            self.pool.worker_for(*self._job).kill()
+        """Stop the job at once (its worker process is killed)."""
+        self._kill.set()
+
+
+#: Errors of the user's input or environment: shown as their message alone, wherever raised.
+USER_ERRORS = frozenset({"InputError", "ModelNotFound", "CorruptModel", "ModelUnavailable"})
 
 
 def describe_error(exc: BaseException) -> str:
-    """A one-line message for the user (the traceback goes to the log, not to their face)."""
-    from ..core.progress import Cancelled
+    """A one-line message for the user, the same for an error raised in napari's process and in
+    the worker. Unexpected errors name their type; their traceback goes to the log."""
+    import traceback
+
     from ..worker import JobError, WorkerCrashed
 
-    if isinstance(exc, Cancelled):
+    if isinstance(exc, JobError):
+        kind, kinds, details = exc.kind, exc.kinds, exc.details
+    else:
+        kind, kinds = type(exc).__name__, [c.__name__ for c in type(exc).__mro__]
+        details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if "Cancelled" in kinds:
         return "Cancelled."
     if isinstance(exc, WorkerCrashed):
         return f"{exc}. Your layers are unchanged."
-    if isinstance(exc, JobError):
-        return f"{exc.kind}: {exc}" if exc.kind not in ("InputError", "ModelUnavailable", "CorruptModel",
-                                                         "ModelNotFound") else str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    if USER_ERRORS.intersection(kinds) or (isinstance(exc, ComputeError) and not isinstance(exc, JobError)):
+        return str(exc)
+    log.error("unexpected error in a napari-cnnvision job: %s\n%s", kind, details)
+    return f"Unexpected error ({kind}): {exc}; details in the log"

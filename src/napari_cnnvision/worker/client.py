@@ -8,7 +8,7 @@ from typing import Callable
 
 from ..core.progress import Cancelled, ProgressEvent
 from . import transport
-from .jobs import framework_of
+from .jobs import framework_of, kind_of
 
 
 class ComputeError(Exception):
@@ -21,11 +21,13 @@ class WorkerCrashed(ComputeError):
 
 
 class JobError(ComputeError):
-    """A job raised inside the worker; ``kind`` is the exception's type name, ``details`` the traceback."""
+    """A job raised inside the worker; ``kind`` is the exception's type name, ``kinds`` the names of
+    its classes (``type.__mro__``, so that subclasses are recognized), ``details`` the traceback."""
 
-    def __init__(self, kind: str, message: str, details: str = ""):
+    def __init__(self, kind: str, message: str, details: str = "", kinds: tuple = ()):
         super().__init__(message)
         self.kind = kind
+        self.kinds = tuple(kinds) or (kind,)
         self.details = details
 
 
@@ -56,15 +58,22 @@ def _start_without_main(proc) -> None:
 class ComputeWorker:
     """One long-lived spawned process running one job at a time.
 
-    ``run`` blocks the calling thread (napari calls it from a ``thread_worker``); any
-    other thread may call :meth:`cancel` (stop at the next check: training keeps its
-    model) or :meth:`kill` (stop at once: the process is replaced on the next job).
+    ``run`` blocks the calling thread (napari calls it from a ``thread_worker``). A job is
+    stopped by the caller's ``should_cancel`` (cooperative: the job sees
+    ``progress.stop_requested`` and may return what it has, e.g. a training its model so far)
+    or ``should_kill`` (at once: the process is killed and replaced on the next job). Any
+    other thread may also call :meth:`cancel` or :meth:`kill`.
+
+    Whatever ends the wait (the result, an error, a callback that raises, Ctrl-C), no
+    shared-memory block of the job stays behind: a wait given up before the job ended kills
+    the process and removes the blocks of a result it had already sent.
     """
 
     POLL_S = 0.02
 
-    def __init__(self, framework: str = "none"):
+    def __init__(self, framework: str = "none", kind: str = "predict"):
         self.framework = framework
+        self.kind = kind
         self._ctx = mp.get_context("spawn")
         self._proc = None
         self._conn = None
@@ -72,6 +81,11 @@ class ComputeWorker:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._killed = False
+
+    @property
+    def label(self) -> str:
+        """``"tf"`` for the TensorFlow inference worker, ``"tf-train"`` for its training worker."""
+        return self.framework if self.kind == "predict" else f"{self.framework}-{self.kind}"
 
     # -- process management -------------------------------------------------
     @property
@@ -90,7 +104,7 @@ class ComputeWorker:
         parent, child = self._ctx.Pipe(duplex=True)
         self._stop = self._ctx.Event()
         self._proc = self._ctx.Process(target=server.main, args=(child, self._stop, self.framework),
-                                       name=f"napari-cnnvision-worker-{self.framework}", daemon=True)
+                                       name=f"napari-cnnvision-worker-{self.label}", daemon=True)
         _start_without_main(self._proc)
         child.close()
         self._conn = parent
@@ -102,7 +116,7 @@ class ComputeWorker:
         if proc is None:
             return
         try:
-            conn.send(None)
+            conn.send(None)  # the worker removes a result not taken yet, then exits
         except (OSError, EOFError, BrokenPipeError):
             pass
         proc.join(timeout)
@@ -126,9 +140,17 @@ class ComputeWorker:
     # -- jobs -------------------------------------------------------------------
     def run(self, job: str, kwargs: dict | None = None,
             on_event: Callable[[ProgressEvent], None] | None = None,
-            should_cancel: Callable[[], bool] | None = None):
-        """Run ``job`` with ``kwargs`` and return its result (arrays copied out of shared memory)."""
-        with self._lock:
+            should_cancel: Callable[[], bool] | None = None,
+            should_kill: Callable[[], bool] | None = None):
+        """Run ``job`` with ``kwargs`` and return its result (arrays copied out of shared memory).
+
+        A job waits for the one before it on this worker; ``should_kill`` true meanwhile drops
+        it (:class:`Cancelled`) without touching the job that runs.
+        """
+        while not self._lock.acquire(timeout=self.POLL_S):
+            if should_kill is not None and should_kill():
+                raise Cancelled("cancelled before it started")
+        try:
             self.start()
             try:
                 payload, blocks = transport.dumps(kwargs or {})
@@ -136,32 +158,43 @@ class ComputeWorker:
                 raise ComputeError(f"could not hand the data to the compute worker: not enough shared memory "
                                    f"({exc}); free memory or process a smaller image") from exc
             job_id = next(self._ids)
+            state = {"over": False}
             try:
+                self._stop.clear()  # here, not in the worker: a Stop right after the start is kept
                 try:
                     self._conn.send(("run", job_id, job, payload))
                 except (OSError, BrokenPipeError) as exc:
+                    state["over"] = True
                     self._discard()
                     raise WorkerCrashed(f"could not reach the compute worker: {exc}") from exc
-                return self._wait(job_id, on_event, should_cancel)
+                return self._wait(job_id, on_event, should_cancel, should_kill, state)
+            except BaseException:
+                if not state["over"]:  # a callback raised, Ctrl-C, ...: the job must not go on
+                    self._abandon()
+                raise
             finally:
                 transport.release(blocks, unlink=True)
+        finally:
+            self._lock.release()
 
-    def _wait(self, job_id, on_event, should_cancel):
+    def _wait(self, job_id, on_event, should_cancel, should_kill, state):
         conn, proc = self._conn, self._proc
         cancel_sent = False
         while True:
             if should_cancel is not None and not cancel_sent and should_cancel():
                 self.cancel()
                 cancel_sent = True
+            if should_kill is not None and not self._killed and should_kill():
+                self.kill()
             try:
                 ready = conn.poll(self.POLL_S)
                 msg = conn.recv() if ready else None
             except (EOFError, OSError):
                 msg = None
-                ready = False
                 proc.join(1.0)
             if msg is None:
                 if not proc.is_alive():
+                    state["over"] = True
                     code = proc.exitcode
                     killed = self._killed
                     self._discard()
@@ -172,53 +205,85 @@ class ComputeWorker:
                         "a fresh one starts with the next job")
                 continue
             kind = msg[0]
-            if msg[1] != job_id:
-                continue  # stale message of an earlier job
+            if msg[1] != job_id:  # pragma: no cover - an abandoned job's process is killed
+                if kind == "done":
+                    transport.unlink(msg[3])
+                continue
             if kind == "event":
                 if on_event is not None:
                     on_event(ProgressEvent(msg[2], msg[3], msg[4]))
             elif kind == "done":
-                result, _ = transport.loads(msg[2], copy=True, unlink=True)
+                state["over"] = True
+                try:
+                    result, _ = transport.loads(msg[2], copy=True, unlink=True)
+                finally:
+                    transport.unlink(msg[3])  # also when copying fails half-way
                 return result
             elif kind == "error":
-                _, _, etype, message, details = msg
+                state["over"] = True
+                _, _, etype, message, details, bases = msg
                 if etype == "Cancelled":
                     raise Cancelled(message)
-                raise JobError(etype, message, details)
+                raise JobError(etype, message, details, bases)
+
+    def _abandon(self):
+        """The caller gave up waiting before the job ended: kill the process and remove the
+        shared-memory blocks of any result it had sent already."""
+        proc = self._proc
+        if proc is not None:
+            if proc.is_alive():
+                self._killed = True
+                proc.kill()
+            proc.join(5.0)
+        self._discard()
 
     def _discard(self):
-        if self._conn is not None:
-            self._conn.close()
+        """Forget the (dead) process; results it sent and nobody took are removed."""
+        conn = self._conn
+        if conn is not None:
+            try:
+                while conn.poll(0):
+                    msg = conn.recv()
+                    if msg and msg[0] == "done":
+                        transport.unlink(msg[3])
+            except (EOFError, OSError):
+                pass
+            conn.close()
         self._proc = self._conn = None
 
 
 class WorkerPool:
-    """One :class:`ComputeWorker` per framework, started on first use."""
+    """Worker processes started on first use: one per framework and kind of job.
+
+    Inference jobs of a framework share one process (it keeps loaded models); training jobs
+    (:func:`~napari_cnnvision.worker.jobs.kind_of`) get their own, so a training neither
+    blocks the other widgets' inference nor dies by their Cancel.
+    """
 
     def __init__(self):
-        self._workers: dict[str, ComputeWorker] = {}
+        self._workers: dict[tuple[str, str], ComputeWorker] = {}
         self._lock = threading.Lock()
 
     def worker_for(self, job: str, framework: str | None = None) -> ComputeWorker:
-        fw = framework_of(job, framework)
+        key = (framework_of(job, framework), kind_of(job))
         with self._lock:
-            if fw not in self._workers:
-                self._workers[fw] = ComputeWorker(fw)
-            return self._workers[fw]
+            if key not in self._workers:
+                self._workers[key] = ComputeWorker(*key)
+            return self._workers[key]
 
     def run(self, job: str, kwargs: dict | None = None, on_event=None, should_cancel=None,
-            framework: str | None = None):
-        return self.worker_for(job, framework).run(job, kwargs, on_event, should_cancel)
+            framework: str | None = None, should_kill=None):
+        return self.worker_for(job, framework).run(job, kwargs, on_event, should_cancel, should_kill)
 
     @property
     def workers(self) -> dict[str, ComputeWorker]:
-        return dict(self._workers)
-
-    def kill_all(self) -> None:
-        for w in list(self._workers.values()):
-            w.kill()
+        """The workers by :attr:`ComputeWorker.label` (``"tf"``, ``"torch-train"``, ...)."""
+        with self._lock:
+            return {w.label: w for w in self._workers.values()}
 
     def shutdown(self) -> None:
-        for w in list(self._workers.values()):
+        with self._lock:
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for w in workers:
             w.shutdown()
-        self._workers.clear()

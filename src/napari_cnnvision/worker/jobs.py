@@ -15,6 +15,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "sleep": ("none", "napari_cnnvision.worker.builtin_jobs:sleep"),
     "crash": ("none", "napari_cnnvision.worker.builtin_jobs:crash"),
     "fail": ("none", "napari_cnnvision.worker.builtin_jobs:fail"),
+    "toy.train": ("none", "napari_cnnvision.worker.builtin_jobs:toy_train"),
     "framework_info": ("any", "napari_cnnvision.worker.builtin_jobs:framework_info"),
     # segmentation
     "stardist.predict": ("tf", "napari_cnnvision.backends.stardist.predict:predict_job"),
@@ -37,6 +38,17 @@ def framework_of(job: str, framework: str | None = None) -> str:
     if fw == "any":
         return framework or "none"
     return fw
+
+
+def kind_of(job: str) -> str:
+    """``"train"`` for training jobs (named ``"<backend>.train"``), ``"predict"`` for all others.
+
+    Each kind gets worker processes of its own, so that inference keeps running beside a
+    training and a Cancel of one kills only its own process.
+    """
+    if job not in JOBS:
+        raise KeyError(f"unknown compute job {job!r}")
+    return "train" if job.rsplit(".", 1)[-1] == "train" else "predict"
 
 
 def resolve(job: str):

@@ -10,10 +10,19 @@ from . import transport
 from .jobs import resolve
 
 
-def _quiet_frameworks():
+def _prepare_environment():
+    """Quiet the frameworks; let them use the GPUs the caller sees.
+
+    ``NAPARI_CNNVISION_CUDA_DEVICES``, when set, becomes the worker's ``CUDA_VISIBLE_DEVICES``
+    (``""``: CPU only; ``"1"``: only the second GPU). TensorFlow would take all GPU memory at
+    start; it grows as needed instead, so that the PyTorch worker can share the GPU.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("CUDA_VISIBLE_DEVICES", os.environ.get("NAPARI_CNNVISION_CUDA_DEVICES", ""))
     os.environ.setdefault("KMP_WARNINGS", "0")
+    devices = os.environ.get("NAPARI_CNNVISION_CUDA_DEVICES")
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
 
 def _exit_with_parent(interval: float = 1.0) -> None:
@@ -36,39 +45,62 @@ def _exit_with_parent(interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="cnnvision-parent-watch", daemon=True).start()
 
 
+def _run(job: str, payload: bytes, stop_requested, emit, opened: list):
+    """Run one job; returns the reply to send and the names of the result's shared-memory blocks."""
+    kwargs, blocks_in = transport.loads(payload, copy=False)
+    opened.extend(blocks_in)
+    result = resolve(job)(progress=Progress(emit, stop_requested), **kwargs)
+    data, blocks = transport.dumps(result)
+    names = [b.name for b in blocks]
+    transport.release(blocks)  # closed here; the client unlinks them once copied
+    return data, names
+
+
 def main(conn, stop_event, framework: str) -> None:
     """Serve jobs from ``conn`` until it closes or a ``None`` message arrives.
 
     Messages in: ``("run", job_id, job_name, payload_bytes)``.
     Messages out: ``("event", job_id, fraction, message, metrics)``,
-    ``("done", job_id, result_bytes)``, ``("error", job_id, type_name, message, traceback)``.
+    ``("done", job_id, result_bytes, shm_names)``,
+    ``("error", job_id, type_name, message, traceback, base_names)``.
+
+    The client sends a message only once it has taken (or given up on) the last result, so
+    each message, and the end of the connection, tells the worker to remove whatever blocks of
+    that result are still there. ``stop_event`` is set by the client (and cleared by it before
+    each job): jobs see it as ``progress.stop_requested``.
     """
-    _quiet_frameworks()
+    _prepare_environment()
     _exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the parent
     deferred = []  # shared-memory inputs still referenced by caches
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            break
-        if msg is None:
-            break
-        _, job_id, job, payload = msg
-        stop_event.clear()
+    sent: list[str] = []  # blocks of the last result, until the client has taken it
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            transport.unlink(sent)
+            sent = []
+            if msg is None:
+                break
+            _, job_id, job, payload = msg
 
-        def emit(ev, job_id=job_id):
-            conn.send(("event", job_id, ev.fraction, ev.message, ev.metrics))
+            def emit(ev, job_id=job_id):
+                conn.send(("event", job_id, ev.fraction, ev.message, ev.metrics))
 
-        opened = []
-        try:
-            kwargs, opened = transport.loads(payload, copy=False)
-            func = resolve(job)
-            result = func(progress=Progress(emit, stop_event.is_set), **kwargs)
-            data, blocks = transport.dumps(result)
-            conn.send(("done", job_id, data))
-            transport.release(blocks)  # the client unlinks them after copying
-        except BaseException as exc:  # report everything; the loop survives
-            conn.send(("error", job_id, type(exc).__name__, str(exc), traceback.format_exc()))
-        finally:
-            deferred = transport.release(deferred + opened)
+            opened = []
+            try:
+                data, sent = _run(job, payload, stop_event.is_set, emit, opened)
+                reply = ("done", job_id, data, sent)
+            except BaseException as exc:  # report everything; the loop survives
+                bases = [c.__name__ for c in type(exc).__mro__]
+                reply = ("error", job_id, type(exc).__name__, str(exc), traceback.format_exc(), bases)
+            finally:
+                deferred = transport.release(deferred + opened)
+            try:
+                conn.send(reply)
+            except (OSError, EOFError):  # the client is gone
+                break
+    finally:
+        transport.unlink(sent)

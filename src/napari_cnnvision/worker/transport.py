@@ -92,6 +92,25 @@ def loads(data: bytes, copy: bool = True, unlink: bool = False):
     return obj, opened
 
 
+def unlink(names) -> None:
+    """Remove the blocks called ``names`` (those already gone are skipped).
+
+    Whoever ends up responsible for a result's blocks calls this by name: the client once it has
+    copied a result or given up on it, the worker for results its client never took.
+    """
+    for name in names or ():
+        try:
+            shm = _attach(name)
+        except FileNotFoundError:
+            continue
+        try:
+            shm.unlink()
+        except FileNotFoundError:
+            pass
+        finally:
+            shm.close()
+
+
 def release(blocks, unlink: bool = False) -> list:
     """Close (and optionally unlink) blocks; returns those still in use by live arrays."""
     busy = []
