@@ -32,18 +32,64 @@ def _blobs(shape=(128, 160), n=6, seed=0):
     return img.astype(np.uint16)
 
 
-def test_predict_labels_and_table(tf_pool, tiny):
-    img = load_sample("nuclei_2d")
-    res = tf_pool.run("stardist.predict", {"image": img, "model": card_dict(tiny), "prob_thresh": 0.3})
+def test_predict_labels_and_table(tf_pool):
+    """The shipped model on the sample: real objects, table consistent with the labels."""
+    from napari_cnnvision.backends.dispatch import card_payload
+    from napari_cnnvision.core.registry import ModelRegistry
+
+    card = ModelRegistry().get("nuclei-stardist")
+    img = load_sample("nuclei_2d")[:256, :256]
+    res = tf_pool.run("stardist.predict", {"image": img, "model": card_payload(card), "prob_thresh": 0.6})
     assert res.labels.shape == img.shape and res.labels.dtype in (np.uint16, np.uint32)
     present = set(np.unique(res.labels)) - {0}
-    assert set(res.table["label"].tolist()) == present
+    assert res.n_objects >= 20 and set(res.table["label"].tolist()) == present
     assert {"label", "area", "centroid_y", "centroid_x", "probability"} <= set(res.table)
     for lab, area in zip(res.table["label"], res.table["area"]):
         assert (res.labels == lab).sum() == area
-    if res.n_objects:
-        assert res.table["probability"].min() >= 0.3
-    assert res.prob_thresh == 0.3 and res.nms_thresh == 0.4  # nms from thresholds.json
+    assert res.table["probability"].min() >= 0.6
+    assert res.prob_thresh == 0.6 and res.nms_thresh == card_nms(card)  # nms from thresholds.json
+    assert res.normalization == {**card.normalization, "source": "card"} and res.frames is None
+
+
+def card_nms(card):
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(card.path) / "thresholds.json").read_text())["nms"]
+
+
+def test_the_model_card_normalization_is_used_and_can_be_overridden(tf_pool, tiny, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "card-0-100"
+    shutil.copytree(tiny, folder)
+    (folder / "model.json").write_text(json.dumps({
+        "name": "card-0-100", "task": "segment", "backend": "stardist2d",
+        "normalization": {"type": "percentile", "pmin": 0.0, "pmax": 100.0}}))
+    img = _blobs((128, 128))
+    img[5, 5] = 60000  # one hot pixel: 0/100 and 1/99.8 differ a lot
+    first, second, third = [], [], []
+    r1 = tf_pool.run("stardist.predict", {"image": img, "model": card_dict(folder)}, on_event=first.append)
+    assert r1.normalization == {"type": "percentile", "pmin": 0.0, "pmax": 100.0, "source": "card"}
+    r2 = tf_pool.run("stardist.predict", {"image": img, "model": card_dict(folder), "pmin": 1.0, "pmax": 99.8},
+                     on_event=second.append)
+    assert r2.normalization == {"type": "percentile", "pmin": 1.0, "pmax": 99.8, "source": "caller"}
+    assert not any("cached" in e.message for e in second)  # another network input: the network ran again
+    tf_pool.run("stardist.predict", {"image": img, "model": card_dict(folder)}, on_event=third.append)
+    assert any("cached network output" in e.message for e in third)  # the card's input again: cached
+
+
+def test_z_stack_with_a_2d_model(tf_pool, tiny):
+    vol = np.stack([_blobs((64, 64), n=3, seed=0)] * 4)
+    res = tf_pool.run("stardist.predict", {"image": vol, "model": card_dict(tiny), "axes": "ZYX",
+                                           "prob_thresh": 0.2, "stitch_z": True})
+    assert res.labels.shape == vol.shape and res.frames == [0, 1, 2, 3]
+    assert "frame" not in res.table and "centroid_z" in res.table
+    assert any("slice by slice" in w for w in res.warnings)
+    flat = tf_pool.run("stardist.predict", {"image": vol, "model": card_dict(tiny), "axes": "ZYX",
+                                            "prob_thresh": 0.2})
+    assert flat.n_objects > 0 and res.n_objects * 4 == flat.n_objects  # identical slices: each stitched 4 deep
 
 
 def test_threshold_change_reuses_network_output(tf_pool, tiny):
