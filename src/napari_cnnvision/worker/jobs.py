@@ -27,8 +27,6 @@ JOBS: dict[str, tuple[str, str]] = {
     "torchvision.download": ("torch", "napari_cnnvision.backends.pretrained:download_job"),
 }
 
-FRAMEWORKS = ("tf", "torch", "none")
-
 
 def framework_of(job: str, framework: str | None = None) -> str:
     try:
