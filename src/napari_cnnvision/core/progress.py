@@ -23,8 +23,14 @@ class ProgressEvent:
 class Progress:
     """Callable sink for progress events with a stop flag.
 
-    ``emit`` may be called from any thread. ``check()`` raises :class:`Cancelled` once a
-    stop was requested, so long loops call it between units of work.
+    ``progress(fraction, message, **metrics)`` reports; events with metrics (a training's
+    ``epoch=3, loss=0.2``) all reach a caller that asks for them, plain bar updates may be
+    thinned out. ``emit`` may be called from any thread.
+
+    Stop (the user's button, the caller's ``should_cancel``) is cooperative, and the job
+    decides what it means: a prediction calls ``check()`` between units of work, which raises
+    :class:`Cancelled`; a training reads ``stop_requested`` (it never raises) after an epoch and
+    returns normally with the model it has.
     """
 
     def __init__(self, emit: Callable[[ProgressEvent], None] | None = None,
@@ -38,6 +44,7 @@ class Progress:
 
     @property
     def stop_requested(self) -> bool:
+        """True once a stop was requested (stays true for the rest of the job)."""
         return bool(self._stop_requested())
 
     def check(self) -> None:
