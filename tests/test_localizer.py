@@ -277,6 +277,27 @@ def test_predict_job_in_the_compute_worker(trained, pool):
     assert events and events[-1].fraction == 1.0
 
 
+def test_train_job_in_the_compute_worker(pool, tmp_path):
+    from napari_cnnvision.backends.dispatch import job_for
+
+    ims, boxes, labels = synth(12, 4)
+    settings = {"epochs": 2, "batch_size": 8, "input_size": [SIZE, SIZE], "widths": [4, 8, 8]}
+    events = []
+    out = pool.run("localizer.train", {"images": ims[:8], "boxes": boxes[:8], "labels": labels[:8],
+                                       "class_names": CLASSES, "val_images": ims[8:], "val_boxes": boxes[8:],
+                                       "val_labels": labels[8:], "out_dir": str(tmp_path), "name": "job-loc",
+                                       "settings": settings}, on_event=events.append)
+    assert out["epochs_run"] == 2 and Path(out["model_dir"]) == tmp_path / "job-loc"
+    assert [e.metrics["epoch"] for e in events if "epoch" in e.metrics] == [1, 2]
+    card = _card(tmp_path / "job-loc")
+    assert job_for(card, "train") == "localizer.train"
+    assert card.training["box_weight_lambda"] == 20.0 and "val_accuracy" in card.metrics
+    assert localize(ims[0], card).n_objects == 1
+    with pytest.raises(Exception, match="unknown localizer training settings"):
+        pool.run("localizer.train", {"images": ims[:2], "boxes": boxes[:2], "labels": labels[:2],
+                                     "class_names": CLASSES, "settings": {"epoch": 1}})
+
+
 def test_api_localize(trained):
     from napari_cnnvision import api
 

@@ -363,5 +363,41 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
                                 settings={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()})
 
 
-__all__ = ["LocalizerTrainSettings", "LocalizationSet", "LocalizerTrainResult", "prepare_set", "train_localizer",
+def train_job(progress, images, boxes, labels, class_names, val_images=None, val_boxes=None, val_labels=None,
+              out_dir=None, name: str = "localizer", settings: dict | None = None, normalization: dict | None = None,
+              data: str | None = None):
+    """Worker entry: train on images of any size with one pixel box ``(y0, x0, y1, x1)`` and class
+    id each, keep the epoch best on the val images (the last without), and save the model folder
+    ``out_dir/name`` (default: the per-user models folder, where the registry finds it).
+    ``settings``: a plain dict of :class:`LocalizerTrainSettings` fields."""
+    from .io import DEFAULT_NORMALIZATION, save_model
+
+    known = set(LocalizerTrainSettings.__dataclass_fields__)
+    unknown = set(settings or {}) - known
+    if unknown:
+        raise ValueError(f"unknown localizer training settings {sorted(unknown)}")
+    s = LocalizerTrainSettings(**(settings or {}))
+    norm = dict(normalization or DEFAULT_NORMALIZATION)
+    train = prepare_set(list(images), boxes, labels, s.input_size, norm)
+    val = (prepare_set(list(val_images), val_boxes, val_labels, s.input_size, norm)
+           if val_images is not None and len(val_images) else None)
+    if out_dir is None:
+        from ...core.registry import ModelRegistry
+
+        out_dir = ModelRegistry().user_dir
+    folder = Path(out_dir) / name
+    res = train_localizer(train, val, list(class_names), s, out_dir=Path(out_dir) / f".{name}.run", progress=progress)
+    m = res.metrics
+    metrics = {f"val_{k}": v for k, v in m.items() if k not in ("loss", "loss_class", "loss_box")}
+    save_model(folder, res.model, res.config, list(class_names), name=name, normalization=norm,
+               training={"data": data or f"{len(train)} training images, {len(val) if val else 0} val images",
+                         "training_seconds": round(res.seconds, 1), "epochs_run": res.epochs_run,
+                         "best_epoch": res.best_epoch, "box_weight_lambda": s.box_weight,
+                         "from_scratch": "trained from random weights", "settings": res.settings},
+               metrics=metrics)
+    return {"model_dir": str(folder), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
+            "seconds": res.seconds, "metrics": m, "stopped": res.stopped}
+
+
+__all__ = ["train_job", "LocalizerTrainSettings", "LocalizationSet", "LocalizerTrainResult", "prepare_set", "train_localizer",
            "augment_batch", "class_balance", "evaluate_set", "selection_score"]
