@@ -18,7 +18,7 @@ BACKEND_JOBS: dict[tuple[str, str], dict[str, str]] = {
     ("segment", "stardist2d"): {"predict": "stardist.predict", "train": "stardist.train"},
     ("segment", "stardist3d"): {"predict": "stardist.predict", "train": "stardist.train"},
     ("segment", "unet"): {"predict": "unet.predict", "train": "unet.train"},
-    ("localize", "localizer"): {"predict": "localizer.predict"},
+    ("localize", "localizer"): {"predict": "localizer.predict", "train": "localizer.train"},
 }
 
 #: backend -> "module:function" returning the model's optimized thresholds without loading it.

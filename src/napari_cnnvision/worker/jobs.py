@@ -23,6 +23,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "unet.predict": ("torch", "napari_cnnvision.backends.unet.predict:predict_job"),
     "unet.train": ("torch", "napari_cnnvision.backends.unet.train:train_job"),
     "localizer.predict": ("torch", "napari_cnnvision.backends.localizer.predict:predict_job"),
+    "localizer.train": ("torch", "napari_cnnvision.backends.localizer.train:train_job"),
     "stardist.download": ("tf", "napari_cnnvision.backends.pretrained:download_job"),
     "torchvision.download": ("torch", "napari_cnnvision.backends.pretrained:download_job"),
 }
