@@ -22,6 +22,8 @@ JOBS: dict[str, tuple[str, str]] = {
     "stardist.train": ("tf", "napari_cnnvision.backends.stardist.train:train_job"),
     "unet.predict": ("torch", "napari_cnnvision.backends.unet.predict:predict_job"),
     "unet.train": ("torch", "napari_cnnvision.backends.unet.train:train_job"),
+    "yolo.predict": ("torch", "napari_cnnvision.backends.detection.predict:predict_job"),
+    "fasterrcnn.predict": ("torch", "napari_cnnvision.backends.detection.predict:predict_job"),
     "localizer.predict": ("torch", "napari_cnnvision.backends.localizer.predict:predict_job"),
     "localizer.train": ("torch", "napari_cnnvision.backends.localizer.train:train_job"),
     "stardist.download": ("tf", "napari_cnnvision.backends.pretrained:download_job"),

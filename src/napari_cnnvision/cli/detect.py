@@ -1,0 +1,174 @@
+"""``napari-cnnvision detect``: objects, their classes and scores in image files.
+
+Writes, in ``--out DIR``:
+
+* ``DIR/<stem>.csv`` per image (``--format csv``): one row per box, columns
+  ``image,class,score,xmin,ymin,xmax,ymax`` (+ ``frame`` for stacks), pixels with x the column;
+* ``DIR/detections.json`` (``--format coco``): one COCO dict for the whole batch -- ``images``
+  (id, file_name = the input's base name, width, height), ``categories`` (id, name) and
+  ``annotations`` (id, image_id, category_id, bbox ``[x, y, width, height]``, area, score).
+
+Both by default. Images already done (their outputs exist) are skipped unless ``--overwrite``;
+the COCO file keeps the earlier images of the same model's classes. An ``--out`` whose outputs
+would overwrite an input is refused before anything runs; an image that fails is reported and
+the batch goes on (exit status 1 at the end).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+COCO_NAME = "detections.json"
+FORMATS = ("csv", "coco")
+
+
+def add_parser(sub):
+    p = sub.add_parser("detect", help=f"detect objects; writes DIR/<stem>.csv (boxes) and DIR/{COCO_NAME} (COCO)",
+                       description="Object detection in image files or folders: boxes with a class and a score. "
+                                   "Writes DIR/<stem>.csv per image (image,class,score,xmin,ymin,xmax,ymax; "
+                                   f"pixels, x = column) and DIR/{COCO_NAME}, a COCO dict of the whole batch. "
+                                   "Images already done are skipped (use --overwrite to redo them).")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--model", default=None, help="registry name or model folder (default: the shipped detector)")
+    p.add_argument("--score-thresh", type=float, default=None, help="lowest score kept (default: the model's)")
+    p.add_argument("--nms-thresh", type=float, default=None,
+                   help="boxes of a class overlapping more than this IoU are merged (default: the model's)")
+    p.add_argument("--format", action="append", choices=FORMATS, default=None,
+                   help="output format; repeat for both (default: csv and coco)")
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="tile images larger than this many pixels (default: the model's input size; 0: never)")
+    p.add_argument("--axes", default=None, help="axis order, e.g. YX, YXC, TYX (default: guessed)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def output_stems(files: list[Path]) -> list[str]:
+    """Each input's stem, or its whole file name where stems repeat (``a.png``, ``a.tif``)."""
+    count: dict[str, int] = {}
+    for f in files:
+        count[f.stem.casefold()] = count.get(f.stem.casefold(), 0) + 1
+    return [f.stem if count[f.stem.casefold()] == 1 else f.name for f in files]
+
+
+def plan_outputs(files: list[Path], out: Path, formats) -> list[Path | None]:
+    """The CSV path of each input (``None`` without ``csv``); refuses outputs that would
+    overwrite an input and inputs whose base names clash in the COCO file."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    csvs = [out / f"{s}.csv" for s in output_stems(files)] if "csv" in formats else [None] * len(files)
+    outputs = [p for p in csvs if p is not None] + ([out / COCO_NAME] if "coco" in formats else [])
+    for f in files:
+        for o in outputs:
+            if _same_file(f, o) or f.resolve() == o.resolve():
+                raise ValueError(f"the output {o} would overwrite the input {f}; choose another --out folder")
+    seen: dict[str, Path] = {}
+    for f in files:
+        key = f.name.casefold()
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {f} have the same file name, which names images in {COCO_NAME} "
+                             "and the tables; detect them into separate --out folders")
+        seen[key] = f
+    return csvs
+
+
+def _previous(path: Path, class_names: list[str], overwrite: bool) -> dict:
+    """The earlier run's COCO entries by file name (``{}`` with --overwrite or no file)."""
+    from ..core.formats import coco
+
+    if overwrite or not path.is_file():
+        return {}
+    try:
+        d = coco.load(path)
+        names = coco.category_names(d)
+        per = coco.per_image(d)
+    except ValueError as exc:
+        raise ValueError(f"{path} cannot be read back ({exc}); use --overwrite or another --out") from None
+    if names != list(class_names):
+        raise ValueError(f"{path} holds detections of the classes {names}, not this model's {list(class_names)}; "
+                         "use --overwrite or another --out folder")
+    return per
+
+
+def run(args) -> int:
+    from .. import api
+    from ..core.formats import boxtable, coco
+    from ..core.images import expand_inputs, read_image
+    from ..core.io import atomic_write_text
+    from ..core.registry import ModelRegistry
+    from .progress import TerminalProgress
+
+    registry = ModelRegistry()
+    card = registry.get(args.model) if args.model else registry.default("detect")
+    formats = tuple(dict.fromkeys(args.format or FORMATS))
+    out = Path(args.out)
+    files = expand_inputs(args.images)
+    if not files:
+        raise ValueError("no input images found")
+    csvs = plan_outputs(files, out, formats)  # before anything is written
+    coco_path = out / COCO_NAME
+    previous = _previous(coco_path, card.classes, args.overwrite) if "coco" in formats and card.classes else {}
+    debug = getattr(args, "debug", False)
+    entries: dict[str, dict] = {}  # file name -> {"image": coco image entry, boxes ...}
+    class_names = list(card.classes)
+    done = skipped = failed = 0
+    try:
+        for i, (f, csv_path) in enumerate(zip(files, csvs)):
+            have_csv = csv_path is None or csv_path.exists()
+            have_coco = "coco" not in formats or f.name in previous
+            if have_csv and have_coco and not args.overwrite:
+                if f.name in previous:
+                    entries[f.name] = previous[f.name]
+                skipped += 1
+                continue
+            bar = TerminalProgress(f"[{i + 1}/{len(files)}] {f.name}", enabled=not args.quiet)
+            try:
+                try:
+                    res = api.detect(read_image(f), card, axes=args.axes, score_thresh=args.score_thresh,
+                                     nms_thresh=args.nms_thresh, tile_size=args.tile_size, progress=bar,
+                                     registry=registry)
+                finally:
+                    bar.close()
+                if csv_path is not None:
+                    out.mkdir(parents=True, exist_ok=True)
+                    boxtable.write_rows(csv_path, boxtable.rows_of(f.name, res), frames=res.has_frames)
+            except Exception as exc:  # this image fails; the batch goes on
+                if debug:
+                    import traceback
+
+                    traceback.print_exc()
+                print(f"napari-cnnvision: {f}: {str(exc).strip() or type(exc).__name__}", file=sys.stderr)
+                failed += 1
+                continue
+            class_names = list(res.class_names)
+            h, w = res.image_shape
+            entries[f.name] = {"image": {"file_name": f.name, "width": w, "height": h}, "boxes": res.boxes,
+                               "class_ids": res.class_ids, "scores": res.scores,
+                               "frame": res.frame if res.has_frames else None}
+            for warning in res.warnings:
+                print(f"napari-cnnvision: {f.name}: warning: {warning}", file=sys.stderr)
+            if not args.quiet:
+                counts = ", ".join(f"{k} {v}" for k, v in res.counts().items() if v) or "nothing"
+                print(f"{f.name}: {res.n_objects} objects ({counts})", file=sys.stderr)
+            done += 1
+    finally:  # also after Ctrl-C: what is done is kept
+        if "coco" in formats and (done or previous):
+            keep = {**previous, **entries}
+            names = sorted(keep)
+            images = [coco.image_entry(k + 1, n, keep[n]["image"]["height"], keep[n]["image"]["width"])
+                      for k, n in enumerate(names)]
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(coco_path, json.dumps(coco.build(images, class_names, [keep[n] for n in names])) + "\n")
+    where = f" -> {out}" if done else ""
+    print(f"detected {done}, skipped {skipped} (already done), failed {failed}; model {card.name}{where}")
+    return 1 if failed else 0
