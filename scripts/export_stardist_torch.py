@@ -19,22 +19,24 @@ import json
 import sys
 from pathlib import Path
 
-from napari_cnnvision.backends.stardist.torch_train import load_checkpoint, save_checkpoint
+from napari_cnnvision.backends.stardist.torch_train import TorchTrainSettings, load_checkpoint, save_checkpoint
+from napari_cnnvision.core.io import atomic_write_text
 
 
 def to_stardist(ckpts, run: Path):
     from stardist.models import Config2D, StarDist2D
 
     metas = []
-    model = None
+    model = settings = None
     for c in ckpts:
         weights, meta = load_checkpoint(c)
         if model is None:
             kw = dict(meta["config2d"])
             kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
-            s = meta["settings"]
+            settings = TorchTrainSettings.from_dict(meta["settings"])  # also a checkpoint's with the former names
             conf = Config2D(**kw, train_patch_size=(meta["patch"], meta["patch"]),
-                            train_batch_size=s["batch"], train_learning_rate=s["lr"], use_gpu=False)
+                            train_batch_size=settings.batch_size, train_learning_rate=settings.learning_rate,
+                            use_gpu=False)
             model = StarDist2D(conf, name=run.name, basedir=str(run.parent))  # writes config.json
         model.keras_model.set_weights(weights)
         name = f"weights_{Path(c).stem}.h5"
@@ -43,8 +45,8 @@ def to_stardist(ckpts, run: Path):
                      | {"checkpoint": str(c), "weights": name, "averaging": meta.get("weights")})
         print(f"{c} -> {run / name} (step {meta.get('step')}, val loss {meta.get('val_loss_ema')})", flush=True)
     # the last checkpoint's settings (all checkpoints of one run share them)
-    (run / "training.json").write_text(json.dumps({"framework": "pytorch", "settings": meta["settings"],
-                                                   "checkpoints": metas}, indent=1))
+    atomic_write_text(run / "training.json", json.dumps({"framework": "pytorch", "settings": settings.to_dict(),
+                                                         "checkpoints": metas}, indent=1))
 
 
 def from_stardist(model_dir: Path, out: Path):

@@ -25,7 +25,7 @@ from napari_cnnvision.backends.evaluate import score_segmentations
 from napari_cnnvision.backends.stardist.predict import _RAW, load_model, segment
 from napari_cnnvision.backends.stardist.thresholds import optimize_thresholds
 from napari_cnnvision.core.datasets import load_segmentation_split
-from napari_cnnvision.core.io import staged_dir
+from napari_cnnvision.core.io import atomic_write_text, staged_dir
 from napari_cnnvision.core.registry import ModelCard, read_card, write_card
 
 
@@ -55,7 +55,7 @@ def main(argv=None):
         if not a.keep_thresholds:
             t = time.time()
             best = optimize_thresholds(model, val.images, val.masks)
-            (run / "thresholds.json").write_text(json.dumps({"prob": best["prob"], "nms": best["nms"]}))
+            atomic_write_text(run / "thresholds.json", json.dumps({"prob": best["prob"], "nms": best["nms"]}))
             print(f"{cand}: optimized thresholds {best} in {time.time() - t:.0f} s", flush=True)
         thresholds = json.loads((run / "thresholds.json").read_text())
         _RAW.clear()  # the network output cache belongs to the previous weights
@@ -86,13 +86,17 @@ def main(argv=None):
             training["best_epoch"] = int(min(losses, key=lambda e: float(e[1]))[0])
     cfg = json.loads((run / "config.json").read_text())
     settings = training.get("settings", {})
+    # (training.json of runs made before the settings were renamed: batch, lr, scale_augment)
+    batch = settings.get("batch_size", settings.get("batch"))
+    lr = settings.get("learning_rate", settings.get("lr"))
+    zoom = (settings.get("augment") or {}).get("zoom", settings.get("scale_augment"))
     if training.get("framework") == "pytorch":  # made by scripts/export_stardist_torch.py
         ck = next((c for c in training.get("checkpoints", []) if c.get("weights") == chosen), {})
         command = a.command or (f"python {a.recipe} --out {run.parent} --grid {cfg['grid'][0]} "
-                                f"--batch {settings.get('batch')} --lr {settings.get('lr')}")
-        stage = {"command": command, "framework": "pytorch", "steps": ck.get("step"), "batch": settings.get("batch"),
+                                f"--batch {batch} --lr {lr}")
+        stage = {"command": command, "framework": "pytorch", "steps": ck.get("step"), "batch": batch,
                  "seconds": ck.get("seconds"), "device": ck.get("device"), "weights": chosen,
-                 "learning_rate": settings.get("lr"), "schedule": "linear warm-up, cosine decay; EMA of the weights",
+                 "learning_rate": lr, "schedule": "linear warm-up, cosine decay; EMA of the weights",
                  "val_loss_ema": ck.get("val_loss_ema")}
     else:
         command = a.command or (f"python {a.recipe} --data {a.data} --out {run.parent} "
@@ -103,8 +107,8 @@ def main(argv=None):
                  "area_sampling": settings.get("area_sampling", "--area-sampling" in command),
                  "reduce_lr_patience": settings.get("reduce_lr_patience",
                                                     cfg.get("train_reduce_lr", {}).get("patience"))}
-        if settings.get("scale_augment"):
-            stage["scale_augment"] = settings["scale_augment"]
+        if zoom:
+            stage["scale_augment"] = zoom  # the card's name (the --scale-aug option)
     saved = re.fullmatch(r"weights_e(\d+)\.h5", chosen)  # kept by --save-every
     if saved:
         stage["weights_epoch"] = int(saved.group(1))

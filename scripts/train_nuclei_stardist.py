@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from napari_cnnvision.backends.augment import AugmentSettings
 from napari_cnnvision.backends.stardist.train import StarDistTrainSettings, train_stardist2d
 from napari_cnnvision.core.datasets import load_segmentation_split
 from napari_cnnvision.core.progress import Progress
@@ -60,7 +61,7 @@ def main(argv=None):
                                      patch_size=(a.patch, a.patch), batch_size=a.batch,
                                      learning_rate=a.lr, area_sampling=a.area_sampling,
                                      reduce_lr_patience=a.lr_patience, grid=(a.grid, a.grid), n_rays=a.rays,
-                                     scale_augment=a.scale_aug, save_every=a.save_every)
+                                     augment=AugmentSettings(zoom=a.scale_aug), save_every=a.save_every)
 
     def emit(ev):
         m = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.metrics.items())

@@ -52,9 +52,9 @@ def main(argv=None):
     train = load_segmentation_split(a.data, "train", a.limit)
     val = load_segmentation_split(a.data, "val", a.limit)
     net = TorchStarDistConfig(n_rays=a.rays, grid=a.grid, unet_n_depth=a.depth, unet_n_filter_base=a.filters)
-    s = TorchTrainSettings(net=net, patch=a.patch, batch=a.batch, steps=a.steps, time_budget=a.time_budget,
-                           lr=a.lr, warmup=a.warmup, ema=a.ema, n_val_patches=a.n_val_patches, workers=a.workers, seed=a.seed, save_at=tuple(a.save_at),
-                           log_every=a.log_every)
+    s = TorchTrainSettings(net=net, patch_size=a.patch, batch_size=a.batch, steps=a.steps, time_budget=a.time_budget,
+                           learning_rate=a.lr, warmup=a.warmup, ema=a.ema, n_val_patches=a.n_val_patches,
+                           workers=a.workers, seed=a.seed, save_at=tuple(a.save_at), log_every=a.log_every)
     init = load_checkpoint(a.init)[0] if a.init else None
     log_path = Path(a.out) / "train.log"
     Path(a.out).mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,7 @@ def main(argv=None):
     val = load_segmentation_split(a.data, "val", a.limit)
     print(f"train {len(train)} images, val {len(val)} images", flush=True)
     settings = UNetTrainSettings(epochs=a.epochs, steps_per_epoch=a.steps, batch_size=a.batch, patch_size=a.patch,
-                                 lr=a.lr, depth=a.depth, base_filters=a.filters, upsampling=a.upsampling,
+                                 learning_rate=a.lr, depth=a.depth, base_filters=a.filters, upsampling=a.upsampling,
                                  seed=a.seed)
 
     def emit(ev):

@@ -153,8 +153,8 @@ def test_tiny_training_run_exports_a_model_the_plugin_segments_with(tmp_path, sa
     x, y = sample
     out = tmp_path / "run"
     s = T.TorchTrainSettings(net=T.TorchStarDistConfig(grid=2, n_rays=16, unet_n_filter_base=8, unet_n_depth=2),
-                             patch=64, batch=4, steps=12, warmup=2, lr=1e-3, workers=0, save_at=(1.0,), log_every=6,
-                             n_val_patches=8)
+                             patch_size=64, batch_size=4, steps=12, warmup=2, learning_rate=1e-3, workers=0,
+                             save_at=(1.0,), log_every=6, n_val_patches=8)
     lines = []
     saved = T.train_torch([x], [y], [x[:256, :256]], [y[:256, :256]], out, s, log=lines.append)
     assert [p.name for p in saved] == ["ckpt_100.npz"]
@@ -165,7 +165,14 @@ def test_tiny_training_run_exports_a_model_the_plugin_segments_with(tmp_path, sa
     T.load_keras_weights(net, weights)  # round trip: the checkpoint fits the architecture
     with pytest.raises(ValueError, match="not this architecture"):
         T.load_keras_weights(T.build_network(T.TorchStarDistConfig(grid=1)), weights)
+    # the settings are saved beside the checkpoints, from the start of training
+    assert T.TorchTrainSettings.from_training_json(out) == s
+    record = json.loads((out / "training.json").read_text())
+    assert record["framework"] == "pytorch" and [c["file"] for c in record["checkpoints"]] == ["ckpt_100.npz"]
+    assert record["checkpoints"][0]["step"] == 12 and record["patch"] == 64
+
     model_dir = tmp_path / "models" / "tiny-stardist"
+    image = sd_data.test_image_nuclei_2d()[:128, :128]
     script = f"""
         import json, sys, numpy as np
         sys.argv = ["export", "--to-stardist", {str(saved[0])!r}, "--run", {str(model_dir)!r}]
@@ -175,15 +182,34 @@ def test_tiny_training_run_exports_a_model_the_plugin_segments_with(tmp_path, sa
         except SystemExit as e:
             assert not e.code, e.code
         from napari_cnnvision import api
+        from napari_cnnvision.core.normalize import percentile_normalize
         from stardist.data import test_image_nuclei_2d
-        r = api.segment(test_image_nuclei_2d()[:128, :128], {str(model_dir)!r}, prob_thresh=0.01, nms_thresh=0.3)
-        print(json.dumps({{"shape": list(r.labels.shape), "dtype": str(r.labels.dtype)}}))
+        from stardist.models import StarDist2D
+        img = test_image_nuclei_2d()[:128, :128]
+        m = StarDist2D(None, name={model_dir.name!r}, basedir={str(model_dir.parent)!r})
+        m.load_weights("weights_ckpt_100.h5")
+        prob, dist = m.predict(percentile_normalize(img, 1.0, 99.8))
+        np.save({str(tmp_path / "prob.npy")!r}, prob)
+        r = api.segment(img, {str(model_dir)!r}, prob_thresh=0.01, nms_thresh=0.3)
+        print(json.dumps({{"shape": list(r.labels.shape), "dtype": str(r.labels.dtype), "n": r.n_objects,
+                          "max_label": int(r.labels.max())}}))
     """
     res = _run(script)
-    assert res["shape"] == [128, 128]
+    assert res["shape"] == [128, 128] and np.issubdtype(np.dtype(res["dtype"]), np.integer)
+    assert res["n"] > 0 and res["max_label"] == res["n"]  # at prob 0.01 the tiny network finds objects
+    # the exported folder is the trained network: stardist's prediction equals the torch network's
+    from napari_cnnvision.core.normalize import percentile_normalize
+
+    with torch.no_grad():
+        logit, _ = net.eval()(torch.from_numpy(percentile_normalize(image, 1.0, 99.8))[None, None])
+    want = torch.sigmoid(logit)[0, 0].numpy()
+    got = np.load(tmp_path / "prob.npy")
+    assert got.shape == want.shape == (64, 64)
+    assert np.abs(got - want).max() < 1e-4 and want.std() > 0
     assert (model_dir / "config.json").is_file() and (model_dir / "weights_ckpt_100.h5").is_file()
     training = json.loads((model_dir / "training.json").read_text())
     assert training["framework"] == "pytorch" and training["checkpoints"][0]["step"] == 12
+    assert T.TorchTrainSettings.from_dict(training["settings"]) == s
 
 
 def _small_dataset(root, sample):
@@ -225,7 +251,7 @@ def test_training_script_end_to_end_on_a_small_dataset(tmp_path, sample):
         _sys.argv = old
     assert sorted(p.name for p in out.glob("ckpt_*.npz")) == ["ckpt_050.npz", "ckpt_100.npz"]
     _, meta = T.load_checkpoint(out / "ckpt_100.npz")
-    assert meta["step"] == 6 and meta["settings"]["batch"] == 2 and meta["config2d"]["n_rays"] == 16
+    assert meta["step"] == 6 and meta["settings"]["batch_size"] == 2 and meta["config2d"]["n_rays"] == 16
     log = (out / "train.log").read_text()
     assert "train 2 images, val 1 images" in log and "step 6" in log and "saved ckpt_100.npz" in log
 
@@ -235,7 +261,8 @@ def test_packaging_a_torch_trained_model_records_its_stage(tmp_path, sample):
     x, y = sample
     data = _small_dataset(tmp_path / "data", sample)
     s = T.TorchTrainSettings(net=T.TorchStarDistConfig(grid=2, n_rays=16, unet_n_filter_base=8, unet_n_depth=2),
-                             patch=64, batch=2, steps=4, warmup=1, workers=0, save_at=(1.0,), n_val_patches=2)
+                             patch_size=64, batch_size=2, steps=4, warmup=1, workers=0, save_at=(1.0,),
+                             n_val_patches=2)
     ckpt = T.train_torch([x[:256, :256]], [y[:256, :256]], [x[:256, 256:]], [y[:256, 256:]],
                          tmp_path / "ck", s, log=lambda m: None)[0]
     run, dest = tmp_path / "run" / "nuclei-stardist", tmp_path / "models" / "tiny"
@@ -254,7 +281,15 @@ def test_packaging_a_torch_trained_model_records_its_stage(tmp_path, sample):
                 assert not e.code, e.code
         from napari_cnnvision.core.registry import read_card
         card = read_card({str(dest)!r}, "user")
-        print(json.dumps({{"backend": card.backend, "training": card.training, "metrics": card.metrics}}))
+        # the card's val figure, recomputed through the public API with the packaged folder
+        import tifffile
+        from napari_cnnvision import api
+        from napari_cnnvision.backends.evaluate import score_segmentations
+        img, mask = (tifffile.imread({str(data)!r} + f"/{{d}}/c.tif") for d in ("images", "masks"))
+        r = api.segment(img, {str(dest)!r}, isolated=False)
+        ap = score_segmentations([mask], [r.labels]).card_metrics()["ap@0.5"]
+        print(json.dumps({{"backend": card.backend, "training": card.training, "metrics": card.metrics,
+                          "ap_again": ap, "thresholds_used": [r.prob_thresh, r.nms_thresh]}}))
     """)
     assert res["backend"] == "stardist2d"
     t = res["training"]
@@ -262,5 +297,7 @@ def test_packaging_a_torch_trained_model_records_its_stage(tmp_path, sample):
     stage = t["stages"][-1]
     assert stage["framework"] == "pytorch" and stage["steps"] == 4 and stage["batch"] == 2
     assert stage["weights"] == "weights_ckpt_100.h5"
-    assert 0 <= res["metrics"]["val"]["ap@0.5"] <= 1 and res["metrics"]["val"]["n_images"] == 1
+    assert res["metrics"]["val"]["ap@0.5"] == res["ap_again"] and res["metrics"]["val"]["n_images"] == 1
+    thresholds = json.loads((dest / "thresholds.json").read_text())
+    assert t["thresholds"] == thresholds and res["thresholds_used"] == [thresholds["prob"], thresholds["nms"]]
     assert (dest / "weights_best.h5").is_file() and (dest / "thresholds.json").is_file()

@@ -63,7 +63,7 @@ def trained(tmp_path_factory):
     tr = [make_disks((96, 96), 14, rng) for _ in range(6)]
     va = [make_disks((96, 96), 14, rng) for _ in range(2)]
     s = UNetTrainSettings(epochs=4, steps_per_epoch=50, batch_size=4, patch_size=64, depth=2, base_filters=8,
-                          lr=3e-3, min_size=4, seed=0)
+                          learning_rate=3e-3, min_size=4, seed=0)
     prog = RecordingProgress()
     res = train_unet([a for a, _ in tr], [b for _, b in tr], [a for a, _ in va], [b for _, b in va],
                      tmp_path_factory.mktemp("unet-runs"), "tiny-unet", s, progress=prog, data="synthetic disks")
@@ -480,7 +480,7 @@ def test_fine_tuning_keeps_the_architecture_of_the_initial_model(trained, tmp_pa
     rng = np.random.default_rng(6)
     data = [make_disks((64, 64), 6, rng) for _ in range(3)]
     s = UNetTrainSettings(epochs=1, steps_per_epoch=2, batch_size=2, patch_size=32, depth=4, base_filters=32,
-                          lr=1e-4, seed_grid=(0.5,))
+                          learning_rate=1e-4, seed_grid=(0.5,))
     res = train_unet([d[0] for d in data[:2]], [d[1] for d in data[:2]], [data[2][0]], [data[2][1]],
                      tmp_path, "tuned", s, init_folder=card.path)
     tuned = read_config(res.model_dir)["unet"]

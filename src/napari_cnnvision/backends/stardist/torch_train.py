@@ -25,12 +25,16 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import binary_fill_holes, distance_transform_edt, find_objects
 
+from ...core.axes import InputError
+from ...core.io import atomic_write_with
+from ..augment import AugmentSettings, augment
+from ..settings import TrainSettings, fit_patch, save_training_json
 from .train import area_tiles  # numpy only; images larger than two patches -> patch-sized tiles
 
 
@@ -309,14 +313,17 @@ class PatchSampler:
     """Random training patches as ``StarDistData2D`` draws them, with the recipe's augmentation.
 
     Each draw: a random (tile of an) image, a random patch position (with probability
-    ``foreground_prob`` one whose patch holds an object), a random 90° turn and flip, an
-    intensity jitter ``x * U(0.6, 1.4) + U(-0.2, 0.2)``. Returns the image patch (float32), the
-    label patch (int32) and ``edt_prob`` of the label subsampled by ``grid``.
+    ``foreground_prob`` one whose patch holds an object), then
+    :func:`~napari_cnnvision.backends.augment.augment` (by default a random 90° turn and flip
+    and an intensity jitter ``x * U(0.6, 1.4) + U(-0.2, 0.2)``). Returns the image patch
+    (float32), the label patch (int32) and ``edt_prob`` of the label subsampled by ``grid``.
     """
 
-    def __init__(self, images, masks, patch: int, grid: int, foreground_prob: float = 0.9, seed: int = 0):
+    def __init__(self, images, masks, patch: int, grid: int, foreground_prob: float = 0.9, seed: int = 0,
+                 augment: AugmentSettings | None = None):
         self.images, self.masks = images, masks
         self.patch, self.grid, self.fg = patch, grid, foreground_prob
+        self.augment = augment or AugmentSettings()
         self.rng = np.random.default_rng(seed)
 
     def reseed(self, seed: int):
@@ -334,15 +341,10 @@ class PatchSampler:
             yp = y[r0:r0 + p, c0:c0 + p]
             if not want_fg or yp.any():
                 break
-        xp = x[r0:r0 + p, c0:c0 + p]
-        t = int(rng.integers(4))
-        xp, yp = np.rot90(xp, t), np.rot90(yp, t)
-        if rng.random() < 0.5:
-            xp, yp = xp[:, ::-1], yp[:, ::-1]
-        xp = xp * np.float32(rng.uniform(0.6, 1.4)) + np.float32(rng.uniform(-0.2, 0.2))
-        yp = np.ascontiguousarray(yp, dtype=np.int32)
+        out = augment(rng, x[r0:r0 + p, c0:c0 + p], yp, settings=self.augment)
+        yp = np.ascontiguousarray(out.labels, dtype=np.int32)
         prob = edt_prob(yp[::self.grid, ::self.grid])
-        return np.ascontiguousarray(xp, dtype=np.float32), yp, prob
+        return np.ascontiguousarray(out.image, dtype=np.float32), yp, prob
 
     def batch(self, n):
         xs, ys, ps = zip(*(self.draw() for _ in range(n)))
@@ -350,11 +352,11 @@ class PatchSampler:
         return np.stack(xs), ys, np.stack(ps), max_ray_steps(ys)
 
 
-def _batches(images, masks, patch, grid, batch, seed, workers):
+def _batches(images, masks, patch, grid, batch, seed, workers, augment_settings=None):
     """An endless iterator of batches, drawn in ``workers`` processes (torch's DataLoader)."""
     import torch
 
-    sampler = PatchSampler(images, masks, patch, grid, seed=seed)
+    sampler = PatchSampler(images, masks, patch, grid, seed=seed, augment=augment_settings)
 
     class _DS(torch.utils.data.IterableDataset):
         def __iter__(self):
@@ -370,40 +372,76 @@ def _batches(images, masks, patch, grid, batch, seed, workers):
 
 # ---------------------------------------------------------------------------------- training
 @dataclass
-class TorchTrainSettings:
+class TorchTrainSettings(TrainSettings):
+    """Settings of :func:`train_torch`; it counts optimizer ``steps`` (no epochs)."""
+
     net: TorchStarDistConfig = field(default_factory=TorchStarDistConfig)
-    patch: int = 256
-    batch: int = 16
+    #: side of the square training patches
+    patch_size: int = 256
+    batch_size: int = 16
     steps: int = 20000
     #: stop after this many seconds even if ``steps`` are not done; the learning-rate schedule
     #: then follows the elapsed fraction of the time (whichever of steps and time is further)
     time_budget: float | None = None
-    lr: float = 5e-4
+    learning_rate: float = 5e-4
+    #: steps of linear learning-rate warm-up (then a cosine decay)
     warmup: int = 200
     ema: float = 0.999
     background_reg: float = 1e-4
     area_sampling: bool = True
     #: fractions of training at which the EMA weights are saved as checkpoints
     save_at: tuple[float, ...] = (0.5, 1.0)
-    seed: int = 0
+    #: DataLoader processes drawing the training patches (0: in this process)
     workers: int = 4
     #: bfloat16 autocast on a GPU (off: float32 with TF32 matrix maths)
     bf16: bool = False
-    pmin: float = 1.0
-    pmax: float = 99.8
     log_every: int = 500
     #: val patches (fixed, unaugmented) for the logged val loss
     n_val_patches: int = 64
 
+    label = "PyTorch StarDist training settings"
+    aliases = {"patch": "patch_size", "batch": "batch_size", "lr": "learning_rate"}
+
+    def pooling(self) -> tuple[int, int]:
+        m = int(self.net.grid) * 2 ** int(self.net.unet_n_depth)
+        return (m, m)
+
+    def validate(self) -> None:
+        n = self.net
+        if not isinstance(n, TorchStarDistConfig):
+            self._fail(f"net must be a TorchStarDistConfig, got {n!r}")
+        if n.grid not in (1, 2, 4, 8) or isinstance(n.grid, bool):
+            self._fail(f"net.grid must be 1, 2, 4 or 8, got {n.grid!r}")
+        for name in ("n_rays", "n_channel_in", "unet_n_depth", "unet_n_filter_base", "unet_n_conv_per_depth"):
+            v = getattr(n, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (3 if name == "n_rays" else 1):
+                self._fail(f"net.{name} must be a whole number >= {3 if name == 'n_rays' else 1}, got {v!r}")
+        super().validate()
+        if self.patch_shape[0] != self.patch_shape[1]:
+            self._fail(f"patch_size: square patches only (one side), got {self.patch_size!r}")
+        self._int("steps")
+        self._int("warmup", 0)
+        self._int("workers", 0)
+        self._int("log_every")
+        self._int("n_val_patches")
+        self._positive("background_reg", allow_zero=True)
+        if self.time_budget is not None:
+            self._positive("time_budget")
+        if not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
+            self._fail(f"ema must lie in 0..1 (exclusive of 1), got {self.ema!r}")
+        if not self.save_at or not all(isinstance(f, (int, float)) and 0 < f <= 1 for f in self.save_at) \
+                or list(self.save_at) != sorted(self.save_at):
+            self._fail(f"save_at must be increasing fractions in (0, 1], got {self.save_at!r}")
+
 
 def save_checkpoint(path: Path, weights: list[np.ndarray], meta: dict) -> None:
-    """Keras-ordered weights + metadata in one ``.npz`` (plain arrays, loaded with allow_pickle=False)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    """Keras-ordered weights + metadata in one ``.npz`` (plain arrays, loaded with allow_pickle=False).
+
+    Written atomically: a failed save leaves no temp file, and an earlier checkpoint of that
+    name stays whole."""
     arrays = {f"w{i:03d}": w for i, w in enumerate(weights)}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    atomic_write_with(Path(path), lambda tmp: np.savez(tmp, **arrays))  # tmp ends in .npz: kept as is
 
 
 def load_checkpoint(path) -> tuple[list[np.ndarray], dict]:
@@ -417,13 +455,20 @@ def train_torch(images, masks, val_images, val_masks, out_dir, settings: TorchTr
     """Train on (images, masks); write EMA checkpoints ``ckpt_<percent>.npz`` into ``out_dir``.
 
     Logs the training loss and the loss on a fixed set of val patches every few hundred steps.
+    ``out_dir/training.json`` holds the settings (from the start) and the checkpoints saved so far.
     Returns the list of checkpoint paths.
     """
+    s = settings
+    s.validate()
+    if not images or not val_images:
+        raise InputError("training needs training and validation images")
+    if len(images) != len(masks) or len(val_images) != len(val_masks):
+        raise InputError("every image needs exactly one mask")
+
     import torch
 
     from ...core.normalize import percentile_normalize
 
-    s = settings
     torch.manual_seed(s.seed)
     np.random.seed(s.seed)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -438,7 +483,7 @@ def train_torch(images, masks, val_images, val_masks, out_dir, settings: TorchTr
     Xv = [percentile_normalize(x, s.pmin, s.pmax) for x in val_images]
     Yv = [fill_label_holes(m.astype(np.int32)) for m in val_masks]
     min_hw = min(min(x.shape[:2]) for x in X + Xv)
-    patch = min(s.patch, (min_hw // 16) * 16)
+    patch = fit_patch(s.patch_shape, min_hw, s.pooling())[0]
     if s.area_sampling:
         X, Y = area_tiles(X, Y, (patch, patch))
     g = s.net.grid
@@ -468,8 +513,8 @@ def train_torch(images, masks, val_images, val_masks, out_dir, settings: TorchTr
         q.requires_grad_(False)
     if dev.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(net.parameters(), lr=s.lr)
-    batches = _batches(X, Y, patch, g, s.batch, s.seed, s.workers)
+    opt = torch.optim.Adam(net.parameters(), lr=s.learning_rate)
+    batches = _batches(X, Y, patch, g, s.batch_size, s.seed, s.workers, s.augment)
     use_bf16 = s.bf16 and dev.type == "cuda"
 
     def val_loss(model):
@@ -486,8 +531,12 @@ def train_torch(images, masks, val_images, val_masks, out_dir, settings: TorchTr
     t0 = time.time()
     saved, next_save = [], list(s.save_at)
     step, run_loss = 0, []
-    meta_base = {"settings": asdict(s), "config2d": s.net.config2d_kwargs(), "patch": patch,
-                 "n_train_items": len(X), "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"}
+    device = torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"
+    meta_base = {"settings": s.to_dict(), "config2d": s.net.config2d_kwargs(), "patch": patch,
+                 "n_train_items": len(X), "device": device}
+    record = {"framework": "pytorch", "config2d": meta_base["config2d"], "patch": patch, "device": device,
+              "init_weights": init_weights is not None, "checkpoints": []}
+    save_training_json(out_dir, s, **record)
     while True:
         frac = step / s.steps
         if s.time_budget:
@@ -495,14 +544,16 @@ def train_torch(images, masks, val_images, val_masks, out_dir, settings: TorchTr
         while next_save and frac >= next_save[0] - 1e-9:
             pct = int(round(next_save.pop(0) * 100))
             p = out_dir / f"ckpt_{pct:03d}.npz"
-            save_checkpoint(p, keras_weights(ema), meta_base | {
-                "step": step, "seconds": round(time.time() - t0, 1), "fraction": pct / 100,
-                "val_loss_ema": val_loss(ema), "weights": "exponential moving average"})
+            meta = {"step": step, "seconds": round(time.time() - t0, 1), "fraction": pct / 100,
+                    "val_loss_ema": val_loss(ema), "weights": "exponential moving average"}
+            save_checkpoint(p, keras_weights(ema), meta_base | meta)
             saved.append(p)
+            record["checkpoints"].append({"file": p.name, **meta})
+            save_training_json(out_dir, s, **record)
             log(f"saved {p.name} at step {step}")
         if frac >= 1.0:
             break
-        lr = s.lr * min(1.0, (step + 1) / max(1, s.warmup)) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+        lr = s.learning_rate * min(1.0, (step + 1) / max(1, s.warmup)) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
         for grp in opt.param_groups:
             grp["lr"] = lr
         xb, yb, pb, nsteps = next(batches)

@@ -4,20 +4,24 @@ TensorFlow and StarDist are imported inside :func:`train_stardist2d`.
 """
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from ...core.axes import InputError
 from ...core.normalize import percentile_normalize
 from ...core.progress import NULL_PROGRESS, Progress
+from ..augment import AugmentSettings, GlobalRandom, augment, zoom_patch  # noqa: F401  (zoom_patch: API)
+from ..settings import EpochTrainSettings, fit_patch, save_training_json
 
 
 @dataclass
-class StarDistTrainSettings:
+class StarDistTrainSettings(EpochTrainSettings):
+    """Settings of :func:`train_stardist2d` (the network's fields as ``stardist``'s ``Config2D``)."""
+
     n_rays: int = 32
     grid: tuple[int, int] = (2, 2)
     patch_size: tuple[int, int] = (256, 256)
@@ -27,22 +31,38 @@ class StarDistTrainSettings:
     learning_rate: float = 3e-4
     unet_n_depth: int = 3
     unet_n_filter_base: int = 32
-    pmin: float = 1.0
-    pmax: float = 99.8
-    seed: int = 0
     #: split training images larger than two patches into patch-sized tiles, so that every
     #: region is drawn about equally often (StarDist draws one patch per randomly chosen image,
     #: which under-samples the few large images, e.g. whole embryos, against many 256² crops)
     area_sampling: bool = False
     #: halve the learning rate after this many epochs without a lower val loss
     reduce_lr_patience: int = 40
-    #: random zoom of each training patch, independently per axis, by a factor in
-    #: ``[1 / (1 + scale_augment), 1 + scale_augment]`` (0: off, the original recipe); teaches
-    #: nuclei of other sizes and aspect ratios than the training images hold
-    scale_augment: float = 0.0
     #: also keep the weights of every N-th epoch as ``weights_e<epoch>.h5`` (0: off), so that
     #: later epochs can be compared on val AP, not only on val loss (``weights_best.h5``)
     save_every: int = 0
+    # augment.zoom (formerly ``scale_augment``): a random zoom of each training patch,
+    # independently per axis, by a factor in ``[1 / (1 + zoom), 1 + zoom]`` (0: off, the original
+    # recipe); teaches nuclei of other sizes and aspect ratios than the training images hold
+
+    label = "StarDist training settings"
+    aliases = {"scale_augment": "augment.zoom"}
+
+    def pooling(self) -> tuple[int, int]:
+        return tuple(int(g) * 2 ** int(self.unet_n_depth) for g in self.grid)
+
+    def validate(self) -> None:
+        self._int("n_rays", 3)
+        g = self.grid
+        if not (isinstance(g, tuple) and len(g) == 2 and all(isinstance(v, int) and v >= 1 and v & (v - 1) == 0
+                                                             for v in g)):
+            self._fail(f"grid must be two powers of two, e.g. (2, 2), got {g!r}")
+        self._int("unet_n_depth")
+        self._int("unet_n_filter_base")
+        self._int("reduce_lr_patience")
+        self._int("save_every", 0)
+        if not isinstance(self.area_sampling, bool):
+            self._fail(f"area_sampling must be true or false, got {self.area_sampling!r}")
+        super().validate()
 
 
 @dataclass
@@ -81,43 +101,11 @@ def area_tiles(images, masks, patch):
     return out_x, out_y
 
 
-def _fit_to(a, shape, fill):
-    """Centre-crop or pad (with ``fill``) the first two axes of ``a`` to ``shape``."""
-    for ax, n in enumerate(shape):
-        d = a.shape[ax] - n
-        if d > 0:
-            a = np.take(a, np.arange(d // 2, d // 2 + n), axis=ax)
-        elif d < 0:
-            pad = [(0, 0)] * a.ndim
-            pad[ax] = (-d // 2, -d - (-d // 2))
-            a = np.pad(a, pad, constant_values=fill)
-    return a
-
-
-def zoom_patch(x, y, factors):
-    """Zoom an image patch (linear) and its label patch (nearest) by ``factors`` (per spatial
-    axis), keeping the patch shape: zoom-in crops the centre, zoom-out pads with background."""
-    from scipy.ndimage import zoom
-
-    shape = y.shape[:2]
-    f = tuple(factors) + (1,) * (x.ndim - 2)
-    zx = zoom(x, f, order=1, mode="nearest", grid_mode=True)
-    zy = zoom(y, tuple(factors), order=0, mode="nearest", grid_mode=True)
-    return _fit_to(zx, shape, float(np.min(x))), _fit_to(zy, shape, 0)
-
-
-def _augment(x, y, scale=0.0):
-    """Random flips / 90° rotations and an intensity jitter (image and mask alike); with
-    ``scale`` > 0 also a random per-axis zoom (see :attr:`StarDistTrainSettings.scale_augment`)."""
-    if scale > 0:
-        lo, hi = -np.log1p(scale), np.log1p(scale)
-        x, y = zoom_patch(x, y, np.exp(np.random.uniform(lo, hi, size=2)))
-    k = np.random.randint(4)
-    x, y = np.rot90(x, k, axes=(0, 1)), np.rot90(y, k, axes=(0, 1))
-    if np.random.rand() < 0.5:
-        x, y = x[:, ::-1], y[:, ::-1]
-    x = x * np.random.uniform(0.6, 1.4) + np.random.uniform(-0.2, 0.2)
-    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+def _augment(x, y, scale: float = 0.0, settings: AugmentSettings | None = None):
+    """stardist's ``augmenter(x, y)``: :func:`~napari_cnnvision.backends.augment.augment` drawing
+    from ``np.random`` (which the trainer seeds); ``scale`` is the zoom when no ``settings``."""
+    out = augment(GlobalRandom, x, y, settings=settings or AugmentSettings(zoom=scale))
+    return out.image, out.labels
 
 
 def train_stardist2d(
@@ -125,34 +113,41 @@ def train_stardist2d(
     masks: list[np.ndarray],
     val_images: list[np.ndarray],
     val_masks: list[np.ndarray],
-    basedir: str | Path,
+    out_dir: str | Path,
     name: str,
     settings: StarDistTrainSettings | None = None,
     init_weights: str | Path | None = None,
     optimize_thresholds: bool = True,
     progress: Progress = NULL_PROGRESS,
 ) -> StarDistTrainResult:
-    """Train a StarDist2D model into ``basedir/name`` (config.json, weights, thresholds.json).
+    """Train a StarDist2D model into ``out_dir/name`` (config.json, weights, thresholds.json,
+    training.json: the settings, then also the loss history and the training time).
 
     ``progress`` receives one event per epoch with the losses; a stop request ends
     training after the current epoch and keeps the best weights so far.
     """
+    s = settings or StarDistTrainSettings()
+    s.validate()
+    if not images:
+        raise InputError("no training images")
+    if not val_images:
+        raise InputError("no validation images (they choose the best weights and the thresholds)")
+    if len(images) != len(masks) or len(val_images) != len(val_masks):
+        raise InputError("every image needs exactly one mask")
+
     from stardist import fill_label_holes
     from stardist.models import Config2D, StarDist2D
     import tensorflow as tf
 
-    s = settings or StarDistTrainSettings()
     np.random.seed(s.seed)
     tf.random.set_seed(s.seed)
-    if not images:
-        raise ValueError("no training images")
     n_channel = 1 if images[0].ndim == 2 else images[0].shape[-1]
     X = _prepare_images(images, s.pmin, s.pmax)
     Y = [fill_label_holes(m.astype(np.int32)) for m in masks]
     Xv = _prepare_images(val_images, s.pmin, s.pmax)
     Yv = [fill_label_holes(m.astype(np.int32)) for m in val_masks]
     min_hw = min(min(x.shape[:2]) for x in X + Xv)
-    patch = tuple(min(p, (min_hw // 16) * 16) for p in s.patch_size)
+    patch = fit_patch(s.patch_shape, min_hw, s.pooling())
     if s.area_sampling:
         X, Y = area_tiles(X, Y, patch)
 
@@ -164,7 +159,10 @@ def train_stardist2d(
         train_epochs=s.epochs, train_steps_per_epoch=s.steps_per_epoch,
         train_reduce_lr={"factor": 0.5, "patience": s.reduce_lr_patience, "min_delta": 0},
     )
-    model = StarDist2D(conf, name=name, basedir=str(basedir))
+    model = StarDist2D(conf, name=name, basedir=str(out_dir))
+    model_dir = Path(out_dir) / name
+    init = str(init_weights) if init_weights is not None else None
+    save_training_json(model_dir, s, init_weights=init)  # beside config.json, before any weights
     if init_weights is not None:
         model.keras_model.load_weights(str(init_weights))
     model.prepare_for_training()
@@ -178,17 +176,16 @@ def train_stardist2d(
             progress((epoch + 1) / total, f"epoch {epoch + 1}/{total}", epoch=epoch + 1,
                      seconds=time.time() - t0, **logs)
             if s.save_every and (epoch + 1) % s.save_every == 0:
-                model.keras_model.save_weights(str(Path(basedir) / name / f"weights_e{epoch + 1:03d}.h5"))
+                model.keras_model.save_weights(str(model_dir / f"weights_e{epoch + 1:03d}.h5"))
             if progress.stop_requested:
                 self.model.stop_training = True
 
     model.callbacks.append(_Report())
-    hist = model.train(X, Y, validation_data=(Xv, Yv), augmenter=partial(_augment, scale=s.scale_augment),
+    hist = model.train(X, Y, validation_data=(Xv, Yv), augmenter=partial(_augment, settings=s.augment),
                        epochs=s.epochs, steps_per_epoch=s.steps_per_epoch)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     seconds = time.time() - t0
     thresholds = None
-    model_dir = Path(basedir) / name
     # StarDist keeps the best (val loss) weights in weights_best.h5; use them from here on.
     best = model_dir / "weights_best.h5"
     if best.exists():
@@ -196,14 +193,17 @@ def train_stardist2d(
     if optimize_thresholds:
         progress(None, "optimizing thresholds on the validation images")
         thresholds = model.optimize_thresholds(Xv, Yv)
-    (model_dir / "training.json").write_text(json.dumps(
-        {"settings": asdict(s), "history": history, "seconds": seconds}, indent=1))
+    save_training_json(model_dir, s, init_weights=init, history=history, seconds=seconds)  # atomic
     return StarDistTrainResult(str(model_dir), len(history.get("loss", [])), seconds, history, thresholds)
 
 
-def train_job(progress, images, masks, val_images, val_masks, basedir, name, settings: dict | None = None,
-              init_weights=None, optimize_thresholds: bool = True):
-    """Worker entry: settings as a plain dict of :class:`StarDistTrainSettings` fields."""
-    s = StarDistTrainSettings(**(settings or {}))
-    return train_stardist2d(list(images), list(masks), list(val_images), list(val_masks), basedir, name, s,
+def train_job(progress, images, masks, val_images, val_masks, out_dir=None, name: str = "stardist",
+              settings: dict | None = None, init_weights=None, optimize_thresholds: bool = True, basedir=None):
+    """Worker entry: settings as a plain dict of :class:`StarDistTrainSettings` fields
+    (``basedir``: the former name of ``out_dir``)."""
+    s = StarDistTrainSettings.from_dict(settings)
+    out = out_dir if out_dir is not None else basedir
+    if out is None:
+        raise InputError("stardist.train needs out_dir, the folder to write the model folder into")
+    return train_stardist2d(list(images), list(masks), list(val_images), list(val_masks), out, name, s,
                             init_weights=init_weights, optimize_thresholds=optimize_thresholds, progress=progress)

@@ -14,13 +14,16 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ...core.axes import InputError
 from ...core.normalize import percentile_normalize
 from ...core.progress import NULL_PROGRESS, Progress
+from ..augment import AugmentSettings, augment
+from ..settings import EpochTrainSettings
 from .targets import instances_from_probs, labels_to_target
 
 SEED_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.3 .. 0.9
@@ -28,40 +31,65 @@ EVAL_IOUS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass
-class UNetTrainSettings:
+class UNetTrainSettings(EpochTrainSettings):
+    """Settings of :func:`train_unet` (``depth``, ``base_filters``, ``upsampling``, ``batch_norm``:
+    the network's, unless it is fine-tuned from a model folder)."""
+
     epochs: int = 50
     steps_per_epoch: int = 100
     batch_size: int = 8
+    #: side of the square training patches; a multiple of ``2 ** depth``
     patch_size: int = 128
-    lr: float = 1e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-5
     class_weights: tuple[float, float, float] = (1.0, 1.0, 2.0)
     dice_weight: float = 0.0
     cosine_schedule: bool = True
-    seed: int = 0
     depth: int = 3
     base_filters: int = 16
     upsampling: str = "bilinear"
     batch_norm: bool = True
-    pmin: float = 1.0
-    pmax: float = 99.8
     fg_thresh: float = 0.5
     min_size: int = 8
     seed_grid: tuple[float, ...] = SEED_GRID
     val_tile_size: int = 512
 
+    label = "U-Net training settings"
+    aliases = {"lr": "learning_rate"}
+
     def __post_init__(self):
-        for k in ("epochs", "steps_per_epoch", "batch_size", "patch_size"):
-            if int(getattr(self, k)) < 1:
-                raise ValueError(f"{k} must be at least 1, got {getattr(self, k)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        self.class_weights = tuple(float(w) for w in self.class_weights)
-        if len(self.class_weights) != 3 or min(self.class_weights) <= 0:
-            raise ValueError(f"class_weights needs 3 positive numbers, got {self.class_weights}")
-        self.seed_grid = tuple(float(t) for t in self.seed_grid)
-        if not self.seed_grid or not all(0 < t < 1 for t in self.seed_grid):
-            raise ValueError(f"seed_grid needs thresholds in 0..1, got {self.seed_grid}")
+        for name in ("class_weights", "seed_grid"):  # numbers as floats (JSON may give ints)
+            try:
+                setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+            except (TypeError, ValueError):
+                pass  # validate() names the bad value
+        super().__post_init__()
+
+    def pooling(self) -> tuple[int, int]:
+        return (2 ** int(self.depth),) * 2
+
+    def validate(self) -> None:
+        self._int("depth")
+        if self.depth > 6:
+            self._fail(f"depth must be 1..6, got {self.depth}")
+        self._int("base_filters")
+        if self.upsampling not in ("nearest", "bilinear", "transposed"):
+            self._fail(f"upsampling must be nearest, bilinear or transposed, got {self.upsampling!r}")
+        super().validate()
+        if self.patch_shape[0] != self.patch_shape[1]:
+            self._fail(f"patch_size: square patches only (one side), got {self.patch_size!r}")
+        self._positive("weight_decay", allow_zero=True)
+        self._positive("dice_weight", allow_zero=True)
+        self._int("min_size", 0)
+        self._int("val_tile_size", 16)
+        cw = self.class_weights
+        if not (isinstance(cw, tuple) and len(cw) == 3 and all(isinstance(w, (int, float)) and w > 0 for w in cw)):
+            self._fail(f"class_weights needs 3 positive numbers, got {cw!r}")
+        sg = self.seed_grid
+        if not (isinstance(sg, tuple) and sg and all(isinstance(t, (int, float)) and 0 < t < 1 for t in sg)):
+            self._fail(f"seed_grid needs thresholds in 0..1, got {sg!r}")
+        if not (isinstance(self.fg_thresh, (int, float)) and 0 <= self.fg_thresh <= 1):
+            self._fail(f"fg_thresh must lie in 0..1, got {self.fg_thresh!r}")
 
 
 @dataclass
@@ -85,7 +113,7 @@ def _as_chw(image: np.ndarray, n_ch: int, pmin: float, pmax: float) -> np.ndarra
 def _channels(images) -> int:
     chans = {1 if im.ndim == 2 else (im.shape[-1] if im.ndim == 3 else -1) for im in images}
     if -1 in chans or len(chans) != 1:
-        raise ValueError("all images must be 2D (YX) or all YXC with the same number of channels; "
+        raise InputError("all images must be 2D (YX) or all YXC with the same number of channels; "
                          f"got shapes {sorted({im.shape for im in images})[:5]}")
     return chans.pop()
 
@@ -103,8 +131,9 @@ def _pad_to(x: np.ndarray, y: np.ndarray, size: int):
 class _PatchSampler:
     """Random augmented patches; images are drawn in proportion to their area."""
 
-    def __init__(self, X, Y, patch, rng):
+    def __init__(self, X, Y, patch, rng, augment_settings: AugmentSettings | None = None):
         self.X, self.Y, self.patch, self.rng = X, Y, patch, rng
+        self.augment = augment_settings or AugmentSettings()
         area = np.array([y.size for y in Y], np.float64)
         self.p = area / area.sum()
 
@@ -117,13 +146,9 @@ class _PatchSampler:
             x, y = self.X[i], self.Y[i]
             r0 = self.rng.integers(0, y.shape[0] - ps + 1)
             c0 = self.rng.integers(0, y.shape[1] - ps + 1)
-            xp, yp = x[:, r0:r0 + ps, c0:c0 + ps], y[r0:r0 + ps, c0:c0 + ps]
-            k = int(self.rng.integers(4))
-            xp, yp = np.rot90(xp, k, axes=(1, 2)), np.rot90(yp, k)
-            if self.rng.random() < 0.5:
-                xp, yp = xp[:, :, ::-1], yp[:, ::-1]
-            xb[b] = xp * self.rng.uniform(0.6, 1.4) + self.rng.uniform(-0.2, 0.2)
-            yb[b] = yp
+            out = augment(self.rng, x[:, r0:r0 + ps, c0:c0 + ps], y[r0:r0 + ps, c0:c0 + ps], settings=self.augment,
+                          y_axis=1)
+            xb[b], yb[b] = out.image, out.labels
         return xb, yb
 
 
@@ -188,15 +213,16 @@ def train_unet(
     from .predict import predict_probs
 
     s = settings or UNetTrainSettings()
+    s.validate()
     if not images:
-        raise ValueError("no training images")
+        raise InputError("no training images")
     if len(images) != len(masks) or len(val_images) != len(val_masks):
-        raise ValueError("every image needs exactly one mask")
+        raise InputError("every image needs exactly one mask")
     if not val_images:
-        raise ValueError("no validation images (they choose the best epoch and the thresholds)")
+        raise InputError("no validation images (they choose the best epoch and the thresholds)")
     for im, mk in zip(list(images) + list(val_images), list(masks) + list(val_masks)):
         if im.shape[:2] != mk.shape:
-            raise ValueError(f"image shape {im.shape} does not match its mask shape {mk.shape}")
+            raise InputError(f"image shape {im.shape} does not match its mask shape {mk.shape}")
     n_ch = _channels(list(images) + list(val_images))
     t0 = time.time()
     rng = np.random.default_rng(s.seed)
@@ -206,14 +232,14 @@ def train_unet(
         loaded = load_model(init_folder, use_cache=False)
         config, model = loaded.config, loaded.model
         if config.in_channels != n_ch:
-            raise ValueError(f"the model in {init_folder} takes {config.in_channels} channel(s), "
+            raise InputError(f"the model in {init_folder} takes {config.in_channels} channel(s), "
                              f"the images have {n_ch}")
     else:
         config = UNetConfig(in_channels=n_ch, n_classes=3, depth=s.depth, base_filters=s.base_filters,
                             upsampling=s.upsampling, batch_norm=s.batch_norm)
         model = build_unet(config)
-    m = config.multiple
-    patch = max(m, s.patch_size // m * m)
+    patch = s.patch_shape[0]
+    s.check_patch((patch, patch), (config.multiple,) * 2)  # the network trained: an init folder's wins
     progress(0.0, "preparing the training data")
     X, Y = [], []
     for im, mk in zip(images, masks):
@@ -226,12 +252,12 @@ def train_unet(
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    opt = torch.optim.Adam(model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
     total_steps = s.epochs * s.steps_per_epoch
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=s.lr * 0.05)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=s.learning_rate * 0.05)
              if s.cosine_schedule else None)
     loss_fn = _loss_fn(torch.tensor(s.class_weights, dtype=torch.float32, device=dev), s.dice_weight)
-    sampler = _PatchSampler(X, Y, patch, rng)
+    sampler = _PatchSampler(X, Y, patch, rng, s.augment)
 
     def validate():
         probs = [predict_probs(model, x, tile_size=s.val_tile_size) for x in Xv]
@@ -293,7 +319,7 @@ def train_unet(
     metrics = {"val": {**val_scores.card_metrics(), "mean_ap": round(float(np.mean(val_scores.ap)), 4)}}
     thresholds = {"seed": best_t, "fg": s.fg_thresh, "min_size": s.min_size}
     seconds = time.time() - t0
-    settings_d = asdict(s)
+    settings_d = s.to_dict()
     training = {
         "data": data or f"{len(images)} training and {len(val_images)} validation images",
         "command": command or "napari_cnnvision.backends.unet.train.train_unet",
@@ -318,7 +344,7 @@ def train_job(progress, images, masks, val_images, val_masks, out_dir=None, name
     ``out_dir`` (or ``basedir``) defaults to the per-user models folder, where the
     registry finds the new model.
     """
-    s = UNetTrainSettings(**(settings or {}))
+    s = UNetTrainSettings.from_dict(settings)
     out = out_dir or basedir
     if out is None:
         from ...core.registry import ModelRegistry
