@@ -201,6 +201,22 @@ def test_save_load_round_trip(tmp_path, arch):
     assert load_detector(folder)[1]["score_thresh"] == 0.4
 
 
+def test_slim_fasterrcnn_options_and_half_weights(tmp_path):
+    config = tiny_config("fasterrcnn_mobilenet_v3_large_fpn", anchor_sizes=[8, 16, 32, 64, 128],
+                         box_head={"conv": [], "fc": [32]}, weights_dtype="float16", box_batch_size_per_image=16)
+    model = build_detector(config).eval()
+    assert model.rpn.anchor_generator.sizes[0] == (8, 16, 32, 64, 128)
+    assert model.roi_heads.box_predictor.cls_score.in_features == 32
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 16
+    folder = save_detector(model, config, tmp_path / "det")
+    state = torch.load(folder / "weights.pt", weights_only=True)
+    assert state["roi_heads.box_predictor.cls_score.weight"].dtype == torch.float16
+    loaded, _ = load_detector(folder)
+    assert loaded.roi_heads.box_predictor.cls_score.weight.dtype == torch.float32
+    with pytest.raises(ValueError, match="anchor_sizes"):
+        build_detector({**config, "anchor_sizes": [8, 16]})
+
+
 class _Evil:
     def __reduce__(self):
         import os

@@ -33,6 +33,9 @@ WEIGHTS_NAME = "weights.pt"
 ARCHS = ("yolo", "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet50_fpn")
 YOLO_FIELDS = ("widths", "depths", "stride", "head_channels", "center_radius", "detections_per_img",
                "pre_nms_top_n", "loss_weights")
+FRCNN_FIELDS = ("rpn_pre_nms_top_n_train", "rpn_post_nms_top_n_train", "rpn_pre_nms_top_n_test",
+                "rpn_post_nms_top_n_test", "rpn_batch_size_per_image", "box_batch_size_per_image",
+                "box_detections_per_img")  # passed to torchvision's FasterRCNN
 DEFAULTS = {"in_channels": 3, "input_size": 640, "scale": 1.0, "score_thresh": 0.25, "nms_thresh": 0.5}
 
 
@@ -87,13 +90,36 @@ def _build_fasterrcnn(cfg: dict, k: int):
         raise ValueError(f"Faster R-CNN takes 3-channel images, the config asks for {cfg['in_channels']}")
     factory = getattr(detection, cfg["arch"])
     side = int(round(cfg["input_size"] * cfg["scale"]))
-    extra = {f: cfg[f] for f in ("rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test", "box_detections_per_img",
-                                 "rpn_batch_size_per_image", "box_batch_size_per_image") if f in cfg}
+    extra = {f: cfg[f] for f in FRCNN_FIELDS if f in cfg}
     model = factory(weights=None, weights_backbone=None, num_classes=k + 1, min_size=side, max_size=side,
                     **extra)
     t = model.transform
     model.transform = FixedScaleTransform(cfg["scale"], t.image_mean, t.image_std,
                                           size_divisible=t.size_divisible)
+    if cfg.get("anchor_sizes"):  # the same number of sizes as torchvision's (5)
+        from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+        old = model.rpn.anchor_generator
+        sizes = tuple(int(v) for v in cfg["anchor_sizes"])
+        n_maps, ratios = len(old.sizes), old.aspect_ratios[0]
+        every_map = len(old.sizes[0]) > 1  # MobileNet: all sizes on each map; ResNet50: one per map
+        want = len(old.sizes[0]) if every_map else n_maps
+        if len(sizes) != want:
+            raise ValueError(f"anchor_sizes needs {want} sizes for {cfg['arch']}, got {len(sizes)}")
+        model.rpn.anchor_generator = AnchorGenerator((sizes,) * n_maps if every_map else tuple((v,) for v in sizes),
+                                                     (ratios,) * n_maps)
+    if cfg.get("box_head"):  # a slimmer box head than torchvision's 1024-wide two-layer MLP
+        from torch import nn
+        from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+
+        conv, fc = list(cfg["box_head"].get("conv", [])), list(cfg["box_head"].get("fc", [256]))
+        if not fc:
+            raise ValueError("box_head needs at least one fc layer")
+        c = model.backbone.out_channels
+        r = model.roi_heads.box_roi_pool.output_size
+        r = (r, r) if isinstance(r, int) else tuple(r)
+        model.roi_heads.box_head = FastRCNNConvFCHead((c, *r), conv, fc, norm_layer=nn.BatchNorm2d)
+        model.roi_heads.box_predictor = FastRCNNPredictor(fc[-1], k + 1)
     return model
 
 
@@ -136,7 +162,9 @@ def save_detector(model, config: dict, folder, card_fields: dict | None = None) 
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         atomic_write_text(tmp / CONFIG_NAME, json.dumps(cfg, indent=2) + "\n")
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        half = cfg.get("weights_dtype") == "float16"  # halves the file; loaded back into float32
+        state = {k: (v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu())
+                 for k, v in model.state_dict().items()}
         torch.save(state, tmp / WEIGHTS_NAME)
         write_card(_card_for(cfg, folder, card_fields or {}), tmp)
         old = None
