@@ -32,3 +32,23 @@ def test_api_default_model_error_is_clear(tmp_path, monkeypatch):
     empty = ModelRegistry(user_dir=tmp_path / "u", shipped_dir=tmp_path / "s")
     with pytest.raises(ModelNotFound):
         api.segment(np.zeros((32, 32)), "nope", registry=empty)
+
+
+def test_api_uses_the_card_normalization_and_passes_stitch_z(tmp_path):
+    """api.segment: pmin/pmax None = the card's normalization; explicit ones override it; stitch_z and
+    axes reach the backend (a tiny untrained U-Net in this process)."""
+    pytest.importorskip("torch")
+    from napari_cnnvision import api
+    from napari_cnnvision.backends.unet.io import save_model
+    from napari_cnnvision.backends.unet.model import UNetConfig, build_unet
+
+    cfg = UNetConfig(depth=1, base_filters=4)
+    folder = save_model(tmp_path / "tiny-unet", build_unet(cfg), cfg, pmin=0.0, pmax=100.0)
+    vol = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    res = api.segment(vol, str(folder), axes="ZYX", stitch_z=True, isolated=False)
+    assert res.normalization == {"type": "percentile", "pmin": 0.0, "pmax": 100.0, "source": "card"}
+    assert res.labels.shape == vol.shape and res.frames == [0, 1, 2]
+    assert any("slice by slice" in w and "stitched" in w for w in res.warnings)
+    res = api.segment(vol, str(folder), pmin=2.0, pmax=98.0, isolated=False)
+    assert res.normalization == {"type": "percentile", "pmin": 2.0, "pmax": 98.0, "source": "caller"}
+    assert "frame" in res.table and not any("slice by slice" in w for w in res.warnings)  # guessed: T

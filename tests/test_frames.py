@@ -102,6 +102,9 @@ def test_stitching_a_ball_gives_one_object_unstitched_one_per_slice():
     assert table["area"][0] == (vol > 0).sum()
     assert table["centroid_z"][0] == pytest.approx(12) and table["probability"][0] == pytest.approx(0.9)
     assert any("stitched" in w for w in warns)
+    zero = [FrameSegmentation(np.zeros_like(p), np.zeros(0)) for p in parts]  # nothing found anywhere
+    labels, table, _, _ = assemble_segmentation(inp, idx, zero, stitch_z=True)
+    assert not labels.any() and len(table["label"]) == 0 and "centroid_z" in table
 
 
 def test_stitching_keeps_neighbours_apart_and_needs_overlap():

@@ -212,8 +212,8 @@ def assemble_segmentation(inp: SegmentationInput, indices: list[tuple], outs: li
                 moved = np.flatnonzero(lut != np.arange(len(lut)))
                 lut_all[moved] = lut[moved]
             # a stitched object's probability: the area-weighted mean of its slices'
-            w = np.bincount(lut_all[1:], weights=area[1:] * probs, minlength=offset + 1)
-            a = np.bincount(lut_all[1:], weights=area[1:], minlength=offset + 1)
+            w = np.bincount(lut_all[1:], weights=area[1:] * probs, minlength=offset + 1).astype(np.float64)
+            a = np.bincount(lut_all[1:], weights=area[1:], minlength=offset + 1).astype(np.float64)
             probs = np.divide(w, a, out=np.zeros_like(w), where=a > 0)[1:]
     elif stitch_z:
         warnings_.append("stitch_z was ignored: it applies to a 2D model on a Z stack (axes 'ZYX' or 'TZYX')")
