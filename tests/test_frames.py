@@ -176,6 +176,11 @@ def test_the_card_decides_the_normalization_unless_the_caller_chooses():
     y3, used3 = normalize_for(np.array([[0, 255]], np.uint8), {"type": "scale", "factor": 1 / 255})
     assert used3["type"] == "scale" and y3.tolist() == [[0.0, 1.0]]
     assert normalize_for(x, None)[1]["pmin"] == 1.0  # no card normalization: 1 / 99.8
+    from napari_cnnvision.core.registry import PRETRAINED
+
+    coco = next(c for c in PRETRAINED if c.backend == "fasterrcnn")  # torchvision's weights: pixels / 255
+    y4, used4 = normalize_for(np.full((4, 4, 3), 51, np.uint8), coco.normalization)
+    assert used4["type"] == "scale" and np.allclose(y4, 0.2)
     with pytest.raises(CorruptModel, match="unknown"):
         normalize_for(x, {"type": "zscore"}, model="model 'm'")
     with pytest.raises(CorruptModel, match="factor"):
