@@ -39,10 +39,6 @@ class SegmentationInput:
         return self.image.shape[:len(self.loop_axes)]
 
     @property
-    def n_frames(self) -> int:
-        return self.image.shape[0] if self.loop_axes else 1
-
-    @property
     def labels_shape(self) -> tuple[int, ...]:
         return self.image.shape[:-1] if self.has_c else self.image.shape
 
