@@ -5,7 +5,7 @@ full-size val images (640x480 RGB), and prints class accuracy, per-class and bal
 mean box IoU and the fraction of boxes with IoU >= 0.5 / 0.75, the median time per image (warm,
 in this process) and the network's forward FLOPs and achieved GFLOP/s.
 
-    python benchmarks/bench_wbc_localizer.py [--model wbc-localizer] [--threads 2] [--json]
+    python benchmarks/bench_wbc_localizer.py [--model wbc-localizer] [--threads 2] [--tta] [--json]
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def main(argv=None):
     p.add_argument("--model", default="wbc-localizer", help="registry name or model folder")
     p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (the 4 mirror flips)")
     a = p.parse_args(argv)
 
     import torch
@@ -49,7 +50,7 @@ def main(argv=None):
     pred, boxes, times = [], [], []
     for im in images:
         t0 = time.perf_counter()
-        res = localize(im, card)
+        res = localize(im, card, tta=a.tta)
         times.append(time.perf_counter() - t0)
         pred.append(int(res.class_ids[0]))
         boxes.append(res.boxes[0])
@@ -71,14 +72,15 @@ def main(argv=None):
         for _ in range(n_rep):
             loaded.model(xb)
         fwd = (time.perf_counter() - t0) / (n_rep * 16)
-    out = {"model": card.name, "split": a.split, "n_images": len(rows), **sc,
+    out = {"model": card.name, "split": a.split, "tta": a.tta, "n_images": len(rows), **sc,
            "median_ms_per_image": 1000 * float(np.median(times)),
            "forward_gflop_per_image": flops / 1e9, "forward_ms_per_image_batch16": 1000 * fwd,
            "achieved_gflops": flops / 1e9 / fwd, "threads": torch.get_num_threads()}
     if a.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"{card.name} on {a.split} ({len(rows)} images, {torch.get_num_threads()} threads)")
+    print(f"{card.name} on {a.split} ({len(rows)} images, {torch.get_num_threads()} threads"
+          + (", TTA)" if a.tta else ")"))
     print(f"  accuracy {sc['accuracy']:.3f}  balanced accuracy {sc['balanced_accuracy']:.3f}")
     for c, v in sc["per_class_accuracy"].items():
         print(f"    {c:<11} {v:.3f}  (n={sc['per_class_n'][c]})")

@@ -58,6 +58,13 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=None, help="use only the first N images of each split")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for PyTorch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--turns", action="store_true",
+                   help="augment with 90-degree turns too (off: the 640x480 images are squashed to a square "
+                        "input, so a turned image shows cells of another aspect ratio, and the boxes learn an "
+                        "average aspect)")
+    p.add_argument("--init", default=None, help="start from these weights (a checkpoint .pt of an earlier run)")
+    p.add_argument("--previous", default=None, help="the training.json / history of the run --init came from "
+                                                     "(its stages are recorded in the card)")
     p.add_argument("--hardware", default="2 CPU cores (shared)")
     a = p.parse_args(argv)
 
@@ -73,7 +80,7 @@ def main(argv=None):
     t0 = time.monotonic()
     settings = LocalizerTrainSettings(epochs=a.epochs, time_budget_s=a.time_budget, batch_size=a.batch, lr=a.lr,
                                       box_weight=a.box_weight, input_size=tuple(a.size), widths=tuple(a.widths),
-                                      seed=a.seed)
+                                      seed=a.seed, turns=a.turns)
     norm = dict(DEFAULT_NORMALIZATION)
     sets = {}
     for split in ("train", "val"):
@@ -91,8 +98,13 @@ def main(argv=None):
     stop_file.unlink(missing_ok=True)
     term = []
     signal.signal(signal.SIGTERM, lambda *_: term.append(1))
+    init = None
+    if a.init:
+        from napari_cnnvision.backends.localizer.io import read_state_dict
+
+        init = read_state_dict(a.init, f"the --init checkpoint {a.init}")
     res = train_localizer(sets["train"], sets["val"], CLASSES, settings, out_dir=out,
-                          progress=Progress(emit, lambda: bool(term) or stop_file.exists()))
+                          progress=Progress(emit, lambda: bool(term) or stop_file.exists()), init_state=init)
     command = "python scripts/train_wbc_localizer.py " + " ".join(sys.argv[1:] if argv is None else argv)
     n_tr = np.bincount(sets["train"].labels, minlength=len(CLASSES))
     n_va = np.bincount(sets["val"].labels, minlength=len(CLASSES))
@@ -113,6 +125,16 @@ def main(argv=None):
         "selection": "epoch with the best mean of val accuracy, balanced accuracy and mean box IoU",
         "stopped_early": res.stopped, "settings": res.settings,
     }
+    if a.init:
+        stages = []
+        if a.previous:
+            prev = json.loads(Path(a.previous).read_text())
+            stages = prev.get("stages") or [{k: prev.get(k) for k in ("command", "training_seconds", "epochs_run",
+                                                                       "best_epoch", "settings")}]
+        stage = {k: training[k] for k in ("command", "training_seconds", "epochs_run", "best_epoch", "settings")}
+        training["stages"] = stages + [{**stage, "init": a.init}]
+        training["training_seconds"] = round(sum(st.get("training_seconds") or 0 for st in training["stages"]), 1)
+        training["epochs_run"] = sum(st.get("epochs_run") or 0 for st in training["stages"])
     m = res.metrics
     metrics = {"val_accuracy": m.get("accuracy"), "val_balanced_accuracy": m.get("balanced_accuracy"),
                "val_per_class_accuracy": m.get("per_class_accuracy"), "val_per_class_n": m.get("per_class_n"),

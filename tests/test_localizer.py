@@ -111,6 +111,17 @@ def test_augmentation_moves_the_box_with_the_object():
         assert inside.mean() > 0.6, i  # the object's centre stays inside the transformed box
 
 
+def test_augmentation_keeps_the_aspect_ratio_without_turns():
+    im = np.zeros((SIZE, SIZE), np.float32)
+    im[20:30, 10:50] = 1  # a wide bar
+    s = prepare_set([im] * 32, [[20, 10, 30, 50]] * 32, [0] * 32, (SIZE, SIZE), NORM)
+    x, b = torch.from_numpy(s.images), torch.from_numpy(s.boxes)
+    flips = augment_batch(x, b, np.random.default_rng(0), tiny_settings(turns=False, zoom=0, shift=0))[1]
+    turns = augment_batch(x, b, np.random.default_rng(0), tiny_settings(turns=True, zoom=0, shift=0))[1]
+    assert (flips[:, 2] > flips[:, 3]).all()  # still wide
+    assert (turns[:, 2] < turns[:, 3]).any() and (turns[:, 2] > turns[:, 3]).any()
+
+
 def test_scores():
     sc = localization_scores([0, 0, 1, 1], [0, 1, 1, 1], [[0, 0, 10, 10]] * 4,
                              [[0, 0, 10, 10], [0, 0, 10, 5], [20, 20, 30, 30], [0, 0, 10, 10]], ["a", "b", "c"])
@@ -208,6 +219,18 @@ def test_localize_any_dtype_channels_and_size(trained):
         assert res.image_shape == (150, 200) and res.probabilities.shape == (1, 2)
         assert box_iou(res.boxes, [truth])[0] > 0.3, (name, res.boxes, truth)
         assert res.classes == ["disk"], name
+
+
+def test_tta_result_of_a_mirrored_image_is_the_mirrored_result(trained):
+    card = _card(trained["folder"])
+    im, _ = draw((70, 90), 0, 30, 35, 12, np.random.default_rng(12))
+    a = localize(im, card, tta=True)
+    b = localize(im[:, ::-1], card, tta=True)
+    y0, x0, y1, x1 = a.boxes[0]
+    assert np.allclose(b.boxes[0], [y0, 90 - x1, y1, 90 - x0], atol=1e-3)
+    assert np.allclose(a.probabilities, b.probabilities, atol=1e-5)
+    plain = localize(im[:, ::-1], card)
+    assert not np.allclose(plain.boxes, b.boxes, atol=1e-3)  # TTA changed something
 
 
 def test_stacks_give_one_box_per_frame(trained):

@@ -66,21 +66,44 @@ def _resolve_card(card) -> ModelCard:
     return card
 
 
-def predict_inputs(model, x: np.ndarray, batch_size: int = BATCH):
-    """``(boxes (n, 4) normalized cx, cy, w, h, probabilities (n, k))`` of prepared inputs."""
+def _box_back(t, b: np.ndarray) -> np.ndarray:
+    """Normalized (cx, cy, w, h) boxes predicted on ``dihedral.forward(t, x)`` -> on ``x``."""
+    b = b.copy()
+    if t.transpose:
+        b = b[:, [1, 0, 3, 2]]
+    if t.flip_x:
+        b[:, 0] = 1 - b[:, 0]
+    if t.flip_y:
+        b[:, 1] = 1 - b[:, 1]
+    return b
+
+
+def predict_inputs(model, x: np.ndarray, batch_size: int = BATCH, tta: bool = False):
+    """``(boxes (n, 4) normalized cx, cy, w, h, probabilities (n, k))`` of prepared inputs
+    ``(n, c, h, w)``. ``tta``: the mean over the 4 mirror flips (boxes mapped back before
+    averaging); no 90° turns: an image resized to the input changes its aspect ratio, and turned
+    it would show objects of another shape than the network was trained on."""
     import torch
 
-    boxes, probs = [], []
+    from .. import dihedral
+
+    transforms = [t for t in dihedral.ALL if not t.transpose] if tta else [dihedral.ALL[0]]
+    boxes, probs = 0.0, 0.0
     with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            out = model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])))
-            boxes.append(out["boxes"].double().numpy())
-            probs.append(out["probabilities"].double().numpy())
-    return np.concatenate(boxes), np.concatenate(probs)
+        for t in transforms:
+            xt = np.ascontiguousarray(dihedral.forward(t, x, y_axis=2))
+            bs, ps = [], []
+            for i in range(0, len(xt), batch_size):
+                out = model(torch.from_numpy(xt[i:i + batch_size]))
+                bs.append(out["boxes"].double().numpy())
+                ps.append(out["probabilities"].double().numpy())
+            boxes = boxes + _box_back(t, np.concatenate(bs))
+            probs = probs + np.concatenate(ps)
+    return boxes / len(transforms), probs / len(transforms)
 
 
 def localize(image, card, axes: str | None = None, frames=None, regions=None, progress=NULL_PROGRESS,
-             pmin: float | None = None, pmax: float | None = None) -> LocalizationResult:
+             pmin: float | None = None, pmax: float | None = None, tta: bool = False) -> LocalizationResult:
     """The one object of ``image`` (or of each frame / region) with its class: a
     :class:`~napari_cnnvision.core.results.LocalizationResult` with one box per processed
     frame and region, ``(y0, x0, y1, x1)`` in image pixels; ``scores`` is the probability of the
@@ -90,6 +113,7 @@ def localize(image, card, axes: str | None = None, frames=None, regions=None, pr
     order (guessed when ``None``: ``YX``, ``YXC``, ``TYX`` or ``TYXC``); at most one frame axis
     (``T`` or ``Z``). ``frames``: the frame indices to process (default all). ``regions``: see
     the module docstring. ``pmin``/``pmax``: override the card's percentile normalization.
+    ``tta``: average over the image's 4 mirror flips (4x the network time).
     """
     from .io import load_model
     from .model import cxcywh_to_yxyx
@@ -132,7 +156,7 @@ def localize(image, card, axes: str | None = None, frames=None, regions=None, pr
         if x is None:
             return []
         with step.timed("network_s"):
-            nb, pr = predict_inputs(loaded.model, x)
+            nb, pr = predict_inputs(loaded.model, x, tta=tta)
         out = []
         for (k, (y0, x0, y1, x1)), b, p in zip(crops, nb, pr):
             h, w = y1 - y0, x1 - x0

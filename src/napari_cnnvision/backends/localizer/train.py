@@ -3,8 +3,8 @@
 The images are prepared once (normalized, resized to the input size: :func:`prepare_set`) and
 kept in memory. Every epoch draws a class-balanced sample of the training images (sampling
 weight ``count ** -balance`` per class), augments each batch (the 8 flips / 90° turns of a
-square input, or the 4 flips of another, a random zoom and shift, intensity jitter; the boxes
-are transformed with the image) and minimizes ``CE + λ·MSE`` (class-weighted cross-entropy,
+square input, or only the 4 flips of another or with ``turns=False``, a random zoom and shift,
+intensity jitter; the boxes are transformed with the image) and minimizes ``CE + λ·MSE`` (class-weighted cross-entropy,
 weight ``count ** -class_weight_power``, + λ = ``box_weight`` times the mean squared error of the
 normalized ``cx, cy, w, h``) with AdamW and a cosine learning rate over the run (epochs or a
 time budget, whichever ends first). After every epoch the validation images are scored
@@ -48,6 +48,7 @@ class LocalizerTrainSettings:
     convs_per_stage: int = 2
     dropout: float = 0.2
     augment: bool = True
+    turns: bool = True  # 90° turns besides the flips (only where the input's pixels keep their aspect ratio)
     zoom: float = 0.2  # random zoom factor in 1 ± zoom
     shift: float = 0.15  # random shift, fraction of the half image size
     intensity: float = 0.15  # gain and offset jitter
@@ -132,9 +133,9 @@ def augment_batch(x, boxes, rng: np.random.Generator, settings: LocalizerTrainSe
     n, c, h, w = x.shape
     x = x.clone()
     b = boxes.clone()
-    square = h == w
+    turns = h == w and settings.turns
     for i in range(n):
-        k = int(rng.integers(8 if square else 4))
+        k = int(rng.integers(8 if turns else 4))
         if k & 4:
             x[i] = x[i].transpose(1, 2).clone()
             b[i] = b[i][[1, 0, 3, 2]].clone()
