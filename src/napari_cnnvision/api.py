@@ -84,8 +84,8 @@ def segment(image, model: str | ModelCard | None = None, *, axes: str | None = N
 
 
 def localize(image, model: str | ModelCard | None = None, *, axes: str | None = None, frames=None,
-             regions=None, pmin: float | None = None, pmax: float | None = None, progress=None,
-             registry: ModelRegistry | None = None, isolated: bool | None = None):
+             regions=None, pmin: float | None = None, pmax: float | None = None, tta: bool = False,
+             progress=None, registry: ModelRegistry | None = None, isolated: bool | None = None):
     """The one object of ``image`` -- or of each frame of a stack, or of each region -- and its
     class: a :class:`~napari_cnnvision.core.results.LocalizationResult` with one box per processed
     frame / region (``boxes`` ``(y0, x0, y1, x1)`` in pixels, ``classes``, ``scores`` and all
@@ -95,6 +95,7 @@ def localize(image, model: str | ModelCard | None = None, *, axes: str | None = 
     "TYX", "TYXC" (guessed when ``None``) or "ZYX[C]". ``frames``: frame indices to process.
     ``regions``: ``(y0, x0, y1, x1)`` rectangles (each optionally led by a frame index), one box
     each, in image coordinates. ``pmin``/``pmax``: normalization percentiles (``None``: the card's).
+    ``tta``: average over the image's 4 mirror flips (4x the network time).
     """
     from .backends.dispatch import job_for, run_model
 
@@ -104,30 +105,4 @@ def localize(image, model: str | ModelCard | None = None, *, axes: str | None = 
     if isolated is None:
         isolated = _must_isolate(job_for(card, task="localize"))
     return run_model(image, card, task="localize", axes=axes, frames=frames, regions=regions, pmin=pmin, pmax=pmax,
-                     progress=progress, pool=_worker_pool() if isolated else None)
-
-
-def detect(image, model: str | ModelCard | None = None, *, axes: str | None = None,
-           score_thresh: float | None = None, nms_thresh: float | None = None, frames=None,
-           tile_size=None, tile_overlap=None, progress=None, registry: ModelRegistry | None = None,
-           isolated: bool | None = None):
-    """Objects in ``image`` with their class and score: a
-    :class:`~napari_cnnvision.core.results.DetectionResult` (``boxes`` ``(y0, x0, y1, x1)`` in
-    pixels, ``classes``, ``scores``, ``frame`` for stacks; ``counts()`` per class).
-
-    ``model``: name, folder or card (default: the shipped detector). Grayscale, RGB and RGBA,
-    8/16-bit and float images of any size; images larger than the model's input size are tiled
-    (``tile_size=0`` turns that off). ``axes``: "YX", "YXC", "TYX", "TYXC", "ZYX" or "ZYXC"
-    (guessed when ``None``); stacks run frame by frame (``frames`` picks some). Thresholds
-    default to the model's.
-    """
-    from .backends.dispatch import job_for, run_model
-
-    registry = registry or ModelRegistry()
-    card = model if isinstance(model, ModelCard) else (
-        registry.get(model) if model is not None else registry.default("detect"))
-    if isolated is None:
-        isolated = _must_isolate(job_for(card, task="detect"))
-    return run_model(image, card, task="detect", axes=axes, score_thresh=score_thresh, nms_thresh=nms_thresh,
-                     frames=frames, tile_size=tile_size, tile_overlap=tile_overlap, progress=progress,
-                     pool=_worker_pool() if isolated else None)
+                     tta=tta, progress=progress, pool=_worker_pool() if isolated else None)
