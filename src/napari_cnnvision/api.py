@@ -106,3 +106,29 @@ def localize(image, model: str | ModelCard | None = None, *, axes: str | None = 
         isolated = _must_isolate(job_for(card, task="localize"))
     return run_model(image, card, task="localize", axes=axes, frames=frames, regions=regions, pmin=pmin, pmax=pmax,
                      tta=tta, progress=progress, pool=_worker_pool() if isolated else None)
+
+
+def detect(image, model: str | ModelCard | None = None, *, axes: str | None = None,
+           score_thresh: float | None = None, nms_thresh: float | None = None, frames=None,
+           tile_size=None, tile_overlap=None, progress=None, registry: ModelRegistry | None = None,
+           isolated: bool | None = None):
+    """Objects in ``image`` with their class and score: a
+    :class:`~napari_cnnvision.core.results.DetectionResult` (``boxes`` ``(y0, x0, y1, x1)`` in
+    pixels, ``classes``, ``scores``, ``frame`` for stacks; ``counts()`` per class).
+
+    ``model``: name, folder or card (default: the shipped detector). Grayscale, RGB and RGBA,
+    8/16-bit and float images of any size; images larger than the model's input size are tiled
+    (``tile_size=0`` turns that off). ``axes``: "YX", "YXC", "TYX", "TYXC", "ZYX" or "ZYXC"
+    (guessed when ``None``); stacks run frame by frame (``frames`` picks some). Thresholds
+    default to the model's.
+    """
+    from .backends.dispatch import job_for, run_model
+
+    registry = registry or ModelRegistry()
+    card = model if isinstance(model, ModelCard) else (
+        registry.get(model) if model is not None else registry.default("detect"))
+    if isolated is None:
+        isolated = _must_isolate(job_for(card, task="detect"))
+    return run_model(image, card, task="detect", axes=axes, score_thresh=score_thresh, nms_thresh=nms_thresh,
+                     frames=frames, tile_size=tile_size, tile_overlap=tile_overlap, progress=progress,
+                     pool=_worker_pool() if isolated else None)
