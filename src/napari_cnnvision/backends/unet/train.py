@@ -206,12 +206,6 @@ def train_unet(
     ``seconds``); a stop request ends training after the current epoch and keeps the best
     weights so far. ``data`` and ``command`` are recorded in the model card.
     """
-    import torch
-
-    from .io import load_model, save_model
-    from .model import UNetConfig, build_unet
-    from .predict import predict_probs
-
     s = settings or UNetTrainSettings()
     s.validate()
     if not images:
@@ -223,6 +217,13 @@ def train_unet(
     for im, mk in zip(list(images) + list(val_images), list(masks) + list(val_masks)):
         if im.shape[:2] != mk.shape:
             raise InputError(f"image shape {im.shape} does not match its mask shape {mk.shape}")
+
+    import torch
+
+    from .io import load_model, save_model
+    from .model import UNetConfig, build_unet
+    from .predict import predict_probs
+
     n_ch = _channels(list(images) + list(val_images))
     t0 = time.time()
     rng = np.random.default_rng(s.seed)
