@@ -38,6 +38,7 @@ def parser(doc: str, name: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="CPU threads for PyTorch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from <out>/<name>.ckpt")
+    p.add_argument("--init", default=None, help="start from the weights of this model folder (a later stage)")
     p.add_argument("--hardware", default=None, help="what to record as hardware in the card")
     return p
 
@@ -66,6 +67,15 @@ def run(a, config: dict, description: str, argv=None, script: str = ""):
     classes, samples, splits = load(a)
     config = {**config, "classes": classes}
     model = build_detector(config)
+    if a.init:
+        from napari_cnnvision.backends.detection.models import load_detector
+
+        init_model, init_cfg = load_detector(a.init)
+        if init_cfg["arch"] != config["arch"] or init_cfg["classes"] != classes:
+            raise SystemExit(f"--init {a.init} is a {init_cfg['arch']} for {init_cfg['classes']}, not this recipe's")
+        config = {**init_cfg, "score_thresh": config["score_thresh"], "nms_thresh": config["nms_thresh"]}
+        model = init_model
+        model.train()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{config['arch']}: {n_params / 1e6:.2f} M parameters", flush=True)
     out = Path(a.out)
@@ -99,6 +109,7 @@ def run(a, config: dict, description: str, argv=None, script: str = ""):
             "input": f"RGB images as they are (640x480 in BCCD), resized by {config['scale']} inside the network",
             "pretrained": "trained from scratch, no pretrained weights reachable",
             "n_parameters": n_params,
+            "init": a.init,
         },
     }
     res = train_detector(model, config, samples["train"], samples["val"], out / a.name, settings,

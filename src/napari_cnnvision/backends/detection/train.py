@@ -290,7 +290,7 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
     seconds = time.time() - t0
     result = val_map(model, val, k, device, s.val_score_thresh)
     metrics = {"val": {"map@0.5": round(result["map"], 4),
-                       "ap@0.5": {classes[c - 1]: round(v, 4) for c, v in result["ap"].items()},
+                       "ap@0.5_per_class": {classes[c - 1]: round(v, 4) for c, v in result["ap"].items()},
                        "n_images": len(val), "ap_method": "boxap (101-point, COCO-style)"}}
     settings_d = asdict(s)
     folder = None
