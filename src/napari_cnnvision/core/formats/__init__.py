@@ -43,9 +43,22 @@ def boxes_from_xywh(xywh) -> np.ndarray:
     return np.column_stack([b[:, 1], b[:, 0], b[:, 1] + b[:, 3], b[:, 0] + b[:, 2]])
 
 
+def points_from_xy(xy) -> np.ndarray:
+    """``(n, 2)`` (x, y) points (COCO polygons, CSV points) -> napari's (row, col) = (y, x)."""
+    p = np.asarray(xy, np.float64)
+    return np.zeros((0, 2)) if p.size == 0 else p.reshape(-1, 2)[:, ::-1]
+
+
+def points_to_xy(yx) -> np.ndarray:
+    """``(n, 2)`` (row, col) points -> (x, y) (the inverse of :func:`points_from_xy`)."""
+    p = np.asarray(yx, np.float64)
+    return np.zeros((0, 2)) if p.size == 0 else p.reshape(-1, 2)[:, ::-1]
+
+
 def box_areas(boxes) -> np.ndarray:
     b = _as4(boxes)
     return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
 
 
-__all__ = ["boxes_from_xyxy", "boxes_to_xyxy", "boxes_to_xywh", "boxes_from_xywh", "box_areas"]
+__all__ = ["boxes_from_xyxy", "boxes_to_xyxy", "boxes_to_xywh", "boxes_from_xywh", "points_from_xy", "points_to_xy",
+           "box_areas"]

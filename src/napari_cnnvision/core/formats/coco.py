@@ -97,4 +97,164 @@ def category_names(coco: dict) -> list[str]:
     return [c["name"] for c in cats]
 
 
-__all__ = ["categories", "image_entry", "annotations_for", "build", "load", "per_image", "category_names"]
+
+
+# --- whole files <-> the format-neutral AnnotationSet (boxes, classes, scores, instance masks) -----------
+
+def _decode_segmentation(segm, h: int, w: int, where: str) -> np.ndarray | None:
+    """A COCO ``segmentation`` (polygons, or RLE with list or string counts) -> ``(h, w)`` bool mask."""
+    from pycocotools import mask as mask_utils
+
+    if segm is None or (isinstance(segm, list) and not segm):
+        return None
+    try:
+        if isinstance(segm, list):  # polygons [[x0, y0, x1, y1, ...], ...] in pixel-edge coordinates
+            polys = [[float(v) for v in p] for p in segm if len(p) >= 6]
+            if not polys:
+                return None
+            rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
+        elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):
+            rle = mask_utils.frPyObjects(segm, *segm.get("size", (h, w)))
+        elif isinstance(segm, dict) and isinstance(segm.get("counts"), str):
+            rle = {"size": list(segm.get("size", (h, w))), "counts": segm["counts"].encode("ascii")}
+        else:
+            raise TypeError(f"unknown segmentation {type(segm).__name__}")
+        m = mask_utils.decode(rle).astype(bool)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise AnnotationError(f"{where}: unreadable segmentation ({exc})") from None
+    if m.shape != (h, w):
+        raise AnnotationError(f"{where}: segmentation of size {m.shape} in a {h}x{w} image")
+    return m
+
+
+def read_coco(path, masks: bool = True) -> "AnnotationSet":
+    """A COCO JSON file (or dict) -> :class:`~.annotations.AnnotationSet`: per image its boxes, class
+    names, scores (when every box has one), ``frame`` (when present) and, with ``masks`` and
+    ``segmentation`` polygons / RLE present, an instance label image (label ``k + 1`` = box ``k``).
+    Category ids may be any integers; the classes keep their id order. Images without boxes are kept."""
+    from .annotations import AnnotationSet, ImageAnnotations, check_boxes, subset
+
+    where = "COCO dict" if isinstance(path, dict) else str(path)
+    d = load(path)
+    cats = d.get("categories") or []
+    try:
+        cats = sorted(cats, key=lambda c: int(c["id"]))
+        names = {int(c["id"]): str(c["name"]) for c in cats}
+    except (KeyError, TypeError, ValueError):
+        raise AnnotationError(f"{where}: every category needs an integer 'id' and a 'name'") from None
+    if len(set(names.values())) != len(names):
+        raise AnnotationError(f"{where}: two categories share a name")
+    by_id: dict = {}
+    for img in d["images"]:
+        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
+            raise AnnotationError(f"{where}: every image needs an 'id' and a 'file_name'")
+        by_id[img["id"]] = img
+    rows: dict = {i: [] for i in by_id}
+    for a in d["annotations"]:
+        if not isinstance(a, dict) or a.get("image_id") not in rows:
+            raise AnnotationError(f"{where}: annotation {a.get('id') if isinstance(a, dict) else a!r} refers to "
+                                  f"an image id that is not among the images")
+        if a.get("category_id") not in names:
+            raise AnnotationError(f"{where}: annotation {a.get('id')} has the unknown category {a.get('category_id')}")
+        rows[a["image_id"]].append(a)
+    warnings: list[str] = []
+    out = []
+    for i, img in by_id.items():
+        anns = rows[i]
+        h, w = int(img.get("height") or 0), int(img.get("width") or 0)
+        size = (h, w) if h > 0 and w > 0 else None
+        label = f"{where}, image {img['file_name']}"
+        seg_masks = []
+        xywh = []
+        for a in anns:
+            m = (_decode_segmentation(a.get("segmentation"), h, w, f"{label}, annotation {a.get('id')}")
+                 if masks and size is not None else None)
+            seg_masks.append(m)
+            bb = a.get("bbox")
+            if bb is None and m is not None and m.any():
+                rr, cc = np.nonzero(m)
+                bb = [cc.min(), rr.min(), cc.max() + 1 - cc.min(), rr.max() + 1 - rr.min()]
+            try:
+                xywh.append([float(v) for v in bb])
+                if len(xywh[-1]) != 4:
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise AnnotationError(f"{label}: annotation {a.get('id')} has no valid 'bbox' [x, y, w, h]") from None
+        boxes, keep = check_boxes(boxes_from_xywh(xywh), size, label, warnings)
+        scores = (np.array([float(a["score"]) for a in anns]) if anns and all("score" in a for a in anns)
+                  else None)
+        frame = np.array([int(a.get("frame", 0)) for a in anns]) if any("frame" in a for a in anns) else None
+        labels = None
+        if any(m is not None for m in seg_masks):
+            kept = [m for m, k in zip(seg_masks, keep) if k]
+            labels = np.zeros((h, w), np.uint16 if len(kept) < 65535 else np.uint32)
+            for k, m in enumerate(kept):
+                if m is not None:
+                    labels[m] = k + 1
+        ann = ImageAnnotations(str(img["file_name"]), size, boxes, [names[a["category_id"]] for a in anns],
+                               scores, frame)
+        ann = subset(ann, keep)
+        ann.labels = labels
+        out.append(ann)
+    return AnnotationSet(out, list(names.values()), warnings, where)
+
+
+def mask_segmentation(mask: np.ndarray, mode: str = "rle"):
+    """A bool mask -> COCO ``segmentation``: compressed RLE (exact) or polygons (outer outlines on pixel
+    edges, holes not kept)."""
+    from pycocotools import mask as mask_utils
+
+    if mode == "rle":
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    if mode != "polygon":
+        raise ValueError(f"mask format must be 'rle' or 'polygon', not {mode!r}")
+    from skimage.measure import approximate_polygon, find_contours
+
+    from . import points_to_xy
+
+    polys = []
+    # contours at 0.5 around pixel centres run along pixel edges: +0.5 turns them into COCO's edge coordinates
+    for c in find_contours(np.pad(mask.astype(np.uint8), 1), 0.5):
+        c = approximate_polygon(c - 1 + 0.5, tolerance=0.0)
+        if len(c) >= 3:
+            polys.append([round(float(v), 3) for v in points_to_xy(c).ravel()])
+    return polys
+
+
+def to_dict(ds: "AnnotationSet", mask_format: str = "rle") -> dict:
+    """The COCO dict of an :class:`~.annotations.AnnotationSet` (every image needs its size;
+    ``file_name`` is the image's base name; instance masks go in ``segmentation``)."""
+    images, anns = [], []
+    for i, a in enumerate(ds.images, start=1):
+        if a.size is None:
+            raise AnnotationError(f"COCO needs the size of {a.image}: give the images (--images DIR)")
+        images.append(image_entry(i, Path(a.image).name, a.size[0], a.size[1]))
+        xywh = boxes_to_xywh(a.boxes)
+        area = box_areas(a.boxes)
+        ids = ds.class_ids(a)
+        for k in range(len(a)):
+            e = {"id": len(anns) + 1, "image_id": i, "category_id": int(ids[k]) + 1,
+                 "bbox": [round(float(v), 6) for v in xywh[k]], "area": round(float(area[k]), 6), "iscrowd": 0}
+            if a.labels is not None:
+                m = a.labels == k + 1
+                if m.any():
+                    e["segmentation"] = mask_segmentation(m, mask_format)
+                    e["area"] = int(m.sum())
+            if a.scores is not None:
+                e["score"] = round(float(a.scores[k]), 6)
+            if a.frame is not None:
+                e["frame"] = int(a.frame[k])
+            anns.append(e)
+    return {"images": images, "categories": categories(ds.class_names), "annotations": anns}
+
+
+def write_coco(ds: "AnnotationSet", path, mask_format: str = "rle") -> Path:
+    """Write ``ds`` as one COCO JSON file, atomically (UTF-8, class names as written)."""
+    from ..io import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(to_dict(ds, mask_format), ensure_ascii=False, indent=1))
+
+
+__all__ = ["categories", "image_entry", "annotations_for", "build", "load", "per_image", "category_names",
+           "read_coco", "write_coco", "to_dict", "mask_segmentation"]

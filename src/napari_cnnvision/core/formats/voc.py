@@ -115,4 +115,97 @@ def read_voc(path: str | Path) -> VOCAnnotation:
     return ann
 
 
-__all__ = ["VOCAnnotation", "AnnotationError", "read_voc", "parse_voc"]
+
+
+# --- writing, and a folder of files as a format-neutral AnnotationSet ------------------------------------
+
+def is_voc_file(path: str | Path) -> bool:
+    """Whether ``path`` is an XML file whose root element is ``<annotation>`` (read only its start)."""
+    path = Path(path)
+    if path.suffix.lower() != ".xml" or not path.is_file():
+        return False
+    try:
+        for _, el in ET.iterparse(path, events=("start",)):
+            return el.tag == "annotation"
+    except (ET.ParseError, OSError):
+        return False
+    return False
+
+
+def read_voc_folder(path: str | Path, images: str | Path | None = None):
+    """A VOC XML file or a folder of them (sorted) -> :class:`~.annotations.AnnotationSet`; each
+    file's dropped zero-area boxes named in its ``warnings``; sizes missing from ``<size>`` taken
+    from the image files in ``images`` (default: beside the XMLs, or ``../images``)."""
+    from .annotations import AnnotationSet, ImageAnnotations, fill_sizes
+
+    path = Path(path)
+    files = sorted(p for p in path.glob("*.xml") if not p.name.startswith(".")) if path.is_dir() else [path]
+    if not files:
+        raise AnnotationError(f"{path}: no .xml files")
+    out, warnings = [], []
+    for f in files:
+        a = read_voc(f)
+        warnings.extend(f"{f.name}: {w}" for w in a.warnings)
+        out.append(ImageAnnotations(a.filename or f"{f.stem}.jpg", a.shape, a.boxes, a.classes))
+    ds = AnnotationSet(out, [], warnings, str(path))
+    if any(a.size is None for a in out):
+        folder = path if path.is_dir() else path.parent
+        fill_sizes(ds, images if images is not None else
+                   (folder.parent / "images" if (folder.parent / "images").is_dir() else folder))
+    return ds
+
+
+def voc_xml(ann, folder: str = "images") -> str:
+    """The Pascal VOC XML text of one :class:`~.annotations.ImageAnnotations` (1-based inclusive
+    ``xmin = x0 + 1 ... xmax = x1``, the inverse of :func:`parse_voc`; a ``<score>`` when scored)."""
+    from .annotations import number
+
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = folder
+    ET.SubElement(root, "filename").text = Path(ann.image).name
+    if ann.size is not None:
+        size = ET.SubElement(root, "size")
+        ET.SubElement(size, "width").text = str(ann.size[1])
+        ET.SubElement(size, "height").text = str(ann.size[0])
+        ET.SubElement(size, "depth").text = "3"
+    ET.SubElement(root, "segmented").text = "0"
+    for k in range(len(ann)):
+        y0, x0, y1, x1 = (float(v) for v in ann.boxes[k])
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = ann.classes[k]
+        ET.SubElement(obj, "pose").text = "Unspecified"
+        ET.SubElement(obj, "truncated").text = "0"
+        ET.SubElement(obj, "difficult").text = "0"
+        if ann.scores is not None:
+            ET.SubElement(obj, "score").text = number(ann.scores[k])
+        bb = ET.SubElement(obj, "bndbox")
+        for tag, v in (("xmin", x0 + 1), ("ymin", y0 + 1), ("xmax", x1), ("ymax", y1)):
+            ET.SubElement(bb, tag).text = number(v)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_voc(ds, out_dir: str | Path) -> list:
+    """``out_dir/<image stem>.xml`` per image (stacks: one per frame), each written atomically (UTF-8)."""
+    from ..io import atomic_write_text
+    from .annotations import split_frames
+
+    ds = split_frames(ds)
+    stems: dict = {}
+    for a in ds.images:
+        if a.stem in stems:
+            raise AnnotationError(f"{stems[a.stem]} and {a.image} would both write {a.stem}.xml")
+        stems[a.stem] = a.image
+    thin = sum(int(((a.boxes[:, 2] - a.boxes[:, 0] <= 1) | (a.boxes[:, 3] - a.boxes[:, 1] <= 1)).sum())
+               for a in ds.images)
+    if thin:  # 1-based inclusive: xmin == xmax, which VOC readers (ours too) take for a zero-width box
+        import warnings
+
+        warnings.warn(f"{thin} box(es) 1 pixel wide or high or less: in VOC they read back as zero-area boxes",
+                      UserWarning, stacklevel=2)
+    texts = [(Path(out_dir) / f"{a.stem}.xml", voc_xml(a)) for a in ds.images]
+    return [atomic_write_text(p, '<?xml version="1.0" encoding="utf-8"?>\n' + t) for p, t in texts]
+
+
+__all__ = ["VOCAnnotation", "AnnotationError", "read_voc", "parse_voc", "is_voc_file", "read_voc_folder", "voc_xml",
+           "write_voc"]
