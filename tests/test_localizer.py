@@ -345,7 +345,7 @@ def test_cli_localize_writes_one_row_per_image(trained, tmp_path, capsys):
         truths[name] = box
     (inputs / "broken.png").write_bytes(b"no png")
     out = tmp_path / "out"
-    rc = main(["localize", str(inputs), "--out", str(out), "--model", str(trained["folder"]), "--quiet"])
+    rc = main(["localize", str(inputs), "--out", str(out), "--model", str(trained["folder"]), "--quiet", "--tta"])
     err = capsys.readouterr().err
     assert rc == 1 and "broken.png" in err  # reported; the batch went on
     rows = list(csv.DictReader(open(out / "localizations.csv")))

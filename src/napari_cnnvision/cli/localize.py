@@ -27,6 +27,7 @@ def add_parser(sub):
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--model", default=None, help="registry name or model folder (default: the shipped localizer)")
     p.add_argument("--axes", default=None, help="axis order, e.g. YX, YXC, TYX (default: guessed)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average over the 4 mirror flips")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -87,7 +88,7 @@ def run(args) -> int:
         bar = TerminalProgress(f"[{i + 1}/{len(files)}] {f.name}", enabled=not args.quiet)
         try:
             try:
-                res = api.localize(read_image(f), card, axes=args.axes, progress=bar, registry=registry)
+                res = api.localize(read_image(f), card, axes=args.axes, tta=args.tta, progress=bar, registry=registry)
             finally:
                 bar.close()
         except Exception as exc:  # this image fails; the batch goes on

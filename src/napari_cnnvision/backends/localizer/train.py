@@ -4,9 +4,9 @@ The images are prepared once (normalized, resized to the input size: :func:`prep
 kept in memory. Every epoch draws a class-balanced sample of the training images (sampling
 weight ``count ** -balance`` per class), augments each batch (the 8 flips / 90° turns of a
 square input, or only the 4 flips of another or with ``turns=False``, a random zoom and shift,
-intensity jitter; the boxes are transformed with the image) and minimizes ``CE + λ·MSE`` (class-weighted cross-entropy,
-weight ``count ** -class_weight_power``, + λ = ``box_weight`` times the mean squared error of the
-normalized ``cx, cy, w, h``) with AdamW and a cosine learning rate over the run (epochs or a
+intensity jitter; the boxes are transformed with the image) and minimizes ``CE + λ·MSE``
+(class-weighted cross-entropy, weight ``count ** -class_weight_power``, + λ = ``box_weight`` times
+the mean squared error of the normalized ``cx, cy, w, h``) with AdamW and a cosine learning rate over the run (epochs or a
 time budget, whichever ends first). After every epoch the validation images are scored
 (accuracy, balanced accuracy, mean box IoU); the epoch with the best ``selection`` score
 (their mean) is kept. ``progress.stop_requested`` stops the run after the current step, keeping
@@ -400,5 +400,5 @@ def train_job(progress, images, boxes, labels, class_names, val_images=None, val
             "seconds": res.seconds, "metrics": m, "stopped": res.stopped}
 
 
-__all__ = ["train_job", "LocalizerTrainSettings", "LocalizationSet", "LocalizerTrainResult", "prepare_set", "train_localizer",
-           "augment_batch", "class_balance", "evaluate_set", "selection_score"]
+__all__ = ["train_job", "LocalizerTrainSettings", "LocalizationSet", "LocalizerTrainResult", "prepare_set",
+           "train_localizer", "augment_batch", "class_balance", "evaluate_set", "selection_score"]
