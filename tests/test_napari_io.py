@@ -1,0 +1,207 @@
+"""npe2 readers and writers of annotations, directly and through napari (make_napari_viewer)."""
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_cnnvision.core.formats import coco, voc, yolo
+from napari_cnnvision.io_napari import get_reader
+
+PLUGIN = "napari-cnnvision"
+
+
+def small_coco(folder, polygon=False):
+    """``folder/annotations.json`` over ``folder/images/a.png`` (24 x 32, RGB) with 2 boxes."""
+    (folder / "images").mkdir(parents=True)
+    Image.fromarray(np.full((24, 32, 3), 90, np.uint8)).save(folder / "images" / "a.png")
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 5], "score": 0.75},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [20, 10, 8, 12], "score": 0.5}]
+    if polygon:
+        anns[1]["segmentation"] = [[20, 10, 28, 10, 28, 22, 20, 22]]
+    d = {"images": [{"id": 1, "file_name": "a.png", "height": 24, "width": 32}],
+         "categories": [{"id": 1, "name": "RBC"}, {"id": 2, "name": "white cell é"}], "annotations": anns}
+    p = folder / "annotations.json"
+    p.write_text(json.dumps(d, ensure_ascii=False), encoding="utf-8")
+    return p
+
+
+def test_reader_gives_shapes_with_classes_scores_and_the_image(tmp_path):
+    p = small_coco(tmp_path)
+    reader = get_reader(str(p))
+    assert callable(reader)
+    layers = reader(str(p))
+    kinds = [t for _, _, t in layers]
+    assert kinds == ["image", "shapes"]
+    assert layers[0][0].shape == (24, 32, 3)
+    data, kw, _ = layers[1]
+    assert len(data) == 2
+    # COCO [x=2, y=3, w=10, h=5] -> rows 3..8, columns 2..12 in napari's (row, col) order
+    np.testing.assert_array_equal(data[0], [[3, 2], [3, 12], [8, 12], [8, 2]])
+    assert list(kw["features"]["class"]) == ["RBC", "white cell é"]
+    np.testing.assert_allclose(kw["features"]["score"], [0.75, 0.5])
+
+
+def test_coco_polygon_gives_a_labels_layer(tmp_path):
+    p = small_coco(tmp_path, polygon=True)
+    layers = get_reader(str(p))(str(p))
+    (lab, _, t), = [ld for ld in layers if ld[2] == "labels"]
+    want = np.zeros((24, 32), np.uint16)
+    want[10:22, 20:28] = 2  # the second box's mask (label k + 1 = box k)
+    np.testing.assert_array_equal(lab, want)
+
+
+def test_yolo_folder_reader(tmp_path):
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((20, 40), np.uint8)).save(tmp_path / "images" / name)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n1 0.25 0.25 0.1 0.1\n")
+    (tmp_path / "labels" / "b.txt").write_text("1 0.5 0.5 1 1\n")
+    (tmp_path / "classes.txt").write_text("cell\nwhite cell é\n", encoding="utf-8")
+    layers = get_reader(str(tmp_path))(str(tmp_path))
+    assert [t for _, _, t in layers] == ["image", "shapes"]
+    assert layers[0][0].shape == (2, 20, 40)  # two images: one stack, the image index first
+    data, kw, _ = layers[1]
+    np.testing.assert_allclose(data[0], [[0, 5, 10], [0, 5, 30], [0, 15, 30], [0, 15, 10]])
+    np.testing.assert_allclose(data[2][:, 0], 1)  # b.png's box on the second plane
+    assert list(kw["features"]["class"]) == ["cell", "white cell é", "white cell é"]
+    assert list(kw["features"]["image"]) == ["a.png", "a.png", "b.png"]
+
+
+def test_paths_that_are_not_ours_give_none(tmp_path):
+    (tmp_path / "other.json").write_text('{"a": 1}')
+    (tmp_path / "bad.json").write_text("{oops")
+    (tmp_path / "page.xml").write_text("<html/>")
+    (tmp_path / "pts.csv").write_text("index,axis-0,axis-1\n0,1,2\n")
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((4, 4), np.uint8))
+    (tmp_path / "folder").mkdir()
+    for name in ("other.json", "bad.json", "page.xml", "pts.csv", "img.tif", "folder", "missing.json"):
+        assert get_reader(str(tmp_path / name)) is None, name
+    assert get_reader([str(tmp_path / "other.json"), str(tmp_path / "bad.json")]) is None
+
+
+def test_napari_opens_a_coco_file_and_saves_it_back(make_napari_viewer, tmp_path):
+    p = small_coco(tmp_path / "src")
+    viewer = make_napari_viewer()
+    viewer.open(str(p), plugin=PLUGIN)
+    img, shapes = viewer.layers
+    assert shapes.nshapes == 2 and list(shapes.features["class"]) == ["RBC", "white cell é"]
+    shapes.add_rectangles(np.array([[1, 1], [5, 9]]))
+    shapes.features.loc[2, "class"] = "RBC"
+    out = tmp_path / "out.json"
+    viewer.layers.selection = {img, shapes}
+    written = viewer.layers.save(str(out), selected=True, plugin=PLUGIN)
+    assert written == [str(out)]
+    back = coco.read_coco(out)
+    a, = back.images
+    assert a.image == "a.png" and a.size == (24, 32)
+    np.testing.assert_allclose(a.boxes, [[3, 2, 8, 12], [10, 20, 22, 28], [1, 1, 5, 9]])
+    assert a.classes == ["RBC", "white cell é", "RBC"]
+
+
+def test_napari_opens_real_bccd_annotations(make_napari_viewer, shared_data, tmp_path):
+    names = ["BloodImage_00000", "BloodImage_00001", "BloodImage_00343"]
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "images").mkdir()
+    for s in names:
+        shutil.copy(shared_data / "bccd" / "annotations" / f"{s}.xml", tmp_path / "annotations")
+        shutil.copy(shared_data / "bccd" / "images" / f"{s}.jpg", tmp_path / "images")
+    want = [voc.read_voc(tmp_path / "annotations" / f"{s}.xml") for s in names]
+    viewer = make_napari_viewer()
+    with pytest.warns(UserWarning, match="BloodImage_00343.xml: 1 box"):
+        viewer.open(str(tmp_path), plugin=PLUGIN)
+    img, shapes = viewer.layers
+    assert img.data.shape == (3, 480, 640, 3) and img.rgb
+    assert shapes.nshapes == sum(len(a) for a in want)
+    assert list(shapes.features["class"]) == [c for a in want for c in a.classes]
+    assert set(shapes.features["class"].cat.categories) == {"RBC", "WBC", "Platelets"}
+    # written back as a YOLO folder (a path without extension, image + shapes selected: npe2 picks the
+    # folder writer); the reader's image names and sizes come back with it
+    out = tmp_path / "yolo_out"
+    viewer.layers.selection = {img, shapes}
+    viewer.layers.save(str(out), selected=True, plugin=PLUGIN)
+    (tmp_path / "yolo_out" / "images").symlink_to(tmp_path / "images")
+    ds = yolo.read_yolo(out)
+    for a, w in zip(ds.images, want):
+        assert a.image == w.filename
+        np.testing.assert_allclose(a.boxes, w.boxes, atol=1e-3)
+
+
+def test_ellipse_is_written_as_its_bounding_box_with_a_warning(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((30, 40), np.uint8), name="cells")
+    layer = viewer.add_shapes([np.array([[2, 3], [2, 13], [12, 13], [12, 3]])], shape_type="rectangle",
+                              features={"class": ["white cell é"]})
+    layer.add_ellipses(np.array([[20, 25], [5, 8]]))  # centre (20, 25), radii 5, 8
+    out = tmp_path / "boxes.csv"
+    with pytest.warns(UserWarning, match="1 shape.*bounding boxes"):
+        viewer.layers.save(str(out), selected=True, plugin=PLUGIN)
+    text = out.read_text(encoding="utf-8").splitlines()
+    assert text[0] == "image,class,xmin,ymin,xmax,ymax"
+    assert text[1] == "Shapes,white cell é,3,2,13,12"
+    assert text[2].split(",")[2:] == ["17", "15", "33", "25"]
+
+
+def test_empty_shapes_layer_writes_a_valid_coco_file(make_napari_viewer, tmp_path):
+    from pycocotools.coco import COCO
+
+    viewer = make_napari_viewer()
+    img = viewer.add_image(np.zeros((30, 40), np.uint8), name="cells")
+    shapes = viewer.add_shapes(name="boxes")
+    viewer.layers.selection = {img, shapes}
+    out = tmp_path / "e.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about
+        viewer.layers.save(str(out), selected=True, plugin=PLUGIN)
+    c = COCO(str(out))
+    assert c.getAnnIds() == [] and c.loadImgs(c.getImgIds())[0]["width"] == 40
+
+
+def test_labels_and_points_writers(tmp_path):
+    from napari_cnnvision.core.formats.csv_boxes import read_points_csv
+    from napari_cnnvision.io_napari import write_labels_coco, write_labels_tiff, write_points_csv
+
+    lab = np.zeros((10, 12), np.int32)
+    lab[1:4, 2:6] = 3
+    lab[6:9, 6:11] = 80000
+    write_labels_tiff(str(tmp_path / "l.tif"), lab, {"name": "l"})
+    t = tifffile.imread(tmp_path / "l.tif")
+    assert t.dtype == np.uint32 and (t == lab).all()
+    write_labels_coco(str(tmp_path / "l.json"), lab, {"name": "l"})
+    back = coco.read_coco(tmp_path / "l.json").images[0]
+    np.testing.assert_array_equal(back.boxes, [[1, 2, 4, 6], [6, 6, 9, 11]])
+    assert ((back.labels > 0) == (lab > 0)).all()
+    import pandas as pd
+
+    write_points_csv(str(tmp_path / "p.csv"), np.array([[1.5, 2.0], [3, 4]]),
+                     {"name": "pts", "ndim": 2, "features": pd.DataFrame({"class": ["a b", "é"]})})
+    d = read_points_csv(tmp_path / "p.csv")
+    np.testing.assert_allclose(d["points"], [[1.5, 2.0], [3, 4]])
+    assert d["class"] == ["a b", "é"] and (tmp_path / "p.csv").read_text().splitlines()[1] == "pts,a b,2,1.5"
+
+
+def test_points_csv_reader(tmp_path):
+    p = tmp_path / "p.csv"
+    p.write_text("image,class,x,y,score\na.png,WBC,10,2,0.5\na.png,RBC,3,4.5,0.25\n")
+    (data, kw, t), = get_reader(str(p))(str(p))
+    assert t == "points"
+    np.testing.assert_allclose(data, [[2, 10], [4.5, 3]])  # (row, col)
+    assert list(kw["features"]["class"]) == ["WBC", "RBC"]
+
+
+def test_stack_shapes_write_frames(tmp_path):
+    from napari_cnnvision.io_napari import write_shapes_voc, write_shapes_yolo
+
+    stack = np.zeros((3, 20, 30), np.uint8)
+    rects = [np.array([[0, 1, 1], [0, 1, 5], [0, 6, 5], [0, 6, 1]]), np.array([[2, 2, 2], [2, 2, 9], [2, 8, 9],
+                                                                              [2, 8, 2]])]
+    meta = {"name": "boxes", "shape_type": ["rectangle"] * 2, "ndim": 3, "features": {"class": ["A", "B"]}}
+    written = write_shapes_yolo(str(tmp_path / "y"), [(stack, {"name": "movie"}, "image"), (rects, meta, "shapes")])
+    assert sorted(p.split("/")[-1] for p in written) == ["classes.txt", "movie_t0000.txt", "movie_t0002.txt"]
+    with pytest.raises(ValueError, match="one image"):
+        write_shapes_voc(str(tmp_path / "v.xml"), [(stack, {"name": "movie"}, "image"), (rects, meta, "shapes")])
+    assert not (tmp_path / "v.xml").exists()
