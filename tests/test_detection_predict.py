@@ -279,11 +279,18 @@ def test_model_folder_through_the_registry_and_a_corrupt_one(tmp_path):
         detect(np.zeros((64, 64, 3), np.uint8), read_card(folder, "path"))
 
 
-def test_the_job_runs_in_the_worker(pool, tmp_path):
+def test_the_jobs_run_in_the_worker(pool, tmp_path, monkeypatch):
+    """A model folder's job, and the pretrained COCO model offline: torchvision's own download runs in
+    the worker and fails at a closed local port (the proxy the worker inherits) -> ModelUnavailable."""
     from napari_cnnvision.backends.dispatch import job_for, run_model
     from napari_cnnvision.core.progress import RecordingProgress
-    from napari_cnnvision.core.registry import read_card
+    from napari_cnnvision.core.registry import ModelRegistry, read_card
+    from napari_cnnvision.worker.client import JobError
 
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # before the worker starts: it inherits them
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
     card = read_card(_tiny_yolo_folder(tmp_path), "path")
     assert job_for(card, task="detect") == "yolo.predict"
     stack = np.zeros((2, 64, 80, 3), np.uint8)
@@ -292,10 +299,14 @@ def test_the_job_runs_in_the_worker(pool, tmp_path):
     assert res.has_frames and res.frames == [0, 1] and res.class_names == CLASSES
     assert set(res.frame.tolist()) <= {0, 1} and res.score_thresh == 0.2
     assert any("frame 2/2" in ev.message for ev in prog.events)
-    from napari_cnnvision.worker.client import JobError
-
     with pytest.raises(JobError, match="channels"):
         run_model(np.zeros((64, 64, 2), np.uint8), card, pool=pool, task="detect")
+
+    coco = ModelRegistry().get("fasterrcnn_resnet50_fpn_coco")
+    assert job_for(coco, task="detect") == "fasterrcnn.predict"
+    with pytest.raises(JobError, match="could not be downloaded") as ei:
+        run_model(scene(), coco, pool=pool, task="detect")
+    assert ei.value.kind == "ModelUnavailable" and "refused" in str(ei.value).lower()
 
 
 # --- the pretrained COCO model, offline -----------------------------------------------------
@@ -322,22 +333,6 @@ def test_coco_pretrained_offline_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(ModelUnavailable, match="not in the local cache and could not be downloaded"):
         detect(scene(), card)
     assert tried == [FasterRCNN_ResNet50_FPN_Weights.DEFAULT.url]
-
-
-def test_coco_pretrained_offline_through_the_worker(pool, monkeypatch):
-    """The same through the job the Detect widget runs; the worker's downloads go to a closed port."""
-    from napari_cnnvision.backends.dispatch import run_model
-    from napari_cnnvision.core.registry import ModelRegistry
-    from napari_cnnvision.worker.client import JobError
-
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.setenv(var, "http://127.0.0.1:9")  # before the worker starts: it inherits them
-    for var in ("no_proxy", "NO_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    card = ModelRegistry().get("fasterrcnn_resnet50_fpn_coco")
-    with pytest.raises(JobError, match="could not be downloaded") as ei:
-        run_model(scene(), card, pool=pool, task="detect")
-    assert ei.value.kind == "ModelUnavailable" and "refused" in str(ei.value).lower()
 
 
 def test_coco_pretrained_cached_but_damaged_is_a_corrupt_model(monkeypatch, tmp_path):
@@ -367,12 +362,14 @@ def test_api_detect(tmp_path):
     assert res.class_names == CLASSES and res.score_thresh == 0.9
 
 
-def test_cli_detect_writes_csv_and_coco_and_skips_done_images(tmp_path, capsys):
+def test_cli_detect_writes_csv_and_coco_and_skips_done_images(tmp_path, capsys, monkeypatch):
     import tifffile
 
+    from napari_cnnvision import api
     from napari_cnnvision.cli.main import main
     from napari_cnnvision.core.formats import boxtable, coco
 
+    monkeypatch.setattr(api, "_must_isolate", lambda job: False)  # pytest has Qt loaded; run here, as a shell would
     folder = _tiny_yolo_folder(tmp_path)
     inp = tmp_path / "in"
     inp.mkdir()

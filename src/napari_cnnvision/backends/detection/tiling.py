@@ -13,7 +13,7 @@ same size). Each tile's boxes are mapped back to image pixels, then merged:
    overlap) -- see :func:`class_nms`.
 
 Only one batch of tiles is ever converted to float (``to_input``), so memory stays flat in the
-image size. Numpy only; the network runs in the ``predict_batch`` callback.
+image size. The network runs in the ``predict_batch`` callback; NMS is torchvision's.
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
+
+from ...core.formats import boxes_to_xyxy
 
 Window = tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive ends)
 EDGE_MARGIN = 2.0  # pixels: a box edge this close to an inner tile edge counts as cut
@@ -98,34 +100,19 @@ def drop_cut_boxes(boxes: np.ndarray, tile_of: np.ndarray, windows: Sequence[Win
 
 
 def class_nms(boxes: np.ndarray, class_ids: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression within each class (highest score first;
-    a box goes when its IoU with a kept box of its class exceeds ``iou_thresh``)."""
+    """Indices kept by greedy non-maximum suppression within each class, highest score first
+    (a box goes when its IoU with a kept box of its class exceeds ``iou_thresh``);
+    ``torchvision.ops.batched_nms``."""
+    import torch
+    from torchvision.ops import batched_nms
+
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    class_ids, scores = np.asarray(class_ids), np.asarray(scores, np.float64)
-    keep_all = []
-    for c in np.unique(class_ids):
-        idx = np.flatnonzero(class_ids == c)
-        idx = idx[np.argsort(-scores[idx], kind="stable")]
-        b = boxes[idx]
-        area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-        alive = np.ones(len(idx), bool)
-        for i in range(len(idx)):
-            if not alive[i]:
-                continue
-            keep_all.append(idx[i])
-            rest = np.flatnonzero(alive[i + 1:]) + i + 1
-            if not len(rest):
-                break
-            yy0 = np.maximum(b[i, 0], b[rest, 0])
-            xx0 = np.maximum(b[i, 1], b[rest, 1])
-            yy1 = np.minimum(b[i, 2], b[rest, 2])
-            xx1 = np.minimum(b[i, 3], b[rest, 3])
-            inter = np.clip(yy1 - yy0, 0, None) * np.clip(xx1 - xx0, 0, None)
-            union = area[i] + area[rest] - inter
-            iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-            alive[rest[iou > iou_thresh]] = False
-    keep = np.array(sorted(keep_all, key=lambda j: -scores[j]), np.int64)
-    return keep
+    if not len(boxes):
+        return np.zeros(0, np.int64)
+    keep = batched_nms(torch.from_numpy(boxes_to_xyxy(boxes).astype(np.float32)),
+                       torch.from_numpy(np.asarray(scores, np.float32)),
+                       torch.from_numpy(np.asarray(class_ids, np.int64)), float(iou_thresh))
+    return keep.numpy().astype(np.int64)
 
 
 def detect_tiled(frame: np.ndarray, to_input: Callable[[np.ndarray], np.ndarray],
