@@ -19,6 +19,14 @@ def _single(path):
     return path
 
 
+_SNIFFED: dict = {}  # the COCO dict get_reader parsed, by (path, size, mtime): the read does not parse it again
+
+
+def _file_key(path: Path) -> tuple:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
 def _what(path: Path) -> str | None:
     """Our kind of source (``coco`` … ``masks``, ``points``) or None; cheap checks only, never raises."""
     from .core.formats import coco
@@ -30,8 +38,9 @@ def _what(path: Path) -> str | None:
             k = kind_of(path)
             return {"boxes": "csv", "points": "points"}.get(k)
         fmt, target = detect_format(path)
-        if fmt == "coco":
-            coco.load(target)  # a JSON file that is not COCO is not ours
+        if fmt == "coco":  # a JSON file that is not COCO is not ours; parsed once, kept for the read
+            _SNIFFED.clear()
+            _SNIFFED[_file_key(target)] = coco.load(target)
         return fmt
     except (AnnotationError, OSError, ValueError):
         return None
@@ -73,7 +82,15 @@ def _read_annotations(path) -> list[tuple]:
     if fmt == "masks":
         ds, found = read_masks(p)
     else:
-        ds = read_annotations(p)
+        cached = _SNIFFED.pop(_file_key(target), None) if fmt == "coco" else None
+        if cached is not None:
+            from .core.formats.annotations import default_images, fill_sizes
+            from .core.formats.coco import read_coco
+
+            ds = read_coco(cached, source=str(target))
+            fill_sizes(ds, default_images(target, fmt))
+        else:
+            ds = read_annotations(p)
         found = _found_images(ds, target, fmt)
     for w in ds.warnings:
         import warnings

@@ -115,6 +115,40 @@ def _image_info(meta: dict, image: tuple | None) -> tuple[str, tuple | None, lis
     return name, size, listed
 
 
+def _aligned(c: np.ndarray) -> np.ndarray:
+    """Which ``(n, 4, 2)`` corner quadruples are axis-aligned rectangles."""
+    eq = lambda a, b: np.abs(a - b) < 1e-6  # noqa: E731
+    rows_first = eq(c[:, 0, 0], c[:, 1, 0]) & eq(c[:, 1, 1], c[:, 2, 1]) & eq(c[:, 2, 0], c[:, 3, 0]) \
+        & eq(c[:, 3, 1], c[:, 0, 1])
+    cols_first = eq(c[:, 0, 1], c[:, 1, 1]) & eq(c[:, 1, 0], c[:, 2, 0]) & eq(c[:, 2, 1], c[:, 3, 1]) \
+        & eq(c[:, 3, 0], c[:, 0, 0])
+    return rows_first | cols_first
+
+
+def _bounding_boxes(shapes: list[np.ndarray], types: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(n, 4)`` (y0, x0, y1, x1) bounding boxes, the frame of each (its first coordinate when the
+    shapes have more than 2) and how many were not axis-aligned rectangles (vectorized for 4-vertex shapes)."""
+    n = len(shapes)
+    boxes, frames = np.zeros((n, 4)), np.zeros(n, np.int64)
+    four = np.array([s.shape[0] == 4 for s in shapes], bool)
+    odd = 0
+    if four.any():
+        idx = np.flatnonzero(four)
+        arr = np.stack([shapes[i] for i in idx])
+        yx = arr[:, :, -2:]
+        boxes[idx] = np.concatenate([yx.min(axis=1), yx.max(axis=1)], axis=1)
+        if arr.shape[2] > 2:
+            frames[idx] = np.rint(arr[:, 0, 0])
+        rect = np.array([types[i] == "rectangle" for i in idx], bool)
+        odd += int((~(rect & _aligned(yx))).sum())
+    for i in np.flatnonzero(~four):
+        yx = shapes[i][:, -2:]
+        boxes[i] = [*yx.min(axis=0), *yx.max(axis=0)]
+        frames[i] = int(round(float(shapes[i][0, 0]))) if shapes[i].shape[1] > 2 else 0
+        odd += 1
+    return boxes, frames, odd
+
+
 def shapes_to_annotations(data, meta: dict, image: tuple | None = None) -> AnnotationSet:
     """A Shapes layer's data + attributes (+ an image layer's, for the name and size) -> an
     AnnotationSet: rectangles as boxes, other shapes as their bounding boxes (with a warning);
@@ -135,21 +169,13 @@ def shapes_to_annotations(data, meta: dict, image: tuple | None = None) -> Annot
     declared = list(((meta.get("metadata") or {}).get(RESULT_KEY) or {}).get("class_names") or [])
     if "class" in feats and hasattr(feats["class"], "cat"):
         declared += [str(c) for c in feats["class"].cat.categories]
-    boxes, frames, odd = [], [], 0
-    for s, t in zip(shapes, types):
-        yx = s[:, -2:]
-        boxes.append([yx[:, 0].min(), yx[:, 1].min(), yx[:, 0].max(), yx[:, 1].max()])
-        frames.append(int(round(float(s[0, 0]))) if s.shape[1] > 2 else 0)
-        aligned = len(np.unique(np.round(yx[:, 0], 6))) <= 2 and len(np.unique(np.round(yx[:, 1], 6))) <= 2
-        odd += t != "rectangle" or not aligned
+    boxes, frames, odd = _bounding_boxes(shapes, types)
     ds_warn = []
     if odd:
         msg = (f"{odd} shape(s) of layer '{meta.get('name')}' that are not axis-aligned rectangles "
                f"(ellipses, polygons, paths, lines, rotated rectangles) {NON_BOX_WARNING}")
         warnings.warn(msg, UserWarning, stacklevel=3)
         ds_warn.append(msg)
-    boxes = np.array(boxes, np.float64).reshape(-1, 4)
-    frames = np.array(frames, np.int64)
     stacked = any(np.shape(s)[1] > 2 for s in shapes) or int(meta.get("ndim") or 2) > 2
     out = []
     if listed and (stacked or len(listed) == 1):  # the reader's images: the leading axis is the image index

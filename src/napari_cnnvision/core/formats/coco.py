@@ -127,14 +127,15 @@ def _decode_segmentation(segm, h: int, w: int, where: str) -> np.ndarray | None:
     return m
 
 
-def read_coco(path, masks: bool = True) -> "AnnotationSet":
+def read_coco(path, masks: bool = True, source: str | None = None) -> "AnnotationSet":
     """A COCO JSON file (or dict) -> :class:`~.annotations.AnnotationSet`: per image its boxes, class
     names, scores (when every box has one), ``frame`` (when present) and, with ``masks`` and
     ``segmentation`` polygons / RLE present, an instance label image (label ``k + 1`` = box ``k``).
-    Category ids may be any integers; the classes keep their id order. Images without boxes are kept."""
+    Category ids may be any integers; the classes keep their id order. Images without boxes are kept.
+    ``source`` names a dict's file in messages."""
     from .annotations import AnnotationSet, ImageAnnotations, check_boxes, subset
 
-    where = "COCO dict" if isinstance(path, dict) else str(path)
+    where = source or ("COCO dict" if isinstance(path, dict) else str(path))
     d = load(path)
     cats = d.get("categories") or []
     try:
@@ -230,12 +231,12 @@ def to_dict(ds: "AnnotationSet", mask_format: str = "rle") -> dict:
         if a.size is None:
             raise AnnotationError(f"COCO needs the size of {a.image}: give the images (--images DIR)")
         images.append(image_entry(i, Path(a.image).name, a.size[0], a.size[1]))
-        xywh = boxes_to_xywh(a.boxes)
-        area = box_areas(a.boxes)
-        ids = ds.class_ids(a)
+        xywh = np.round(boxes_to_xywh(a.boxes), 6).tolist()
+        area = np.round(box_areas(a.boxes), 6).tolist()
+        ids = (ds.class_ids(a) + 1).tolist()
         for k in range(len(a)):
-            e = {"id": len(anns) + 1, "image_id": i, "category_id": int(ids[k]) + 1,
-                 "bbox": [round(float(v), 6) for v in xywh[k]], "area": round(float(area[k]), 6), "iscrowd": 0}
+            e = {"id": len(anns) + 1, "image_id": i, "category_id": ids[k], "bbox": xywh[k], "area": area[k],
+                 "iscrowd": 0}
             if a.labels is not None:
                 m = a.labels == k + 1
                 if m.any():
@@ -253,7 +254,7 @@ def write_coco(ds: "AnnotationSet", path, mask_format: str = "rle") -> Path:
     """Write ``ds`` as one COCO JSON file, atomically (UTF-8, class names as written)."""
     from ..io import atomic_write_text
 
-    return atomic_write_text(path, json.dumps(to_dict(ds, mask_format), ensure_ascii=False, indent=1))
+    return atomic_write_text(path, json.dumps(to_dict(ds, mask_format), ensure_ascii=False))  # no indent: C encoder
 
 
 __all__ = ["categories", "image_entry", "annotations_for", "build", "load", "per_image", "category_names",
