@@ -271,3 +271,16 @@ def test_detect_format_refuses_what_is_not_ours(tmp_path):
     for p in ("x.xml", "x.csv", "empty", "nope.json"):
         with pytest.raises(AnnotationError):
             detect_format(tmp_path / p)
+
+
+@pytest.mark.parametrize("fmt", ["coco", "yolo", "csv"])
+def test_scores_survive(tmp_path, fmt):
+    images = make_images(tmp_path / "images", [("smear 1.png", (48, 64), True), ("field_2.tif", (30, 50), False)])
+    ds = sample_set()
+    ds.images[0].scores = np.array([0.875, 0.125])
+    ds.images[1].scores = np.array([0.5, 0.25, 1.0])
+    write_annotations(ds, fmt, tmp_path / "o")
+    back = read_annotations(tmp_path / "o" if fmt == "yolo" else next((tmp_path / "o").glob("*.*")), images=images)
+    got = by_image(back)
+    np.testing.assert_allclose(got["smear 1.png"].scores, [0.875, 0.125], atol=1e-6)
+    np.testing.assert_allclose(got["field_2.tif"].scores, [0.5, 0.25, 1.0], atol=1e-6)
