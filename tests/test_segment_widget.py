@@ -1,4 +1,5 @@
 """The Segment widget end to end in napari with a small model in the user's model folder."""
+import json
 import os
 import shutil
 
@@ -8,6 +9,8 @@ from stardist_helpers import make_tiny_stardist
 
 from napari_cnnvision.layers.segmentation import RESULT_KEY
 from napari_cnnvision.widgets.segment import BROWSE as BROWSE_VALUE
+
+TINY_THRESHOLDS = {"prob": 0.62, "nms": 0.33}
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +24,8 @@ def widget(make_napari_viewer, tiny_src):
 
     user_models = os.path.join(os.environ["NAPARI_CNNVISION_DATA_DIR"], "models")
     shutil.copytree(tiny_src, os.path.join(user_models, "tiny-stardist"))
+    with open(os.path.join(user_models, "tiny-stardist", "thresholds.json"), "w") as f:
+        json.dump(TINY_THRESHOLDS, f)  # not the widget's defaults (0.5, 0.4)
     viewer = make_napari_viewer()
     viewer.open_sample("napari-cnnvision", "nuclei_2d")
     w = SegmentWidget(viewer)
@@ -38,7 +43,7 @@ def _run(w, qtbot):
 
 def test_segment_adds_labels_with_features_and_replaces_only_its_own(widget, qtbot):
     viewer, w = widget
-    assert w.prob.value == 0.5 and w.nms.value == 0.4  # read from the model's thresholds.json
+    assert (w.prob.value, w.nms.value) == (0.62, 0.33)  # read from the model's thresholds.json
     user_layer = viewer.add_labels(np.zeros(viewer.layers["nuclei_2d"].data.shape, np.uint8),
                                    name="nuclei_2d [tiny-stardist]")  # the user's own, same name
     user_layer.data[0:5, 0:5] = 1
@@ -64,7 +69,8 @@ def test_segment_bad_input_reports_and_stays_usable(widget, qtbot):
     viewer, w = widget
     viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="rgb", rgb=True)
     w.image.value = viewer.layers["rgb"]
-    _run(w, qtbot)
+    w.run()  # refused from the model's card, before any job
+    assert not w.runner.running
     assert "expects a single-channel" in w.status.value
     assert w.run_btn.enabled and not w.cancel_btn.enabled
     w.image.value = viewer.layers["nuclei_2d"]
@@ -95,6 +101,7 @@ def test_segment_current_frame_of_stack(widget, qtbot):
     viewer.add_image(np.stack([img] * 4), name="movie")
     viewer.dims.current_step = (2, 0, 0)
     w.image.value = viewer.layers["movie"]
+    w.axes.value = "TYX"  # a time-lapse, not a z-stack (the guess without axis labels)
     w.scope.value = "current frame"
     w.optimized.value = False
     w.prob.value = 0.2
@@ -154,8 +161,9 @@ def test_non_image_layer_cannot_be_segmented(make_napari_viewer):
 def test_current_frame_runs_accumulate_with_unique_labels(widget, qtbot):
     viewer, w = widget
     img = viewer.layers["nuclei_2d"].data[:128, :128]
-    viewer.add_image(np.stack([img, img[::-1], img[:, ::-1]]), name="movie")
+    viewer.add_image(np.stack([img, img[::-1], img[:, ::-1]]), name="movie", axis_labels=("t", "y", "x"))
     w.image.value = viewer.layers["movie"]
+    assert w.axes.value == "TYX"
     w.scope.value = "current frame"
     w.optimized.value = False
     w.prob.value = 0.2

@@ -114,3 +114,33 @@ def test_closing_the_widget_mid_job_cancels_it_quietly(make_napari_viewer, qtbot
     with pytest.raises(ProcessLookupError):  # the worker was killed, not left running for 30 s
         os.kill(pid, 0)
     assert w is not None
+
+
+LONG_WORDS = "the compute worker stopped unexpectedly while segmenting " * 36  # ~2,000 characters
+LONG_TOKEN = "/very/long/path/" + "x" * 2000  # no place to break at all
+
+
+def _canvas_width(viewer, qtbot):
+    qtbot.wait(150)  # let the layouts settle
+    return viewer.window._qt_viewer.canvas.native.width()
+
+
+@pytest.mark.parametrize("which", ["Segment", "Models"])
+def test_long_messages_wrap_and_the_dock_keeps_its_width(make_napari_viewer, qtbot, which):
+    from napari_cnnvision.widgets.models import ModelsWidget
+    from napari_cnnvision.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1200, 800)
+    w = (SegmentWidget if which == "Segment" else ModelsWidget)(viewer)
+    viewer.window.add_dock_widget(w, name=which)
+    canvas0, window0 = _canvas_width(viewer, qtbot), viewer.window._qt_window.width()
+    assert canvas0 > 300
+    for text in (LONG_WORDS, LONG_TOKEN):
+        w.report_error(RuntimeError(text))  # what a crash, a refusal or an offline download shows
+        assert abs(_canvas_width(viewer, qtbot) - canvas0) <= 4, text[:40]
+        assert viewer.window._qt_window.width() == window0
+        assert w.status.native.wordWrap()
+        w.status.value = text  # a plain status line too
+        assert abs(_canvas_width(viewer, qtbot) - canvas0) <= 4
+    assert w.status.native.height() > 3 * w.status.native.fontMetrics().height()  # wrapped onto several lines

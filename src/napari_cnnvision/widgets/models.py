@@ -1,29 +1,26 @@
 """The Models dock widget: what models exist, fetching pretrained ones, and the compute workers."""
 from __future__ import annotations
 
-from magicgui.widgets import ComboBox, Container, Label, PushButton, Table
+from magicgui.widgets import ComboBox, PushButton, Table
 
 from ..core.registry import ModelRegistry
-from ._compute import JobRunner, describe_error, pool_for
+from ._base import JobWidget, StatusLabel
 
 
-class ModelsWidget(Container):
+class ModelsWidget(JobWidget):
+    run_text = "Download"
+
     def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
-        super().__init__()
-        self.viewer = napari_viewer
-        self.registry = registry or ModelRegistry()
-        self.pool = pool_for(napari_viewer)
-        self.runner = JobRunner(self.pool, owner=self.native)
+        super().__init__(napari_viewer, registry)
+        self.pool = self.runner.pool
+        self.download_btn = self.run_btn
         self.table = Table(value=self._rows())
         self.pretrained = ComboBox(label="pretrained", choices=self._pretrained_choices)
-        self.download_btn = PushButton(text="Download")
-        self.status = Label(value="")
-        self.workers = Label(value="")
+        self.workers = StatusLabel()
         self.refresh_btn = PushButton(text="Refresh")
         self.restart_btn = PushButton(text="Restart compute workers")
-        self.extend([self.table, self.pretrained, self.download_btn, self.status, self.workers,
-                     self.refresh_btn, self.restart_btn])
-        self.download_btn.clicked.connect(self.download)
+        self.extend([self.table, self.pretrained, *self.controls(), self.workers, self.refresh_btn,
+                     self.restart_btn])
         self.refresh_btn.clicked.connect(self.refresh)
         self.restart_btn.clicked.connect(self.restart)
         self.refresh()
@@ -42,27 +39,21 @@ class ModelsWidget(Container):
     def _pretrained_choices(self, *_):
         return [c.name for c in self.registry.list() if c.source == "pretrained" and c.path is None]
 
+    def run(self, *_):
+        self.download()
+
     def download(self, *_):
         from ..backends.pretrained import download_job_name
 
         name = self.pretrained.value
         if not name or self.runner.running:
             return
-        self.download_btn.enabled = False
-        self.status.value = f"downloading {name} ..."
-        self.runner.start(download_job_name(name), {"name": name},
-                          on_done=lambda path: setattr(self.status, "value", f"{name}: cached in {path}"),
-                          on_error=self._error, on_finished=self._finished)
+        self.start_job(download_job_name(name), {"name": name}, message=f"downloading {name} ...",
+                       on_done=lambda path: self._downloaded(name, path), on_finished=self.refresh)
 
-    def _error(self, exc):
-        from napari.utils.notifications import show_error
-
-        self.status.value = describe_error(exc)
-        show_error(self.status.value)
-
-    def _finished(self):
-        self.download_btn.enabled = True
-        self.refresh()
+    def _downloaded(self, name, path):
+        self.progress.value = 100
+        self.report(f"{name}: cached in {path}")
 
     def refresh(self, *_):
         self.table.value = self._rows()

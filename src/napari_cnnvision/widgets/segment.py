@@ -1,211 +1,286 @@
-"""The Segment dock widget: image layer + model + thresholds -> Labels layer."""
+"""The Segment dock widget: image layer + model + thresholds -> Labels layer (+ outlines)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit,
-                              ProgressBar, PushButton, create_widget)
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, LineEdit, create_widget
 
 from ..core.axes import InputError
-from ..core.registry import ModelNotFound, ModelRegistry, read_card
-from ..layers.segmentation import RESULT_KEY, segmentation_layers
-from ._compute import JobRunner, describe_error, pool_for
+from ..core.registry import ModelCard, ModelRegistry
+from ..layers.common import RESULT_KEY
+from ..layers.segmentation import OUTLINE_STYLE, outline_layer, segmentation_layers
+from . import _axes
+from ._base import JobWidget, StatusLabel
+from ._model_picker import BROWSE, MODEL_ERRORS, ModelPicker
+from ._results import drop_result, find_result, put_result
 
-BROWSE = "(model folder below)"
+__all__ = ["SegmentWidget", "BROWSE"]
+KIND = "segmentation"
 
 
-class SegmentWidget(Container):
+@dataclass
+class JobContext:
+    """What a running job was started with (the widget's inputs may change meanwhile)."""
+
+    layer: object
+    card: ModelCard
+    frame: int | None = None
+    optimized: bool = True
+    outlines: bool = False
+
+
+class SegmentWidget(JobWidget):
+    run_text = "Segment"
+
     def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
-        super().__init__(labels=True)
-        self.viewer = napari_viewer
-        self.registry = registry or ModelRegistry()
-        self.runner = JobRunner(pool_for(napari_viewer), owner=self.native)
-
+        super().__init__(napari_viewer, registry, labels=True)
+        self._card: ModelCard | None = None
+        self._thresholds: dict = {}
+        self._pending = False  # a threshold changed while a job ran: re-check when it ends
+        self._quiet = False  # showing a model's settings: no automatic re-run
         self.image = create_widget(annotation="napari.layers.Image", label="image")
-        self.model = ComboBox(label="model", choices=self._model_choices)
-        self.model_dir = FileEdit(label="model folder", mode="d", visible=False)
+        self.picker = ModelPicker(self.registry, "segment")
+        self.model, self.model_dir = self.picker.model, self.picker.folder
+        self.axes = ComboBox(label="axes", choices=self._axes_choices, tooltip="how the layer's axes are read: time frames, "
+                                                                "z slices, or one image")
+        self.stitch = CheckBox(text="link objects across slices (3-D objects)", value=True)
+        self.axes_note = StatusLabel(label="")
         self.optimized = CheckBox(text="use the model's optimized thresholds", value=True)
         self.prob = FloatSpinBox(label="probability", min=0.0, max=1.0, step=0.05, value=0.5, enabled=False)
         self.nms = FloatSpinBox(label="overlap (NMS)", min=0.0, max=1.0, step=0.05, value=0.4, enabled=False)
-        self.pmin = FloatSpinBox(label="normalize low %", min=0.0, max=100.0, step=0.5, value=1.0)
-        self.pmax = FloatSpinBox(label="normalize high %", min=0.0, max=100.0, step=0.1, value=99.8)
+        self.model_norm = CheckBox(text="use the model's normalization", value=True)
+        self.pmin = FloatSpinBox(label="normalize low %", min=0.0, max=100.0, step=0.5, value=1.0, enabled=False)
+        self.pmax = FloatSpinBox(label="normalize high %", min=0.0, max=100.0, step=0.1, value=99.8,
+                                 enabled=False)
         self.tiles = LineEdit(label="tiles", value="auto", tooltip="'auto', 'none' or counts per axis: 2,2")
         self.scope = ComboBox(label="frames", choices=["whole stack", "current frame"], value="whole stack")
-        self.outlines = CheckBox(text="also add outlines (Shapes)", value=False)
+        self.outlines = CheckBox(text="also add outlines", value=False)
         self.tta = CheckBox(text="test-time augmentation (8x slower, a little more accurate)", value=False,
                             tooltip="average the network's output over the image's 8 flips and 90° turns")
-        self.run_btn = PushButton(text="Segment")
-        self.cancel_btn = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
-        self.status = Label(label="", value="")
-        self.extend([self.image, self.model, self.model_dir, self.optimized, self.prob, self.nms, self.pmin,
-                     self.pmax, self.tiles, self.scope, self.outlines, self.tta, self.run_btn, self.cancel_btn,
-                     self.progress, self.status])
+        self.extend([self.image, *self.picker.widgets, self.axes, self.stitch, self.axes_note, self.optimized,
+                     self.prob, self.nms, self.model_norm, self.pmin, self.pmax, self.tiles, self.scope,
+                     self.outlines, self.tta, *self.controls()])
 
-        self.model.changed.connect(self._on_model)
-        self.optimized.changed.connect(self._on_optimized)
-        self.run_btn.clicked.connect(self.run)
-        self.cancel_btn.clicked.connect(self.runner.cancel)
-        self.prob.changed.connect(self._on_threshold)
-        self.nms.changed.connect(self._on_threshold)
-        self._last_result_of = None  # (image layer, model) of the last result: threshold edits re-run it
         from qtpy.QtCore import QTimer
 
         self._debounce = QTimer(self.native)  # coalesces quick threshold edits into one re-run
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(250)
         self._debounce.timeout.connect(self.run)
+        self.picker.connect(self._on_model)
+        self.image.changed.connect(self._on_layer)
+        self.axes.changed.connect(self._on_axes)
+        self.stitch.changed.connect(self._on_axes)
+        self.optimized.changed.connect(self._on_optimized)
+        self.model_norm.changed.connect(self._on_norm)
+        self.prob.changed.connect(self._maybe_rerun)
+        self.nms.changed.connect(self._maybe_rerun)
         self._on_model()
 
-    # -- model choice ---------------------------------------------------------------
-    def _model_choices(self, *_):
-        cards = self.registry.list("segment")
-        return [(f"{c.name}  ({c.source})", c.name) for c in cards] + [("browse to a model folder...", BROWSE)]
+    # -- model choice -----------------------------------------------------------------------
+    def current_card(self) -> ModelCard:
+        return self.picker.card()
 
-    def current_card(self):
-        if self.model.value == BROWSE:
-            path = self.model_dir.value
-            if not path or str(path) in ("", "."):
-                raise InputError("choose a model folder")
-            return read_card(path, "path")
-        return self.registry.get(self.model.value)
+    @property
+    def _model_ndim(self) -> int:
+        return 3 if self._card is not None and "Z" in self._card.axes else 2
 
     def _on_model(self, *_):
-        self.model_dir.visible = self.model.value == BROWSE
+        from ..backends.dispatch import thresholds_for
+
         try:
-            backend = self.current_card().backend
-        except (InputError, ModelNotFound, ValueError):
-            backend = ""
+            card = self.picker.card()
+            thr = thresholds_for(card)  # a damaged folder raises here, before any job
+        except MODEL_ERRORS as exc:
+            card, thr, err = None, {}, str(exc)
+        else:
+            err = None
+        self._card, self._thresholds = card, thr or {}
+        self.block(err)
+        backend = card.backend if card is not None else ""
         uses_nms = backend != "unet"
         self.tta.enabled = backend != "stardist3d"  # flips/turns of 3D rays are not exact
         if not self.tta.enabled:
             self.tta.value = False
         self.nms.visible = uses_nms  # the U-Net's watershed has no overlap threshold
         self.prob.label = "probability" if uses_nms else "seed probability"
-        self._on_optimized()
+        self._quiet = True
+        try:
+            self._on_optimized()
+            self._on_norm()
+            self._on_layer()
+        finally:
+            self._quiet = False
 
     def _on_optimized(self, *_):
         manual = not self.optimized.value
         self.prob.enabled = self.nms.enabled = manual
         if not manual:
-            try:
-                from ..backends.dispatch import thresholds_for
+            self.prob.value = float(self._thresholds.get("prob") or 0.5)
+            self.nms.value = float(self._thresholds.get("nms") or 0.4)
+        self._maybe_rerun()
 
-                thr = thresholds_for(self.current_card())
-            except (InputError, ModelNotFound, ValueError):
-                thr = {}
-            self.prob.value = float(thr.get("prob") or 0.5)
-            self.nms.value = float(thr.get("nms") or 0.4)
+    def _on_norm(self, *_):
+        use = self.model_norm.value
+        self.pmin.enabled = self.pmax.enabled = not use
+        norm = self._card.normalization if self._card is not None else {}
+        if use and norm.get("type", "percentile") == "percentile":
+            self.pmin.value = float(norm.get("pmin", 1.0))
+            self.pmax.value = float(norm.get("pmax", 99.8))
+        self.model_norm.tooltip = f"the model's card: {norm}" if norm else None
 
-    def _on_threshold(self, *_):
-        """Re-run after a threshold edit when a result of this image and model is shown.
-
-        The worker caches the network's output, so only non-maximum suppression runs again."""
-        if self.optimized.value or self.runner.running or self._last_result_of is None:
-            return
+    # -- axes -------------------------------------------------------------------------------
+    def _layer_axes(self) -> tuple[list[str], str | None]:
+        """The axis orders the chosen layer can be read with for the chosen model, and the guess."""
         layer = self.image.value
-        if layer is None or self._last_result_of != (layer.name, self.model.value):
-            return
-        if self._own_result(layer.name, self._last_model_name) is None:
-            return
-        self._debounce.start()
+        if layer is None or self._card is None:
+            return [], None
+        shape = np.shape(layer.data[0] if layer.multiscale else layer.data)
+        args = (len(shape), bool(layer.rgb), self._model_ndim)
+        return _axes.axes_choices(*args), _axes.guess_layer_axes(*args, getattr(layer, "axis_labels", None),
+                                                                 layer.scale)
 
-    # -- running ----------------------------------------------------------------------
+    def _axes_choices(self, *_):
+        # a callable: napari's reset_choices (on every layer change) keeps them and the user's pick
+        return [(_axes.label(a), a) for a in self._layer_axes()[0]]
+
+    def _on_layer(self, *_):
+        """A new layer or model: offer its axis orders and pick the guess."""
+        choices, guess = self._layer_axes()
+        self.axes.reset_choices()
+        if guess is not None:
+            self.axes.value = guess
+        self.axes.enabled = len(choices) > 1
+        self._on_axes()
+
+    def _slice_wise(self) -> bool:
+        return self._model_ndim == 2 and "Z" in (self.axes.value or "")
+
+    def _on_axes(self, *_):
+        axes = self.axes.value or ""
+        slice_wise = self._slice_wise()
+        self.stitch.visible = slice_wise
+        note = ""
+        if slice_wise:
+            note = ("2-D model: the z-stack is segmented slice by slice; "
+                    + ("overlapping objects of neighbouring slices are linked into 3-D objects" if self.stitch.value
+                       else "each slice's objects are counted on their own"))
+        self.axes_note.value = note
+        self.axes_note.visible = bool(note)
+        self.scope.enabled = axes.startswith("T")
+
+    # -- re-runs after a threshold change ---------------------------------------------------------
+    def _result_is_current(self, layer) -> bool:
+        meta = layer.metadata.get(RESULT_KEY, {})
+        if self.optimized.value:
+            return meta.get("thresholds") == "model"
+        same = meta.get("prob_thresh") is not None and abs(meta["prob_thresh"] - self.prob.value) < 1e-6
+        if self.nms.visible and meta.get("nms_thresh") is not None:
+            same = same and abs(meta["nms_thresh"] - self.nms.value) < 1e-6
+        return meta.get("thresholds") == "user" and same
+
+    def _maybe_rerun(self, *_):
+        """Re-run when the shown result of this image and model was made with other thresholds.
+
+        The worker caches the network's output, so only the post-processing runs again. An edit
+        made while a job runs is applied when it ends."""
+        if self._quiet or self._card is None or self.image.value is None:
+            return
+        if self.runner.running:
+            self._pending = True
+            return
+        shown = find_result(self.viewer, KIND, self.image.value.name, self._card.name)
+        if shown is not None and not self._result_is_current(shown):
+            self._debounce.start()
+
+    def _after_job(self):
+        if self._pending:
+            self._pending = False
+            self._maybe_rerun()
+
+    # -- running ----------------------------------------------------------------------------
+    def _job_context(self, frame: int | None = None) -> JobContext:
+        if self.image.value is None:
+            raise InputError("select an Image layer to segment")
+        if self._card is None:
+            raise InputError(self._blocked or "choose a model")
+        return JobContext(self.image.value, self._card, frame, bool(self.optimized.value), bool(self.outlines.value))
+
     def _request(self):
+        """``(job, kwargs, context)`` of a run with the widget's current inputs."""
         from ..backends.dispatch import card_payload, job_for
         from ..cli.segment import parse_tiles
-        from ..core.axes import guess_axes
 
-        layer = self.image.value
-        if layer is None:
-            raise InputError("select an Image layer to segment")
-        card = self.current_card()
-        data = layer.data[0] if layer.multiscale else layer.data
-        data = np.asarray(data)
-        n_dim = 3 if card.backend.endswith("3d") else 2
-        axes = guess_axes(data.shape, n_dim, rgb=layer.rgb)
-        frame = None
+        ctx = self._job_context()
+        layer, card = ctx.layer, ctx.card
+        data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+        n_ch = data.shape[-1] if layer.rgb else 1
+        if n_ch != card.channels:  # from the card: no need to load the model to know
+            want = "a single-channel (grayscale)" if card.channels == 1 else f"a {card.channels}-channel (e.g. RGB)"
+            got = f"an RGB image ({n_ch} channels)" if n_ch > 1 else "a single-channel image"
+            raise InputError(f"model {card.name!r} expects {want} image but the layer {layer.name!r} is {got}; "
+                             "choose a matching model or convert the image")
+        axes = self.axes.value
+        if not axes:
+            raise InputError(f"model {card.name!r} is a {self._model_ndim}-D model; the layer {layer.name!r} has "
+                             f"{data.ndim - (1 if layer.rgb else 0)} spatial/frame axes, which it cannot read")
+        full = axes + ("C" if layer.rgb else "")
         if axes.startswith("T") and self.scope.value == "current frame":
-            frame = int(self.viewer.dims.current_step[0])
-            data, axes = data[frame], axes[1:]
-        kwargs = dict(image=data, model=card_payload(card), axes=axes, pmin=self.pmin.value, pmax=self.pmax.value,
-                      n_tiles=parse_tiles(self.tiles.value), return_polygons=self.outlines.value,
+            ctx.frame = int(self.viewer.dims.current_step[0])
+            data, full = data[ctx.frame], full[1:]
+        kwargs = dict(image=data, model=card_payload(card), axes=full, n_tiles=parse_tiles(self.tiles.value),
                       tta=bool(self.tta.value))
-        if not self.optimized.value:
-            kwargs.update(prob_thresh=self.prob.value, nms_thresh=self.nms.value)
-        return job_for(card, task="segment"), kwargs, layer, frame
+        if self._slice_wise():
+            kwargs["stitch_z"] = bool(self.stitch.value)
+        if not self.model_norm.value:  # the user's choice; else the backend uses the card's
+            kwargs.update(pmin=self.pmin.value, pmax=self.pmax.value)
+        if not ctx.optimized:
+            kwargs["prob_thresh"] = self.prob.value
+            if self.nms.visible:
+                kwargs["nms_thresh"] = self.nms.value
+        return job_for(card, task="segment"), kwargs, ctx
 
     def run(self, *_):
         self._debounce.stop()
         if self.runner.running:
             return
         try:
-            job, kwargs, layer, frame = self._request()
-        except (InputError, ModelNotFound, ValueError) as exc:
-            self._report_error(exc)
+            job, kwargs, ctx = self._request()
+        except MODEL_ERRORS as exc:
+            self.report_error(exc)
             return
-        self._set_busy(True, f"segmenting {layer.name} ...")
-        self.runner.start(job, kwargs, on_progress=self._on_progress,
-                          on_done=lambda res: self._on_done(res, layer, frame),
-                          on_error=self._report_error, on_finished=lambda: self._set_busy(False))
+        self._pending = False
+        self.start_job(job, kwargs, on_done=lambda res: self._on_done(res, ctx),
+                       message=f"segmenting {ctx.layer.name} ...", on_finished=self._after_job)
 
-    def _set_busy(self, busy: bool, message: str | None = None):
-        self.run_btn.enabled = not busy
-        self.cancel_btn.enabled = busy
-        if busy:
-            self.progress.value = 0
-        if message is not None:
-            self.status.value = message
-
-    def _on_progress(self, ev):
-        if ev.fraction is not None:
-            self.progress.value = int(round(100 * ev.fraction))
-        if ev.message:
-            self.status.value = ev.message
-
-    def _report_error(self, exc):
-        from napari.utils.notifications import show_error, show_info
-
-        msg = describe_error(exc)
-        self.status.value = msg
-        (show_info if msg == "Cancelled." else show_error)(msg)
-
-    def _on_done(self, result, layer, frame):
+    def _on_done(self, result, ctx: JobContext):
         from napari.utils.notifications import show_warning
 
         self.progress.value = 100
         for w in result.warnings:
             show_warning(w)
-        out = segmentation_layers(result, layer.name, scale=layer.scale, translate=layer.translate)
-        labels_data, kw, _ = out[0]
-        existing = self._own_result(layer.name, result.model)
+        layer, frame = ctx.layer, ctx.frame
+        (labels, kw, _), *_ = segmentation_layers(result, layer.name, scale=layer.scale, translate=layer.translate)
+        kw["metadata"][RESULT_KEY]["thresholds"] = "model" if ctx.optimized else "user"
+        existing = find_result(self.viewer, KIND, layer.name, result.model)
         if frame is not None:
-            labels_data, kw["features"] = _merge_frame(existing, labels_data, kw["features"], frame,
-                                                       layer.data.shape[0])
-            kw["scale"], kw["translate"] = tuple(layer.scale)[:labels_data.ndim], tuple(layer.translate)[:labels_data.ndim]
-        if existing is not None:
-            existing.data = labels_data
-            existing.features = kw["features"]
-            existing.metadata = kw["metadata"]
-            target = existing
+            labels, kw["features"] = _merge_frame(existing, labels, kw["features"], frame, layer.data.shape[0])
+            kw["scale"], kw["translate"] = tuple(layer.scale)[:labels.ndim], tuple(layer.translate)[:labels.ndim]
+        target = put_result(self.viewer, labels, kw, "labels", existing)
+        n_total = len(target.features)
+        if ctx.outlines and n_total:
+            data, okw, kind = outline_layer(target.data, target.name, kw["metadata"], target.scale, target.translate)
+            old = find_result(self.viewer, KIND + "-outlines", layer.name, result.model)
+            put_result(self.viewer, data, okw, kind, old, attrs=OUTLINE_STYLE)
+        else:  # outlines off, or nothing to outline: no stale outlines
+            drop_result(self.viewer, KIND + "-outlines", layer.name, result.model)
+        took = f"{result.timings.get('total_s', 0):.1f} s"
+        if frame is not None:
+            self.report(f"{result.n_objects} objects in frame {frame}; {n_total} in the stack "
+                        f"({target.name}, {took})")
         else:
-            target = self.viewer.add_labels(labels_data, **kw)
-        for data, skw, kind in out[1:]:
-            old = [lyr for lyr in self.viewer.layers if lyr.name == skw["name"] and RESULT_KEY in lyr.metadata]
-            for lyr in old:
-                self.viewer.layers.remove(lyr)
-            self.viewer.add_shapes(data, **skw)
-        self._last_result_of = (layer.name, self.model.value)
-        self._last_model_name = result.model
-        n = result.n_objects
-        self.status.value = f"{n} objects in {target.name} ({result.timings.get('total_s', 0):.1f} s)"
-
-    def _own_result(self, image_name, model):
-        for lyr in self.viewer.layers:
-            meta = lyr.metadata.get(RESULT_KEY) if hasattr(lyr, "metadata") else None
-            if (meta and meta.get("kind") == "segmentation" and meta.get("source") == image_name
-                    and meta.get("model") == model):
-                return lyr
-        return None
+            self.report(f"{result.n_objects} objects in {target.name} ({took})")
 
 
 def _merge_frame(existing, frame_labels, frame_features, frame: int, n_frames: int):

@@ -1,0 +1,142 @@
+"""What every job-running dock widget shares: a wrapping status line, a progress bar, Run / Cancel
+buttons with a busy state, one way to report errors, and the compute-worker runner.
+
+A task widget (Segment, Detect, Localize, Train) derives from :class:`JobWidget`, adds its own
+inputs above :meth:`JobWidget.controls` and calls :meth:`JobWidget.start_job`; the result comes
+back to its ``on_done`` on the GUI thread.
+"""
+from __future__ import annotations
+
+import re
+
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
+
+from ..core.axes import InputError
+from ..core.registry import CorruptModel, ModelNotFound, ModelRegistry
+from ._compute import JobRunner, describe_error, pool_for
+
+#: errors found in napari's process whose message is for the user as it is (no class name)
+_USER_ERRORS = (InputError, ModelNotFound, CorruptModel)
+_ZWSP = "\u200b"
+_LONG_TOKEN = re.compile(r"\S{40,}")
+
+
+def _breakable(text: str) -> str:
+    """Let Qt wrap long unbroken runs (paths, URLs) too: a zero-width space every 30 characters."""
+    return _LONG_TOKEN.sub(lambda m: _ZWSP.join(m.group(0)[i:i + 30] for i in range(0, len(m.group(0)), 30)),
+                           text)
+
+
+class StatusLabel(Label):
+    """A label for messages of any length: it wraps onto more lines instead of widening the dock.
+
+    Its width never grows the dock (the layout gives it the dock's width; the text wraps there);
+    the full message is also its tooltip.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("value", "")
+        super().__init__(**kwargs)
+        from qtpy.QtWidgets import QSizePolicy
+
+        q = self.native
+        q.setWordWrap(True)
+        policy = QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        policy.setHeightForWidth(True)
+        q.setSizePolicy(policy)
+        q.setMinimumWidth(0)
+        from qtpy.QtCore import Qt
+
+        q.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+    @property
+    def value(self) -> str:
+        return str(super().value).replace(_ZWSP, "")
+
+    @value.setter
+    def value(self, text) -> None:
+        text = "" if text is None else str(text)
+        Label.value.fset(self, _breakable(text))
+        self.native.setToolTip(text if len(text) > 80 else "")
+
+
+class JobWidget(Container):
+    """Base of the dock widgets that run compute jobs.
+
+    Subclasses build their inputs, then ``self.extend([... inputs ..., *self.controls()])``.
+    ``self.run`` (their own) is connected to the Run button.
+    """
+
+    run_text = "Run"
+
+    def __init__(self, napari_viewer, registry: ModelRegistry | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.viewer = napari_viewer
+        self.registry = registry or ModelRegistry()
+        self.runner = JobRunner(pool_for(napari_viewer), owner=self.native)
+        self.run_btn = PushButton(text=self.run_text)
+        self.cancel_btn = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
+        self.status = StatusLabel(label="")
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn.clicked.connect(self.cancel)
+        self._blocked: str | None = None  # why Run is off while idle (e.g. a damaged model folder)
+
+    def controls(self) -> list:
+        return [self.run_btn, self.cancel_btn, self.progress, self.status]
+
+    def run(self, *_):  # pragma: no cover - every subclass has its own
+        raise NotImplementedError
+
+    def cancel(self, *_):
+        self.runner.cancel()
+
+    # -- state ----------------------------------------------------------------------------
+    def block(self, reason: str | None):
+        """Keep Run disabled (with ``reason`` in the status) until called with ``None``."""
+        was = self._blocked
+        self._blocked = reason
+        if reason:
+            self.status.value = reason
+        elif was and self.status.value == was:
+            self.status.value = ""
+        self.run_btn.enabled = not self.runner.running and not reason
+
+    def set_busy(self, busy: bool, message: str | None = None):
+        self.run_btn.enabled = not busy and not self._blocked
+        self.cancel_btn.enabled = busy
+        if busy:
+            self.progress.value = 0
+        if message is not None:
+            self.status.value = message
+
+    def report(self, message: str):
+        self.status.value = message
+
+    def report_error(self, exc: BaseException):
+        """One line in the status (and a napari notification); the bar goes back to 0."""
+        from napari.utils.notifications import show_error, show_info
+
+        msg = str(exc) if isinstance(exc, _USER_ERRORS) else describe_error(exc)
+        self.progress.value = 0
+        self.status.value = msg
+        (show_info if msg == "Cancelled." else show_error)(msg)
+
+    # -- jobs -----------------------------------------------------------------------------
+    def start_job(self, job: str, kwargs: dict, on_done, message: str, on_finished=None):
+        """Run ``job`` in the compute worker; ``on_done(result)`` runs on the GUI thread."""
+        self.set_busy(True, message)
+
+        def finished():
+            self.set_busy(False)
+            if on_finished is not None:
+                on_finished()
+
+        return self.runner.start(job, kwargs, on_progress=self._on_progress, on_done=on_done,
+                                 on_error=self.report_error, on_finished=finished)
+
+    def _on_progress(self, ev):
+        if ev.fraction is not None:
+            self.progress.value = int(round(100 * ev.fraction))
+        if ev.message:
+            self.status.value = ev.message

@@ -1,0 +1,67 @@
+"""Choosing a model of one task: the registry's models, or a folder picked by the user.
+
+Shared by every task widget. A folder that is not a model, or a damaged one, is reported
+(:meth:`ModelPicker.check`), never treated as "no settings".
+"""
+from __future__ import annotations
+
+from magicgui.widgets import ComboBox, FileEdit
+
+from ..core.axes import InputError
+from ..core.registry import CorruptModel, ModelCard, ModelNotFound, ModelRegistry, read_card
+
+BROWSE = "(model folder below)"
+#: what choosing or reading a model may raise (each has a message for the user)
+MODEL_ERRORS = (InputError, ModelNotFound, CorruptModel, ValueError, OSError)
+
+
+class ModelPicker:
+    """A model combo box (``self.model``) plus a folder field (``self.folder``) shown for "browse"."""
+
+    def __init__(self, registry: ModelRegistry, task: str):
+        self.registry, self.task = registry, task
+        self.model = ComboBox(label="model", choices=self._choices)
+        self.folder = FileEdit(label="model folder", mode="d", visible=False)
+        self.model.changed.connect(self._toggle_folder)
+
+    @property
+    def widgets(self) -> list:
+        return [self.model, self.folder]
+
+    def connect(self, callback):
+        """Call ``callback()`` whenever the choice (or the chosen folder) changes."""
+        self.model.changed.connect(lambda *_: callback())
+        self.folder.changed.connect(lambda *_: callback())
+
+    def _choices(self, *_):
+        cards = self.registry.list(self.task)
+        return [(f"{c.name}  ({c.source})", c.name) for c in cards] + [("browse to a model folder...", BROWSE)]
+
+    def _toggle_folder(self, *_):
+        self.folder.visible = self.model.value == BROWSE
+
+    def card(self) -> ModelCard:
+        """The chosen model's card; raises one of :data:`MODEL_ERRORS` with a message."""
+        if self.model.value == BROWSE:
+            path = self.folder.value
+            if not path or str(path) in ("", "."):
+                raise InputError("choose a model folder")
+            card = read_card(path, "path")
+        else:
+            if self.model.value is None:
+                raise ModelNotFound(f"no {self.task} model is available")
+            card = self.registry.get(self.model.value)
+        if card.task != self.task:
+            raise InputError(f"model {card.name!r} is a {card.task} model, not a {self.task} model")
+        return card
+
+    def check(self, extra=None) -> tuple[ModelCard | None, str | None]:
+        """``(card, None)`` or ``(None, message)``; ``extra(card)`` may read more of the folder
+        (e.g. its thresholds) and raise as well."""
+        try:
+            card = self.card()
+            if extra is not None:
+                extra(card)
+            return card, None
+        except MODEL_ERRORS as exc:
+            return None, str(exc)
