@@ -135,12 +135,17 @@ def test_long_messages_wrap_and_the_dock_keeps_its_width(make_napari_viewer, qtb
     w = (SegmentWidget if which == "Segment" else ModelsWidget)(viewer)
     viewer.window.add_dock_widget(w, name=which)
     canvas0, window0 = _canvas_width(viewer, qtbot), viewer.window._qt_window.width()
+    height0 = viewer.window._qt_window.height()
     assert canvas0 > 300
     for text in (LONG_WORDS, LONG_TOKEN):
         w.report_error(RuntimeError(text))  # what a crash, a refusal or an offline download shows
         assert abs(_canvas_width(viewer, qtbot) - canvas0) <= 4, text[:40]
         assert viewer.window._qt_window.width() == window0
+        assert viewer.window._qt_window.height() == height0  # nor grows the window downwards
         assert w.status.native.wordWrap()
         w.status.value = text  # a plain status line too
         assert abs(_canvas_width(viewer, qtbot) - canvas0) <= 4
-    assert w.status.native.height() > 3 * w.status.native.fontMetrics().height()  # wrapped onto several lines
+    w.report_error(RuntimeError(LONG_WORDS))
+    qtbot.wait(150)
+    assert w.status.native.height() > 3 * w.status.native.fontMetrics().height()  # wrapped, not cut off
+    assert LONG_WORDS.strip() in w.status.value  # the full message stays available

@@ -27,37 +27,63 @@ def _breakable(text: str) -> str:
                            text)
 
 
+#: longer messages are cut in the dock (the full text is the tooltip and ``.value``)
+MAX_SHOWN = 300
+
+
 class StatusLabel(Label):
     """A label for messages of any length: it wraps onto more lines instead of widening the dock.
 
-    Its width never grows the dock (the layout gives it the dock's width; the text wraps there);
-    the full message is also its tooltip.
+    Its width never grows the dock (the layout gives it the dock's width and the text wraps there;
+    long paths and URLs wrap too); its height follows the wrapped text, so nothing is cut off.
+    Messages over :data:`MAX_SHOWN` characters are shortened in the dock; ``value`` and the
+    tooltip keep the full text.
     """
 
     def __init__(self, **kwargs):
         kwargs.setdefault("value", "")
+        self._full = ""
         super().__init__(**kwargs)
+        from qtpy.QtCore import QEvent, QObject, Qt
         from qtpy.QtWidgets import QSizePolicy
 
         q = self.native
         q.setWordWrap(True)
-        policy = QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        policy = QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         policy.setHeightForWidth(True)
         q.setSizePolicy(policy)
         q.setMinimumWidth(0)
-        from qtpy.QtCore import Qt
-
         q.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        class _FitHeight(QObject):  # the wrapped text's height at the width the dock gives
+            def eventFilter(self, obj, ev):
+                if ev.type() == QEvent.Type.Resize:
+                    _fit_height(obj)
+                return False
+
+        self._fit = _FitHeight(q)
+        q.installEventFilter(self._fit)
 
     @property
     def value(self) -> str:
-        return str(super().value).replace(_ZWSP, "")
+        return self._full
 
     @value.setter
     def value(self, text) -> None:
         text = "" if text is None else str(text)
-        Label.value.fset(self, _breakable(text))
+        self._full = text
+        shown = text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 1].rstrip() + "…"
+        Label.value.fset(self, _breakable(shown))
         self.native.setToolTip(text if len(text) > 80 else "")
+        _fit_height(self.native)
+
+
+def _fit_height(q) -> None:
+    h = q.heightForWidth(max(q.width(), 1)) if q.text() else 0
+    if h > 0 and h != q.minimumHeight():
+        q.setMinimumHeight(h)
+    elif not q.text():
+        q.setMinimumHeight(0)
 
 
 class JobWidget(Container):
