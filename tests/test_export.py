@@ -72,3 +72,14 @@ def test_split_names():
     assert split_names(2, 0.1).count("val") == 1  # at least one of each
     with pytest.raises(ValueError):
         split_names(3, 1.5)
+
+
+def test_a_stopped_export_keeps_the_old_folder(tmp_path):
+    from napari_cnnvision.core.progress import Cancelled, RecordingProgress
+
+    its, _ = items()
+    export_dataset(its[:1], tmp_path / "ds", "voc", CLASSES)
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with pytest.raises(Cancelled):
+        export_dataset(its, tmp_path / "ds", "voc", CLASSES, progress=RecordingProgress(stop_after=2))
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before

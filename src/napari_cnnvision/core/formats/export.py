@@ -89,9 +89,11 @@ def split_names(n: int, val_fraction: float, seed: int = 0) -> list[str]:
 
 
 def export_dataset(items: list[ExportItem], out_dir: str | Path, fmt: str, class_names=(),
-                   val_fraction: float = 0.0, seed: int = 0, note: str = "") -> dict:
+                   val_fraction: float = 0.0, seed: int = 0, note: str = "", progress=None) -> dict:
     """Write the dataset folder (see the module notes); returns ``{"images", "boxes", "splits": {split: n},
-    "counts": {class: n}, "path"}``."""
+    "counts": {class: n}, "path"}``. ``progress`` (a :class:`~napari_cnnvision.core.progress.Progress`)
+    hears of each image and may stop the export (the old folder then stays)."""
+    from ..progress import NULL_PROGRESS
     from PIL import Image
 
     from ..io import staged_dir
@@ -112,13 +114,17 @@ def export_dataset(items: list[ExportItem], out_dir: str | Path, fmt: str, class
     splits = split_names(len(planes), val_fraction, seed)
     ds_all = AnnotationSet([a for _, a in planes], list(class_names))
     out_dir = Path(out_dir)
+    progress = progress or NULL_PROGRESS
     with staged_dir(out_dir) as tmp:
-        for (img, a), s in zip(planes, splits):
+        for i, ((img, a), s) in enumerate(zip(planes, splits)):
+            progress.check()
+            progress(i / len(planes), f"image {i + 1} of {len(planes)}")
             sub = tmp / "images" / (s if fmt == "yolo" else "")
             sub.mkdir(parents=True, exist_ok=True)
             Image.fromarray(_as_png(img)).save(sub / a.image)
         groups = {s: AnnotationSet([a for (_, a), t in zip(planes, splits) if t == s], ds_all.class_names)
                   for s in dict.fromkeys(splits)}
+        progress.check()
         for s, ds in groups.items():
             suffix = f"_{s}" if s else ""
             if fmt == "yolo":
