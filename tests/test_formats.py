@@ -284,3 +284,11 @@ def test_scores_survive(tmp_path, fmt):
     got = by_image(back)
     np.testing.assert_allclose(got["smear 1.png"].scores, [0.875, 0.125], atol=1e-6)
     np.testing.assert_allclose(got["field_2.tif"].scores, [0.5, 0.25, 1.0], atol=1e-6)
+
+
+def test_whole_bccd_folder_reads_with_the_readme_counts(shared_data):
+    ds = read_annotations(shared_data / "bccd")  # a dataset folder: annotations/*.xml beside images/
+    assert len(ds) == 205 + 87  # train + val
+    assert ds.n_boxes == 2805 + 1138 - 2  # less the zero-area boxes of BloodImage_00338 and _00343
+    assert set(ds.class_names) == {"RBC", "WBC", "Platelets"}
+    assert sorted(w.split(":")[0] for w in ds.warnings) == ["BloodImage_00338.xml", "BloodImage_00343.xml"]

@@ -92,6 +92,12 @@ class ExportWidget(JobWidget):
                      self.out, self.note, *self.controls(), self.summary])
         self._stop = threading.Event()
         self._thread = None
+        self._latest = None  # the export thread's last progress event; the GUI timer shows it
+        from qtpy.QtCore import QTimer
+
+        self._timer = QTimer(self.native)
+        self._timer.setInterval(200)
+        self._timer.timeout.connect(self._show_progress)
         for event in (v.layers.events.inserted, v.layers.events.removed):
             event.connect(self._refresh)
         self._refresh()
@@ -130,8 +136,8 @@ class ExportWidget(JobWidget):
             self.report_error(exc)
             return
         self._stop.clear()
-        progress_events = []
-        progress = Progress(progress_events.append, self._stop.is_set)
+        self._latest = None
+        progress = Progress(lambda ev: setattr(self, "_latest", ev), self._stop.is_set)
         out, val, seed = self.out.value, float(self.val.value), int(self.seed.value)
         note = f"from layers: image {image.name}" + (f", boxes {shapes.name}" if shapes is not None else "") + (
             f", masks {labels.name}" if labels is not None else "")
@@ -146,8 +152,14 @@ class ExportWidget(JobWidget):
         w.errored.connect(self.report_error)
         w.finished.connect(self._finished)
         self._thread = w
-        self.set_busy(True, f"exporting {len(items)} image layer(s) to {out} ...")
+        self.set_busy(True, f"exporting to {out} ...")
+        self._timer.start()
         w.start()
+
+    def _show_progress(self):
+        ev = self._latest
+        if ev is not None and ev.fraction is not None:
+            self.progress.value = int(round(100 * ev.fraction))
 
     def _done(self, res: dict, notes: list[str]):
         self.progress.value = 100
@@ -157,6 +169,7 @@ class ExportWidget(JobWidget):
         self.summary.value = " ".join(notes)
 
     def _finished(self):
+        self._timer.stop()
         self._thread = None
         self.set_busy(False)
 
