@@ -292,3 +292,14 @@ def test_whole_bccd_folder_reads_with_the_readme_counts(shared_data):
     assert ds.n_boxes == 2805 + 1138 - 2  # less the zero-area boxes of BloodImage_00338 and _00343
     assert set(ds.class_names) == {"RBC", "WBC", "Platelets"}
     assert sorted(w.split(":")[0] for w in ds.warnings) == ["BloodImage_00338.xml", "BloodImage_00343.xml"]
+
+
+def test_yolo_flat_labels_find_images_in_sub_folders(tmp_path):
+    """labels/a.txt (as `convert --to yolo` writes) pairs with images/train/a.png: one entry, not two."""
+    make_images(tmp_path / "images" / "train", [("a.png", (10, 20), False), ("b.png", (10, 20), False)])
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.2\n")
+    (tmp_path / "classes.txt").write_text("x\n")
+    ds = yolo.read_yolo(tmp_path)
+    assert [(a.image, len(a)) for a in ds.images] == [(os.path.join("train", "a.png"), 1),
+                                                      (os.path.join("train", "b.png"), 0)]

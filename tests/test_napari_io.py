@@ -205,3 +205,18 @@ def test_stack_shapes_write_frames(tmp_path):
     with pytest.raises(ValueError, match="one image"):
         write_shapes_voc(str(tmp_path / "v.xml"), [(stack, {"name": "movie"}, "image"), (rects, meta, "shapes")])
     assert not (tmp_path / "v.xml").exists()
+
+
+def test_masks_folder_reader_gives_image_boxes_and_labels(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((12, 16), np.uint8)).save(tmp_path / "images" / "n1.png")
+    lab = np.zeros((12, 16), np.uint16)
+    lab[2:5, 3:7] = 9
+    lab[8:11, 10:15] = 4
+    tifffile.imwrite(tmp_path / "masks" / "n1.tif", lab)
+    layers = get_reader(str(tmp_path))(str(tmp_path))
+    assert [t for _, _, t in layers] == ["image", "shapes", "labels"]
+    boxes = sorted(tuple(d.min(0)) + tuple(d.max(0)) for d in layers[1][0])
+    assert boxes == [(2, 3, 5, 7), (8, 10, 11, 15)]
+    np.testing.assert_array_equal(layers[2][0] > 0, lab > 0)

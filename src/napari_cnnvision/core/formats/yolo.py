@@ -103,14 +103,17 @@ def read_yolo(folder: str | Path, images: str | Path | None = None) -> Annotatio
         for p in index.values():
             image_files.setdefault(p.relative_to(images_dir).with_suffix(""), p)
     warnings: list[str] = []
-    out = []
-    for key in sorted(set(label_files) | set(image_files), key=str):
-        lf, img = label_files.get(key), image_files.get(key)
-        if img is None:
-            img = find_image(index, key.name)
+    pairs, used = [], set()
+    for key, lf in label_files.items():  # the image at the same relative path, else one with the same stem
+        img = image_files.get(key) or find_image(index, key.name)
         if img is None:
             raise AnnotationError(f"{lf}: no image {key.name}.* in {images_dir} (YOLO boxes need the image's size; "
                                   "give the images folder: --images DIR)")
+        used.add(img)
+        pairs.append((img, lf))
+    pairs += [(img, None) for img in image_files.values() if img not in used]  # images without boxes
+    out = []
+    for img, lf in sorted(pairs, key=lambda p: str(p[0])):
         name = str(img.relative_to(images_dir)) if images_dir in img.parents else img.name
         ann = ImageAnnotations(name, None)
         fill_sizes(AnnotationSet([ann], names), img.parent, need=True)
