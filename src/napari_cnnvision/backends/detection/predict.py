@@ -36,7 +36,7 @@ from ...core.normalize import resolve_normalization
 from ...core.progress import NULL_PROGRESS, Progress
 from ...core.registry import CorruptModel, ModelCard, ModelNotFound, ModelRegistry
 from ...core.results import DetectionResult
-from ..common import image_key
+from ..common import image_key, model_job
 from ..frames import frame_indices, run_frames
 from . import tiling
 from .thresholds import DEFAULTS, read_thresholds
@@ -392,13 +392,7 @@ def detect(image, card, axes: str | None = None, score_thresh: float | None = No
                            warnings_, timings, used_norm, [i[0] for i in indices] if loop else None)
 
 
-def predict_job(progress, image, model, **kwargs):
-    """Worker job: ``model`` is a card payload (:func:`~..dispatch.card_payload`), a card, or a
-    registry name / folder path."""
-    from ..dispatch import card_from_payload
-
-    card = model if isinstance(model, str) else card_from_payload(model)
-    return detect(image, card, progress=progress, **kwargs)
+predict_job = model_job(detect)
 
 
 def clear_caches() -> None:
