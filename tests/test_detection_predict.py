@@ -412,3 +412,5 @@ def test_cli_refuses_an_out_that_would_overwrite_an_input(tmp_path, capsys):
     rc = main(["detect", str(victim), "--out", str(inp), "--model", str(folder), "--quiet"])
     assert rc == 2 and "would overwrite the input" in capsys.readouterr().err
     assert victim.read_text() == "precious"
+    rc = main(["detect", str(inp), "--out", str(tmp_path / "o"), "--model", "nuclei-unet", "--quiet"])
+    assert rc == 2 and "not a detect model" in capsys.readouterr().err and not (tmp_path / "o").exists()

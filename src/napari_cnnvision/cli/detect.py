@@ -102,6 +102,7 @@ def _previous(path: Path, class_names: list[str], overwrite: bool) -> dict:
 
 def run(args) -> int:
     from .. import api
+    from ..backends.dispatch import job_for
     from ..core.formats import boxtable, coco
     from ..core.images import expand_inputs, read_image
     from ..core.io import atomic_write_text
@@ -110,6 +111,7 @@ def run(args) -> int:
 
     registry = ModelRegistry()
     card = registry.get(args.model) if args.model else registry.default("detect")
+    job_for(card, task="detect")  # a model of another task is refused before the batch
     formats = tuple(dict.fromkeys(args.format or FORMATS))
     out = Path(args.out)
     files = expand_inputs(args.images)
