@@ -41,8 +41,20 @@ def toy_train(progress, epochs: int = 10, steps: int = 1, seconds: float = 0.0, 
             "weights": np.full(weights_size, done, np.float32)}
 
 
-def crash(progress, code: int = 3):
-    os._exit(code)
+class _ExitWhenPickled:
+    def __init__(self, code: int):
+        self.code = code
+
+    def __reduce__(self):
+        os._exit(self.code)
+
+
+def crash(progress, code: int = 3, while_sending: bool = False):
+    """End the process with exit status ``code``: at once, or while sending a result whose first
+    array already went to shared memory."""
+    if not while_sending:
+        os._exit(code)
+    return {"image": np.ones((256, 256), np.float32), "crash": _ExitWhenPickled(code)}
 
 
 def _error_class(kind: str):

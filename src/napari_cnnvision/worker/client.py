@@ -158,11 +158,12 @@ class ComputeWorker:
                 raise ComputeError(f"could not hand the data to the compute worker: not enough shared memory "
                                    f"({exc}); free memory or process a smaller image") from exc
             job_id = next(self._ids)
+            prefix = transport.new_prefix()  # the names of the result's blocks
             state = {"over": False}
             try:
                 self._stop.clear()  # here, not in the worker: a Stop right after the start is kept
                 try:
-                    self._conn.send(("run", job_id, job, payload))
+                    self._conn.send(("run", job_id, job, payload, prefix))
                 except (OSError, BrokenPipeError) as exc:
                     state["over"] = True
                     self._discard()
@@ -174,6 +175,8 @@ class ComputeWorker:
                 raise
             finally:
                 transport.release(blocks, unlink=True)
+                if not self.alive:  # died (killed, crashed) maybe half-way through sending its result
+                    transport.unlink_prefixed(prefix)
         finally:
             self._lock.release()
 

@@ -29,12 +29,18 @@ def _exit_with_parent(interval: float = 1.0) -> None:
     """Exit when the process that started us is gone (napari killed or crashed).
 
     Without this an orphaned worker could keep computing, holding memory and CPU, until
-    its job ends. A daemon thread: it costs one ``getppid`` a second.
+    its job ends. A daemon thread: it costs one ``getppid`` a second. The parent's pid comes
+    from multiprocessing, not from ``getppid`` here: a parent killed while this process was
+    still starting would otherwise go unnoticed.
     """
+    import multiprocessing
     import threading
     import time
 
-    parent = os.getppid()
+    parent = multiprocessing.parent_process()
+    parent = parent.pid if parent is not None else os.getppid()
+    if os.getppid() != parent:
+        os._exit(0)
 
     def watch():
         while True:
@@ -45,12 +51,12 @@ def _exit_with_parent(interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="cnnvision-parent-watch", daemon=True).start()
 
 
-def _run(job: str, payload: bytes, stop_requested, emit, opened: list):
-    """Run one job; returns the reply to send and the names of the result's shared-memory blocks."""
+def _run(job: str, payload: bytes, prefix: str, stop_requested, emit, opened: list):
+    """Run one job; returns the pickled result and the names of its shared-memory blocks."""
     kwargs, blocks_in = transport.loads(payload, copy=False)
     opened.extend(blocks_in)
     result = resolve(job)(progress=Progress(emit, stop_requested), **kwargs)
-    data, blocks = transport.dumps(result)
+    data, blocks = transport.dumps(result, prefix)
     names = [b.name for b in blocks]
     transport.release(blocks)  # closed here; the client unlinks them once copied
     return data, names
@@ -59,7 +65,9 @@ def _run(job: str, payload: bytes, stop_requested, emit, opened: list):
 def main(conn, stop_event, framework: str) -> None:
     """Serve jobs from ``conn`` until it closes or a ``None`` message arrives.
 
-    Messages in: ``("run", job_id, job_name, payload_bytes)``.
+    Messages in: ``("run", job_id, job_name, payload_bytes, result_prefix)``; the result's
+    blocks are named ``result_prefix + "0"``, ... (the client removes them by that name if
+    this process dies before it could say which it made).
     Messages out: ``("event", job_id, fraction, message, metrics)``,
     ``("done", job_id, result_bytes, shm_names)``,
     ``("error", job_id, type_name, message, traceback, base_names)``.
@@ -84,14 +92,14 @@ def main(conn, stop_event, framework: str) -> None:
             sent = []
             if msg is None:
                 break
-            _, job_id, job, payload = msg
+            _, job_id, job, payload, prefix = msg
 
             def emit(ev, job_id=job_id):
                 conn.send(("event", job_id, ev.fraction, ev.message, ev.metrics))
 
             opened = []
             try:
-                data, sent = _run(job, payload, stop_event.is_set, emit, opened)
+                data, sent = _run(job, payload, prefix, stop_event.is_set, emit, opened)
                 reply = ("done", job_id, data, sent)
             except BaseException as exc:  # report everything; the loop survives
                 bases = [c.__name__ for c in type(exc).__mro__]

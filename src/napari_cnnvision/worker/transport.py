@@ -7,7 +7,9 @@ dataclasses, small arrays) is pickled as usual.
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import secrets
 from multiprocessing import resource_tracker, shared_memory
 
 import numpy as np
@@ -31,15 +33,17 @@ def _attach(name: str) -> shared_memory.SharedMemory:
 
 
 class _Pickler(pickle.Pickler):
-    def __init__(self, file, blocks):
+    def __init__(self, file, blocks, prefix: str | None):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.blocks = blocks
+        self.prefix = prefix
 
     def persistent_id(self, obj):
         if type(obj) is np.ndarray and obj.nbytes >= SHM_THRESHOLD and not obj.dtype.hasobject:
-            shm = shared_memory.SharedMemory(create=True, size=obj.nbytes)
+            name = None if self.prefix is None else f"{self.prefix}{len(self.blocks)}"
+            shm = shared_memory.SharedMemory(name=name, create=True, size=obj.nbytes)
+            self.blocks.append(shm)  # before the copy: an interrupted copy leaves nothing behind
             np.ndarray(obj.shape, obj.dtype, buffer=shm.buf)[...] = obj
-            self.blocks.append(shm)
             return ("shm", shm.name, obj.shape, obj.dtype.str)
         return None
 
@@ -67,12 +71,22 @@ class _Unpickler(pickle.Unpickler):
         return arr
 
 
-def dumps(obj) -> tuple[bytes, list[shared_memory.SharedMemory]]:
-    """Pickle ``obj``; returns the bytes and the shared-memory blocks created (caller owns them)."""
+def new_prefix() -> str:
+    """A fresh name prefix for the blocks of one message (see :func:`dumps`)."""
+    return f"psm_{secrets.token_hex(6)}r"
+
+
+def dumps(obj, prefix: str | None = None) -> tuple[bytes, list[shared_memory.SharedMemory]]:
+    """Pickle ``obj``; returns the bytes and the shared-memory blocks created (caller owns them).
+
+    With ``prefix`` the blocks are named ``prefix + "0"``, ``prefix + "1"``, ... in order, so
+    that the receiver can remove them by name even when the sender died before it said which
+    (see :func:`unlink_prefixed`).
+    """
     blocks: list[shared_memory.SharedMemory] = []
     buf = io.BytesIO()
     try:
-        _Pickler(buf, blocks).dump(obj)
+        _Pickler(buf, blocks, prefix).dump(obj)
     except BaseException:
         release(blocks, unlink=True)
         raise
@@ -92,6 +106,23 @@ def loads(data: bytes, copy: bool = True, unlink: bool = False):
     return obj, opened
 
 
+def _unlink_name(name: str) -> bool:
+    """Remove block ``name`` (also one its creator died in the middle of making); False if none.
+
+    On Windows a block goes when its last handle closes: there is nothing to remove.
+    """
+    if os.name == "nt":  # pragma: no cover
+        return False
+    from _posixshmem import shm_unlink
+
+    try:
+        shm_unlink("/" + name)
+    except FileNotFoundError:
+        return False
+    resource_tracker.unregister("/" + name, "shared_memory")  # its creator registered it
+    return True
+
+
 def unlink(names) -> None:
     """Remove the blocks called ``names`` (those already gone are skipped).
 
@@ -99,16 +130,14 @@ def unlink(names) -> None:
     copied a result or given up on it, the worker for results its client never took.
     """
     for name in names or ():
-        try:
-            shm = _attach(name)
-        except FileNotFoundError:
-            continue
-        try:
-            shm.unlink()
-        except FileNotFoundError:
-            pass
-        finally:
-            shm.close()
+        _unlink_name(name)
+
+
+def unlink_prefixed(prefix: str) -> None:
+    """Remove the blocks :func:`dumps` made with ``prefix`` (up to the first one missing)."""
+    i = 0
+    while _unlink_name(f"{prefix}{i}"):
+        i += 1
 
 
 def release(blocks, unlink: bool = False) -> list:
