@@ -317,3 +317,18 @@ def test_training_and_inference_get_separate_workers(pool):
     assert box["res"]["epochs"] == 20
     assert pool.workers["none-train"] is pool.worker_for("toy.train")
     assert pool.workers["none"] is pool.worker_for("sleep")
+
+
+def test_cancel_of_a_queued_job_spares_the_running_one(pool):
+    """Two widgets' inference shares a worker: Cancel of the job waiting for it drops that job only."""
+    box = {}
+    t = threading.Thread(target=lambda: box.update(res=pool.run("sleep", {"seconds": 2.0, "steps": 20})))
+    t.start()
+    assert _wait_for(lambda: pool.worker_for("sleep").alive)
+    pid = pool.worker_for("sleep").pid
+    kill = threading.Event()
+    threading.Timer(0.3, kill.set).start()
+    with pytest.raises(Cancelled, match="before it started"):
+        pool.run("echo", {}, should_kill=kill.is_set)
+    t.join(30)
+    assert box["res"]["pid"] == pid and pool.worker_for("sleep").pid == pid
