@@ -220,3 +220,21 @@ def test_masks_folder_reader_gives_image_boxes_and_labels(tmp_path):
     boxes = sorted(tuple(d.min(0)) + tuple(d.max(0)) for d in layers[1][0])
     assert boxes == [(2, 3, 5, 7), (8, 10, 11, 15)]
     np.testing.assert_array_equal(layers[2][0] > 0, lab > 0)
+
+
+def test_coco_with_frames_opens_as_a_stack_and_writes_back(tmp_path):
+    from napari_cnnvision.io_napari import write_shapes_coco
+
+    d = {"images": [{"id": 1, "file_name": "movie.tif", "height": 20, "width": 30}],
+         "categories": [{"id": 1, "name": "cell"}],
+         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "frame": 0},
+                         {"id": 2, "image_id": 1, "category_id": 1, "bbox": [5, 6, 7, 8], "frame": 4}]}
+    p = tmp_path / "det.json"
+    p.write_text(json.dumps(d))
+    (data, kw, _), = get_reader(str(p))(str(p))
+    assert kw["ndim"] == 3 and [s[0, 0] for s in data] == [0, 4]
+    out = tmp_path / "back.json"
+    write_shapes_coco(str(out), [(data, {**kw, "shape_type": ["rectangle"] * 2}, "shapes")])
+    a, = coco.read_coco(out).images
+    assert a.frame.tolist() == [0, 4] and a.size == (20, 30)
+    np.testing.assert_allclose(a.boxes, [[2, 1, 6, 4], [6, 5, 14, 12]])

@@ -61,10 +61,11 @@ def annotation_layers(ds: AnnotationSet, images: dict | None = None, name: str =
 
     images = images or {}
     multi = len(ds.images) > 1
+    framed = not multi and bool(ds.images) and ds.images[0].frame is not None  # one stack (e.g. `detect` output)
     feats = {"class": [], "score": [], "image": []}
     corners: list[np.ndarray] = []
     for i, a in enumerate(ds.images):
-        corners.extend(_corners(a.boxes, np.full(len(a), i) if multi else None))
+        corners.extend(_corners(a.boxes, np.full(len(a), i) if multi else (a.frame if framed else None)))
         feats["class"].extend(a.classes)
         feats["score"].extend(a.scores if a.scores is not None else [np.nan] * len(a))
         feats["image"].extend([a.image] * len(a))
@@ -76,7 +77,7 @@ def annotation_layers(ds: AnnotationSet, images: dict | None = None, name: str =
     meta = result_meta(KIND, "", ds.source, class_names=list(ds.class_names),
                        images=[{"name": a.image, "size": list(a.size) if a.size else None} for a in ds.images])
     text = {"string": "{class}", "size": 10, "color": "white", "anchor": "upper_left"}
-    ndim = 3 if multi else 2
+    ndim = 3 if multi or framed else 2
     out = []
     paths = [images.get(a.image) for a in ds.images]
     if paths and all(p is not None for p in paths):
@@ -178,13 +179,16 @@ def shapes_to_annotations(data, meta: dict, image: tuple | None = None) -> Annot
         ds_warn.append(msg)
     stacked = any(np.shape(s)[1] > 2 for s in shapes) or int(meta.get("ndim") or 2) > 2
     out = []
-    if listed and (stacked or len(listed) == 1):  # the reader's images: the leading axis is the image index
+    if listed and len(listed) > 1 and stacked:  # the reader's images: the leading axis is the image index
         for i, entry in enumerate(listed):
-            sel = frames == i if stacked else np.ones(len(boxes), bool)
+            sel = frames == i
             out.append(ImageAnnotations(entry["name"], tuple(entry["size"]) if entry.get("size") else size,
                                         boxes[sel], [c for c, k in zip(classes, sel) if k],
                                         None if scores is None else scores[sel]))
     else:
+        if listed and len(listed) == 1:  # one image read by the reader (a stack when the layer has frames)
+            name = listed[0]["name"]
+            size = tuple(listed[0]["size"]) if listed[0].get("size") else size
         out.append(ImageAnnotations(name, size, boxes, classes, scores, frames if stacked else None))
     return AnnotationSet(out, declared, ds_warn, meta.get("name") or "")
 
