@@ -172,30 +172,6 @@ def test_corrupt_and_missing_model_folders(tf_pool, tiny, tmp_path):
         read_card(bad)
 
 
-def test_pretrained_offline_is_a_clear_error(tf_pool):
-    """StarDist's own download-and-cache code runs; with no network it becomes a clear message."""
-    from napari_cnnvision.backends.dispatch import card_payload
-    from napari_cnnvision.core.registry import ModelRegistry
-
-    card = ModelRegistry().get("2D_versatile_fluo")
-    assert card.source == "pretrained" and card.path is None
-    with pytest.raises(JobError, match="not in the local cache and could not be downloaded") as ei:
-        tf_pool.run("stardist.predict", {"image": _blobs(), "model": card_payload(card)})
-    assert ei.value.kind == "ModelUnavailable"
-    with pytest.raises(JobError, match="could not be downloaded"):
-        tf_pool.run("stardist.download", {"name": "2D_versatile_fluo"})
-
-
-def test_torchvision_coco_weights_offline_is_a_clear_error(pool):
-    from napari_cnnvision.backends.pretrained import download_job_name
-
-    job = download_job_name("fasterrcnn_resnet50_fpn_coco")
-    assert job == "torchvision.download"
-    with pytest.raises(JobError, match="could not be downloaded") as ei:
-        pool.run(job, {"name": "fasterrcnn_resnet50_fpn_coco"})
-    assert ei.value.kind == "ModelUnavailable"
-
-
 def test_polygons_for_2d(tf_pool, tiny):
     res = tf_pool.run("stardist.predict", {"image": _blobs((256, 256), n=10), "model": card_dict(tiny),
                                            "prob_thresh": 0.2, "return_polygons": True})
