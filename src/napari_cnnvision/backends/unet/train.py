@@ -33,7 +33,8 @@ EVAL_IOUS = (0.5, 0.6, 0.7, 0.8, 0.9)
 @dataclass
 class UNetTrainSettings(EpochTrainSettings):
     """Settings of :func:`train_unet` (``depth``, ``base_filters``, ``upsampling``, ``batch_norm``:
-    the network's, unless it is fine-tuned from a model folder)."""
+    the network's, unless it is fine-tuned from a model folder). ``augment.zoom`` (off by default)
+    zooms the 3-class target by nearest neighbour, so the boundary width scales with the zoom."""
 
     epochs: int = 50
     steps_per_epoch: int = 100
