@@ -54,7 +54,7 @@ def test_coco_polygon_gives_a_labels_layer(tmp_path):
     np.testing.assert_array_equal(lab, want)
 
 
-def test_yolo_folder_reader(tmp_path):
+def make_yolo(tmp_path):
     (tmp_path / "images").mkdir()
     for name in ("a.png", "b.png"):
         Image.fromarray(np.zeros((20, 40), np.uint8)).save(tmp_path / "images" / name)
@@ -62,6 +62,10 @@ def test_yolo_folder_reader(tmp_path):
     (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n1 0.25 0.25 0.1 0.1\n")
     (tmp_path / "labels" / "b.txt").write_text("1 0.5 0.5 1 1\n")
     (tmp_path / "classes.txt").write_text("cell\nwhite cell é\n", encoding="utf-8")
+
+
+def test_yolo_folder_reader(tmp_path):
+    make_yolo(tmp_path)
     layers = get_reader(str(tmp_path))(str(tmp_path))
     assert [t for _, _, t in layers] == ["image", "shapes"]
     assert layers[0][0].shape == (2, 20, 40)  # two images: one stack, the image index first
@@ -238,3 +242,12 @@ def test_coco_with_frames_opens_as_a_stack_and_writes_back(tmp_path):
     a, = coco.read_coco(out).images
     assert a.frame.tolist() == [0, 4] and a.size == (20, 30)
     np.testing.assert_allclose(a.boxes, [[2, 1, 6, 4], [6, 5, 14, 12]])
+
+
+def test_napari_opens_a_yolo_folder(make_napari_viewer, tmp_path):
+    make_yolo(tmp_path)
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path), plugin=PLUGIN)
+    img, shapes = viewer.layers
+    assert img.data.shape == (2, 20, 40) and shapes.nshapes == 3 and shapes.ndim == 3
+    assert list(shapes.features["class"]) == ["cell", "white cell é", "white cell é"]
