@@ -303,3 +303,12 @@ def test_yolo_flat_labels_find_images_in_sub_folders(tmp_path):
     ds = yolo.read_yolo(tmp_path)
     assert [(a.image, len(a)) for a in ds.images] == [(os.path.join("train", "a.png"), 1),
                                                       (os.path.join("train", "b.png"), 0)]
+
+
+def test_point_order_helpers():
+    from napari_cnnvision.core.formats import points_from_xy, points_to_xy
+
+    xy = np.array([[10.0, 2.0], [3.5, 7.0]])  # (x, y) = (column, row)
+    np.testing.assert_array_equal(points_from_xy(xy), [[2, 10], [7, 3.5]])  # napari's (row, column)
+    np.testing.assert_array_equal(points_to_xy(points_from_xy(xy)), xy)
+    assert points_from_xy([]).shape == (0, 2)
