@@ -28,6 +28,8 @@ THRESHOLDS: dict[str, str] = {
     "stardist2d": "napari_cnnvision.backends.stardist.predict:thresholds_of",
     "stardist3d": "napari_cnnvision.backends.stardist.predict:thresholds_of",
     "unet": "napari_cnnvision.backends.unet.io:thresholds_of",
+    "yolo": "napari_cnnvision.backends.detection.thresholds:thresholds_of",
+    "fasterrcnn": "napari_cnnvision.backends.detection.thresholds:thresholds_of",
 }
 
 
