@@ -52,3 +52,21 @@ def test_api_uses_the_card_normalization_and_passes_stitch_z(tmp_path):
     res = api.segment(vol, str(folder), pmin=2.0, pmax=98.0, isolated=False)
     assert res.normalization == {"type": "percentile", "pmin": 2.0, "pmax": 98.0, "source": "caller"}
     assert "frame" in res.table and not any("slice by slice" in w for w in res.warnings)  # guessed: T
+
+
+def test_annotations_through_the_api(tmp_path):
+    """The Python API reads and writes annotation formats with the same code as the CLI and napari."""
+    import numpy as np
+    import tifffile
+
+    from napari_cnnvision import api
+    from napari_cnnvision.core.formats.annotations import AnnotationSet, ImageAnnotations
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((40, 50), np.uint8))
+    ds = AnnotationSet([ImageAnnotations("a.tif", (40, 50), np.array([[1.0, 2.0, 11.0, 22.0]]), ["white cell é"])],
+                       ["white cell é"])
+    written = api.write_annotations(ds, "coco", tmp_path / "coco")
+    assert written and all(p.exists() for p in written)
+    back = api.read_annotations(tmp_path / "coco" / "annotations.json", images=tmp_path)
+    np.testing.assert_allclose(back.images[0].boxes, [[1, 2, 11, 22]])
+    assert back.images[0].classes == ["white cell é"]

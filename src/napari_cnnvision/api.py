@@ -132,3 +132,29 @@ def detect(image, model: str | ModelCard | None = None, *, axes: str | None = No
     return run_model(image, card, task="detect", axes=axes, score_thresh=score_thresh, nms_thresh=nms_thresh,
                      frames=frames, tile_size=tile_size, tile_overlap=tile_overlap, progress=progress,
                      pool=_worker_pool() if isolated else None)
+
+
+def read_annotations(src, images=None, masks: bool = True):
+    """Annotations from a COCO JSON file, a VOC XML file or folder, a YOLO folder, a boxes CSV or a
+    folder of label TIFFs beside images: an ``AnnotationSet`` (per image: boxes ``(y0, x0, y1, x1)``
+    in pixels, class names, optional scores and masks). ``images``: where the images are, when the
+    format needs their sizes."""
+    from .core.formats.annotations import read_annotations as _read
+
+    return _read(src, images=images, masks=masks)
+
+
+def write_annotations(annotations, fmt: str, out_dir, mask_format: str = "rle"):
+    """Write an ``AnnotationSet`` as ``fmt`` ("coco", "yolo", "voc", "csv" or "masks") into
+    ``out_dir`` (atomically, file by file); returns the paths written."""
+    from .core.formats.annotations import write_annotations as _write
+
+    return _write(annotations, fmt, out_dir, mask_format=mask_format)
+
+
+def export_dataset(items, out_dir, fmt: str, **kwargs):
+    """A training-ready dataset folder (images + annotations in ``fmt``, optional train/val split,
+    class list, MANIFEST.txt) from ``ExportItem``s (see :mod:`napari_cnnvision.core.formats.export`)."""
+    from .core.formats.export import export_dataset as _export
+
+    return _export(items, out_dir, fmt, **kwargs)
