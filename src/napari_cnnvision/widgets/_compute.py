@@ -159,7 +159,7 @@ class JobRunner:
 
 
 #: Errors of the user's input or environment: shown as their message alone, wherever raised.
-USER_ERRORS = frozenset({"InputError", "ModelNotFound", "CorruptModel", "ModelUnavailable"})
+USER_ERRORS = frozenset({"InputError", "ModelNotFound", "CorruptModel", "ModelUnavailable", "AnnotationError"})
 
 
 def describe_error(exc: BaseException) -> str:
