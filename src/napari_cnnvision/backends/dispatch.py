@@ -18,7 +18,7 @@ BACKEND_JOBS: dict[tuple[str, str], dict[str, str]] = {
     ("segment", "stardist2d"): {"predict": "stardist.predict", "train": "stardist.train"},
     ("segment", "stardist3d"): {"predict": "stardist.predict", "train": "stardist.train"},
     ("segment", "unet"): {"predict": "unet.predict", "train": "unet.train"},
-    ("detect", "yolo"): {"predict": "yolo.predict"},
+    ("detect", "yolo"): {"predict": "yolo.predict", "train": "yolo.train"},
     ("detect", "fasterrcnn"): {"predict": "fasterrcnn.predict"},
     ("localize", "localizer"): {"predict": "localizer.predict", "train": "localizer.train"},
 }

@@ -23,6 +23,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "unet.predict": ("torch", "napari_cnnvision.backends.unet.predict:predict_job"),
     "unet.train": ("torch", "napari_cnnvision.backends.unet.train:train_job"),
     "yolo.predict": ("torch", "napari_cnnvision.backends.detection.predict:predict_job"),
+    "yolo.train": ("torch", "napari_cnnvision.backends.training.jobs:detector_train_job"),
     "fasterrcnn.predict": ("torch", "napari_cnnvision.backends.detection.predict:predict_job"),
     "localizer.predict": ("torch", "napari_cnnvision.backends.localizer.predict:predict_job"),
     "localizer.train": ("torch", "napari_cnnvision.backends.localizer.train:train_job"),

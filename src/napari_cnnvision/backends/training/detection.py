@@ -1,0 +1,128 @@
+"""Image + boxes with class names (a Shapes layer of rectangles) -> the detector trainer's samples.
+
+Boxes are ``(y0, x0, y1, x1)`` pixels, one frame index each for a stack. Only the valid region of
+each frame -- the bounding box of its boxes, or the regions of a "fully annotated" mask -- is
+used, so unannotated objects elsewhere never become background. The class set is the user's
+(classes unknown to a base model are fine: its heads are rebuilt).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...core.axes import InputError
+from .regions import Region, split_regions
+
+PERCENTILES = (1.0, 99.8)
+
+
+@dataclass
+class DetectionSet:
+    train: list[dict]  # {"image": (H, W, 3) uint8 or float 0..1, "boxes": x0 y0 x1 y1, "labels": 1..K}
+    val: list[dict]
+    classes: list[str]
+    train_regions: list[Region]
+    val_regions: list[Region]
+    normalization: dict
+    dropped: int = 0  # boxes cut to slivers by the train/val cut
+    defaults: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        n = lambda ss: sum(len(s["boxes"]) for s in ss)  # noqa: E731
+        return (f"train: {len(self.train)} crop(s), {n(self.train)} boxes; val: {len(self.val)} crop(s), "
+                f"{n(self.val)} boxes; classes: {', '.join(self.classes)}")
+
+
+def _as_rgb(frame: np.ndarray) -> tuple[np.ndarray, dict]:
+    """(H, W, 3): uint8 as it is (scaled by 1/255 at inference), other types percentile-normalized."""
+    x = frame if frame.ndim == 3 else frame[..., None]
+    x = x[..., :3]
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x), {"type": "scale", "factor": 1 / 255}
+    lo, hi = np.percentile(x, PERCENTILES)
+    y = np.clip((x.astype(np.float32) - lo) / max(float(hi - lo), 1e-12), 0, 1)
+    return y.astype(np.float32), {"type": "percentile", "pmin": PERCENTILES[0], "pmax": PERCENTILES[1]}
+
+
+def _check(image, boxes, classes, frames):
+    image = np.asarray(image)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if len(classes) != len(boxes):
+        raise InputError(f"{len(boxes)} boxes but {len(classes)} class names")
+    if not len(boxes):
+        raise InputError("the box layer is empty: draw some rectangles first")
+    if any(c is None or str(c).strip() in ("", "nan", "None") for c in classes):
+        raise InputError("every box needs a class name (the Shapes layer's 'class' feature)")
+    stacked = frames is not None
+    spatial = image.shape[1:3] if stacked else image.shape[:2]
+    if image.ndim - (1 if stacked else 0) not in (2, 3):
+        raise InputError(f"the image must be YX, YXC (or a stack of them), got shape {image.shape}")
+    fr = np.zeros(len(boxes), np.int64) if not stacked else np.asarray(frames, np.int64).reshape(-1)
+    if stacked and (fr.min() < 0 or fr.max() >= image.shape[0]):
+        raise InputError(f"boxes lie in frames {sorted(set(fr.tolist()))}, the image has {image.shape[0]}")
+    h, w = spatial
+    if (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any():
+        raise InputError("some boxes have zero width or height")
+    if (boxes[:, :2] < -0.5).any() or (boxes[:, 2] > h + 0.5).any() or (boxes[:, 3] > w + 0.5).any():
+        raise InputError(f"some boxes lie outside the image ({w}x{h} pixels)")
+    return image if stacked else image[None], np.clip(boxes, 0, [h, w, h, w]), fr
+
+
+def detection_set(image, boxes, classes, frames=None, valid_regions: list[Region] | None = None,
+                  val_fraction: float = 0.2, seed: int = 0, min_keep: float = 0.5) -> DetectionSet:
+    """The detector's training and validation samples.
+
+    ``image``: YX / YXC, or a stack (TYX / TYXC) with ``frames`` (one frame index per box).
+    ``valid_regions`` (optional): the fully annotated regions; by default the bounding box of
+    each frame's boxes. A region cut for validation keeps boxes with at least ``min_keep`` of
+    their area on its side (clipped to it); the slivers are dropped and counted.
+    """
+    stack, b, fr = _check(image, boxes, classes, frames)
+    names = list(dict.fromkeys(str(c) for c in classes))
+    cls = np.array([names.index(str(c)) + 1 for c in classes], np.int64)
+    if valid_regions is None:
+        valid_regions = []
+        for t in sorted(set(fr.tolist())):
+            s = b[fr == t]
+            valid_regions.append(Region(t, int(np.floor(s[:, 0].min())), int(np.floor(s[:, 1].min())),
+                                        int(np.ceil(s[:, 2].max())), int(np.ceil(s[:, 3].max()))))
+    counts = [int(((fr == r.frame) & (b[:, 0] >= r.y0) & (b[:, 2] <= r.y1) & (b[:, 1] >= r.x0)
+                   & (b[:, 3] <= r.x1)).sum()) for r in valid_regions]
+    train_r, val_r = split_regions(valid_regions, counts, val_fraction, seed)
+    dropped = 0
+    norms = []
+
+    def samples(regs):
+        nonlocal dropped
+        out = []
+        for r in regs:
+            sel = fr == r.frame
+            bb, cc = b[sel], cls[sel]
+            clipped = np.stack([np.clip(bb[:, 0], r.y0, r.y1), np.clip(bb[:, 1], r.x0, r.x1),
+                                np.clip(bb[:, 2], r.y0, r.y1), np.clip(bb[:, 3], r.x0, r.x1)], 1)
+            area = (bb[:, 2] - bb[:, 0]) * (bb[:, 3] - bb[:, 1])
+            kept = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+            inside = kept > 0
+            keep = inside & (kept >= min_keep * area) & (clipped[:, 2] - clipped[:, 0] >= 1) \
+                & (clipped[:, 3] - clipped[:, 1] >= 1)
+            dropped += int((inside & ~keep).sum())
+            crop, norm = _as_rgb(stack[r.frame][r.slices])
+            norms.append(norm)
+            rel = clipped[keep] - [r.y0, r.x0, r.y0, r.x0]
+            out.append({"image": crop, "boxes": rel[:, [1, 0, 3, 2]].astype(np.float32), "labels": cc[keep]})
+        return out
+
+    tr, va = samples(train_r), samples(val_r)
+    if not sum(len(s["boxes"]) for s in tr):
+        raise InputError("no box lies in the training part; draw more boxes")
+    if not sum(len(s["boxes"]) for s in va):
+        raise InputError("no box lies in the validation part; draw more boxes (or in another frame)")
+    sizes = np.concatenate([np.sqrt((s["boxes"][:, 2] - s["boxes"][:, 0]) * (s["boxes"][:, 3] - s["boxes"][:, 1]))
+                            for s in tr])
+    n = int(len(b))
+    defaults = {"epochs": int(np.clip(round(1500 / max(n, 1)), 20, 150)), "batch_size": 4,
+                "object_size": float(np.median(sizes))}
+    return DetectionSet(tr, va, names, train_r, val_r, norms[0], dropped, defaults)
