@@ -1,0 +1,134 @@
+"""The Localize dock widget: the one object of an image, of each frame, or of each drawn region.
+
+Modes: the whole image (on a stack: the current frame, merged into the stack's result), each
+frame of a stack, or each region of a Shapes layer the user drew (rectangles; other shapes are
+used as their bounding boxes): one box per region, inside it. The result is a Shapes layer of
+rectangles and a Points layer of their centres with ``class``, ``score`` (the chosen class's
+probability) and ``p_<class>`` (every class's probability) in ``features`` (``region``: the index
+of the drawn shape; ``frame`` for stacks).
+"""
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox
+
+from ..core.axes import InputError
+from ..core.registry import ModelRegistry
+from ._boxes_widget import BoxesWidget, BoxJob, counts_text, job_image, layer_frames
+from ._results import result_meta_of
+
+__all__ = ["LocalizeWidget", "regions_of"]
+WHOLE, CURRENT, EACH, REGIONS = "whole image", "current frame", "each frame of the stack", "each region of a Shapes layer"
+NONE = "(no Shapes layer)"
+
+
+def regions_of(shapes, image, n_frames: int | None) -> tuple[list[list[float]], str]:
+    """``(regions, note)``: each shape of ``shapes`` as ``(y0, x0, y1, x1)`` in ``image``'s pixels
+    (led by its frame index when both are stacks); the note counts shapes that are not rectangles."""
+    if not len(shapes.data):
+        raise InputError(f"the Shapes layer {shapes.name!r} has no shapes: draw a rectangle around each object")
+    s_scale, s_shift = np.asarray(shapes.scale, float), np.asarray(shapes.translate, float)
+    i_scale, i_shift = np.asarray(image.scale, float), np.asarray(image.translate, float)
+    out = []
+    for v in shapes.data:
+        world = np.asarray(v, float) * s_scale + s_shift
+        yx = (world[:, -2:] - i_shift[-2:]) / i_scale[-2:]
+        box = [yx[:, 0].min(), yx[:, 1].min(), yx[:, 0].max(), yx[:, 1].max()]
+        if n_frames is not None and shapes.ndim >= 3:
+            box = [float(np.round((world[0, -3] - i_shift[-3]) / i_scale[-3]))] + box
+        out.append(box)
+    other = sum(t != "rectangle" for t in shapes.shape_type)
+    note = f"{other} shape(s) that are not rectangles were used as their bounding boxes." if other else ""
+    return out, note
+
+
+class LocalizeWidget(BoxesWidget):
+    run_text = "Localize"
+    task, kind, verb = "localize", "localization", "localizing the object in"
+
+    def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
+        super().__init__(napari_viewer, registry)
+        self.mode = ComboBox(label="mode", choices=self._mode_choices,
+                             tooltip="one box per image (the current frame of a stack), per frame of a stack, "
+                                     "or per rectangle drawn in a Shapes layer")
+        self.regions = ComboBox(label="regions", choices=self._region_choices, visible=False,
+                                tooltip="a Shapes layer with a rectangle drawn around each object")
+        self.tta = CheckBox(text="test-time augmentation (4 mirror flips, 4x slower)", value=False)
+        self.extend([self.image, *self.picker.widgets, self.note, self.mode, self.regions, self.tta, self.centres,
+                     *self.controls()])
+        self.mode.changed.connect(self._on_mode)
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self._refresh_regions)
+        self._on_model()
+
+    # -- inputs ----------------------------------------------------------------------------
+    def _stack(self) -> bool:
+        layer = self.image.value
+        try:
+            return layer is not None and layer_frames(layer) is not None
+        except InputError:
+            return False
+
+    def _mode_choices(self, *_):
+        return [CURRENT, EACH, REGIONS] if self._stack() else [WHOLE, REGIONS]
+
+    def _region_choices(self, *_):
+        names = [lyr.name for lyr in self.viewer.layers if lyr._type_string == "shapes"
+                 and result_meta_of(lyr).get("kind") != self.kind]  # not our own results
+        return names or [NONE]
+
+    def _refresh_regions(self, *_):
+        before = self.regions.value
+        self.regions.reset_choices()
+        choices = self._region_choices()
+        if before in (None, NONE) and choices != [NONE]:
+            self.regions.value = choices[-1]  # a newly drawn layer
+
+    def layer_changed(self, layer) -> None:
+        if not hasattr(self, "mode"):
+            return
+        before = self.mode.value
+        self.mode.reset_choices()
+        choices = self._mode_choices()
+        self.mode.value = before if before in choices else choices[0]
+        self._on_mode()
+
+    def _on_mode(self, *_):
+        self.regions.visible = self.mode.value == REGIONS
+
+    # -- running ---------------------------------------------------------------------------
+    def request(self, rerun: bool = False):
+        from ..backends.dispatch import card_payload, job_for
+
+        layer, card, n_frames = self.checked_input()
+        mode, extra, self._region_note = self.mode.value, {}, ""
+        frames = None
+        if mode == REGIONS:
+            name = self.regions.value
+            if name in (None, NONE) or name not in self.viewer.layers:
+                raise InputError("add a Shapes layer and draw a rectangle around each object, then choose it "
+                                 "as the regions")
+            regions, self._region_note = regions_of(self.viewer.layers[name], layer, n_frames)
+            extra["regions"] = regions
+            if n_frames is not None and all(len(r) == 5 for r in regions):
+                extra["frames"] = sorted({int(r[0]) for r in regions})
+            image, axes = job_image(layer, None)
+            kind = "regions"
+        else:
+            if n_frames is not None and mode != EACH:
+                frames = [min(self.current_frame(), n_frames - 1)]
+            image, axes = job_image(layer, frames)
+            kind = "image"
+        kwargs = dict(image=image, model=card_payload(card), axes=axes, tta=bool(self.tta.value), **extra)
+        return job_for(card, task="localize"), kwargs, BoxJob(layer, card, kind, frames)
+
+    def summary(self, this_run, shown, ctx: BoxJob, layers: dict) -> str:
+        if this_run.n_objects == 1:
+            text = f"{this_run.classes[0]} ({this_run.scores[0]:.2f})"
+        else:
+            text = counts_text(this_run, "regions" if ctx.mode == "regions" else "frames")
+        if ctx.frames is not None and len(ctx.frames) == 1:
+            text = f"frame {ctx.frames[0]}: {text}; {shown.n_objects} in the stack"
+        took = this_run.timings.get("total_s")
+        text += f" ({ctx.layer.name} [{shown.model}]" + (f", {took:.1f} s)" if took is not None else ")")
+        return text + (f" {self._region_note}" if getattr(self, "_region_note", "") else "")
