@@ -128,11 +128,19 @@ def test_adding_outlines_of_300_objects_is_quick_on_the_gui_thread(unet, qtbot):
     plain = add(False)
     with_outlines = add(True)
     assert len(_ours(viewer, "segmentation-outlines")) == 1
+    again = add(True)  # a re-run updates both layers in place
+    t0 = time.perf_counter()
+    viewer.add_labels(np.zeros_like(labels), name="any layer")
+    qtbot.wait(1)
+    any_layer = time.perf_counter() - t0
     print(f"GUI-thread time to show a {n}-object result: {1000 * plain:.0f} ms; with outlines added: "
-          f"{1000 * with_outlines:.0f} ms")
-    # Shapes polygons took 1.9-3.2 s here; a Labels contour layer on the same array ~0.1 s on a loaded
-    # 2-core machine. The bound is generous for a loaded test machine.
-    assert with_outlines - plain < 0.4
+          f"{1000 * with_outlines:.0f} ms; re-run with outlines: {1000 * again:.0f} ms "
+          f"(napari adding an empty Labels layer: {1000 * any_layer:.0f} ms)")
+    # Shapes polygons took 1.9-3.2 s here (their triangulation grows with the objects); the outlines
+    # are now a Labels layer drawn with `contour` on the same array: what they add is napari's fixed
+    # cost of adding any layer. Generous bounds: the machine may be loaded.
+    assert with_outlines - plain < max(0.4, 1.5 * any_layer)
+    assert again < 0.5
 
 
 # -- thresholds -------------------------------------------------------------------------
