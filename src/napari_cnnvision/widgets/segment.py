@@ -42,8 +42,8 @@ class SegmentWidget(JobWidget):
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.picker = ModelPicker(self.registry, "segment")
         self.model, self.model_dir = self.picker.model, self.picker.folder
-        self.axes = ComboBox(label="axes", choices=self._axes_choices, tooltip="how the layer's axes are read: time frames, "
-                                                                "z slices, or one image")
+        self.axes = ComboBox(label="axes", choices=self._axes_choices,
+                             tooltip="how the layer's axes are read: time frames, z slices, or one image")
         self.stitch = CheckBox(text="link objects across slices (3-D objects)", value=True)
         self.axes_note = StatusLabel(label="")
         self.optimized = CheckBox(text="use the model's optimized thresholds", value=True)
