@@ -75,20 +75,6 @@ def test_cancel_button_stops_job(make_napari_viewer, qtbot):
     assert len(errors) == 1 and isinstance(errors[0], Cancelled)
 
 
-def test_models_widget_download_offline_reports(make_napari_viewer, qtbot):
-    from napari_cnnvision.widgets.models import ModelsWidget
-
-    viewer = make_napari_viewer()
-    w = ModelsWidget(viewer)
-    names = [row[0] for row in w.table.value["data"]]
-    assert "2D_versatile_fluo" in names
-    w.pretrained.value = "2D_versatile_fluo"
-    w.download()
-    qtbot.waitUntil(lambda: w.download_btn.enabled, timeout=120000)
-    assert "could not be downloaded" in w.status.value
-    assert "tf: pid" in w.workers.value
-
-
 def test_closing_the_widget_mid_job_cancels_it_quietly(make_napari_viewer, qtbot):
     """Closing napari (or the dock widget) while a job runs: the job is cancelled and no
     callback touches the deleted Qt widgets."""
