@@ -43,6 +43,9 @@ def add_parser(sub):
     p.add_argument("--axes", default=None, help="axis order, e.g. YX, YXC, TYX (default: guessed)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from ..scaleout import add_cluster_arguments
+
+    add_cluster_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -100,12 +103,41 @@ def _previous(path: Path, class_names: list[str], overwrite: bool) -> dict:
     return per
 
 
+def coco_entry(name: str, res) -> dict:
+    """One image's entry of the batch's COCO file (see :func:`write_coco`)."""
+    h, w = res.image_shape
+    return {"image": {"file_name": name, "width": w, "height": h}, "boxes": res.boxes,
+            "class_ids": res.class_ids, "scores": res.scores, "frame": res.frame if res.has_frames else None}
+
+
+def write_coco(path: Path, entries: dict, class_names: list[str]) -> None:
+    """The COCO file of ``entries`` (file name -> :func:`coco_entry`), images sorted by name."""
+    from ..core.formats import coco
+    from ..core.io import atomic_write_text
+
+    names = sorted(entries)
+    images = [coco.image_entry(k + 1, n, entries[n]["image"]["height"], entries[n]["image"]["width"])
+              for k, n in enumerate(names)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(coco.build(images, class_names, [entries[n] for n in names])) + "\n")
+
+
 def run(args) -> int:
+    from ..scaleout import wants_cluster
+
+    if wants_cluster(args):  # a Dask cluster: one task per image, the same outputs
+        from ..scaleout import run_batch
+
+        s = run_batch("detect", args.images, args.out, args.model, workers=args.workers, scheduler=args.scheduler,
+                      overwrite=args.overwrite, formats=args.format, quiet=args.quiet,
+                      debug=getattr(args, "debug", False), axes=args.axes, score_thresh=args.score_thresh,
+                      nms_thresh=args.nms_thresh, tile_size=args.tile_size)
+        return 1 if s.failed else 0
+
     from .. import api
     from ..backends.dispatch import job_for
-    from ..core.formats import boxtable, coco
+    from ..core.formats import boxtable
     from ..core.images import expand_inputs, read_image
-    from ..core.io import atomic_write_text
     from ..core.registry import ModelRegistry
     from .progress import TerminalProgress
 
@@ -153,10 +185,7 @@ def run(args) -> int:
                 failed += 1
                 continue
             class_names = list(res.class_names)
-            h, w = res.image_shape
-            entries[f.name] = {"image": {"file_name": f.name, "width": w, "height": h}, "boxes": res.boxes,
-                               "class_ids": res.class_ids, "scores": res.scores,
-                               "frame": res.frame if res.has_frames else None}
+            entries[f.name] = coco_entry(f.name, res)
             for warning in res.warnings:
                 print(f"napari-cnnvision: {f.name}: warning: {warning}", file=sys.stderr)
             if not args.quiet:
@@ -165,12 +194,7 @@ def run(args) -> int:
             done += 1
     finally:  # also after Ctrl-C: what is done is kept
         if "coco" in formats and (done or previous):
-            keep = {**previous, **entries}
-            names = sorted(keep)
-            images = [coco.image_entry(k + 1, n, keep[n]["image"]["height"], keep[n]["image"]["width"])
-                      for k, n in enumerate(names)]
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(coco_path, json.dumps(coco.build(images, class_names, [keep[n] for n in names])) + "\n")
+            write_coco(coco_path, {**previous, **entries}, class_names)
     where = f" -> {out}" if done else ""
     print(f"detected {done}, skipped {skipped} (already done), failed {failed}; model {card.name}{where}")
     return 1 if failed else 0

@@ -29,6 +29,9 @@ def add_parser(sub):
     p.add_argument("--axes", default=None, help="axis order, e.g. YX, YXC, TYX (default: guessed)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average over the 4 mirror flips")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from ..scaleout import add_cluster_arguments
+
+    add_cluster_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -64,6 +67,15 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 
 def run(args) -> int:
+    from ..scaleout import wants_cluster
+
+    if wants_cluster(args):  # a Dask cluster: one task per image, the same table
+        from ..scaleout import run_batch
+
+        s = run_batch("localize", args.images, args.out, args.model, workers=args.workers, scheduler=args.scheduler,
+                      quiet=args.quiet, debug=getattr(args, "debug", False), axes=args.axes, tta=args.tta)
+        return 1 if s.failed else 0
+
     from .. import api
     from ..core.images import expand_inputs, read_image
     from ..core.registry import ModelRegistry

@@ -39,6 +39,9 @@ def add_parser(sub):
     p.add_argument("--axes", default=None, help="axis order, e.g. YX, YXC, ZYX, TYX (default: guessed)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from ..scaleout import add_cluster_arguments
+
+    add_cluster_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -94,7 +97,7 @@ class WriteFailed(Exception):
     """Writing one image's results failed (the message names the file and the reason)."""
 
 
-def _write(res, tif: Path, csv: Path) -> None:
+def write_outputs(res, tif: Path, csv: Path) -> None:
     """Both outputs, or (on an error) neither of the files this call began to write."""
     from ..core import io, tables
 
@@ -116,6 +119,18 @@ def _write(res, tif: Path, csv: Path) -> None:
 
 
 def run(args) -> int:
+    from ..scaleout import wants_cluster
+
+    if wants_cluster(args):  # a Dask cluster: one task per image, the same outputs
+        from ..scaleout import run_batch
+
+        norm = {k: getattr(args, k) for k in ("pmin", "pmax") if getattr(args, k) is not None}
+        s = run_batch("segment", args.images, args.out, args.model, workers=args.workers, scheduler=args.scheduler,
+                      overwrite=args.overwrite, quiet=args.quiet, debug=getattr(args, "debug", False),
+                      axes=args.axes, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
+                      n_tiles=parse_tiles(args.tiles), tta=args.tta, **norm)
+        return 1 if s.failed else 0
+
     from .. import api
     from ..core.images import expand_inputs, read_image
     from ..core.registry import ModelRegistry
@@ -146,7 +161,7 @@ def run(args) -> int:
                                   registry=registry, **norm)
             finally:
                 bar.close()
-            _write(res, tif, csv)
+            write_outputs(res, tif, csv)
         except Exception as exc:  # this image fails; the batch goes on
             if debug:
                 import traceback

@@ -1,0 +1,74 @@
+"""A ``dask.distributed`` client: on a new LocalCluster of N processes or an existing scheduler."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+#: frameworks that get a Dask worker resource of their own (the compute-worker rule, on a cluster)
+FRAMEWORKS = ("tf", "torch")
+
+
+def resources_for(framework: str) -> dict:
+    """The worker resources a task of ``framework`` asks for (``{}``: any worker)."""
+    return {framework: 1} if framework in FRAMEWORKS else {}
+
+
+@contextlib.contextmanager
+def connect(workers: int | None = None, scheduler: str | None = None, framework: str = "none",
+            stream=None):
+    """Yield a Client: on a LocalCluster of ``workers`` processes (1 Dask thread each, the
+    framework's resource, the CPU cores shared out among them) or on ``scheduler`` (an address
+    or a scheduler file). Both closed at the end (an existing cluster is left running)."""
+    from distributed import Client, LocalCluster
+
+    if (workers is None) == (scheduler is None):
+        raise ValueError("give either workers=N or scheduler=ADDRESS")
+    stream = stream or sys.stderr
+    resources = resources_for(framework)
+    cluster = None
+    if workers is not None:
+        if workers < 1:
+            raise ValueError(f"--workers must be 1 or more (got {workers})")
+        threads = str(max(1, (os.cpu_count() or 1) // workers))  # the framework's threads in each process
+        env = {k: threads for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, resources=resources or None,
+                               dashboard_address=":0", silence_logs=logging.ERROR, env=env)
+        client = Client(cluster)
+    elif Path(scheduler).is_file():
+        client = Client(scheduler_file=scheduler)
+    else:
+        client = Client(scheduler)
+    try:
+        print(f"dask: scheduler {client.scheduler.address}; dashboard: {dashboard(client)}", file=stream)
+        if resources:
+            wait_for_resource(client, framework, stream)
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def dashboard(client) -> str:
+    """The dashboard's address, or why there is none."""
+    if "dashboard" not in client.scheduler_info(n_workers=0).get("services", {}):
+        return "not running (install bokeh on the scheduler's machine for one)"
+    return client.dashboard_link
+
+
+def wait_for_resource(client, framework: str, stream, poll: float = 0.5) -> None:
+    """Wait until a worker offers ``framework``'s resource (workers of a job queue may come later)."""
+    said = False
+    while True:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        if any(w.get("resources", {}).get(framework, 0) >= 1 for w in workers.values()):
+            return
+        if not said:
+            print(f"dask: waiting for a worker with the resource {framework}=1 ({len(workers)} connected without it); "
+                  f"start workers with: dask worker ADDRESS --nthreads 1 --resources {framework}=1", file=stream)
+            said = True
+        time.sleep(poll)
