@@ -87,9 +87,11 @@ class LocalizeWidget(BoxesWidget):
     def layer_changed(self, layer) -> None:
         if not hasattr(self, "mode"):
             return
-        before = self.mode.value
-        self.mode.reset_choices()
-        choices = self._mode_choices()
+        before, choices = self.mode.value, self._mode_choices()
+        if list(self.mode.choices) != choices:  # emptied first: Qt would keep the old items' order
+            with self.mode.changed.blocked():
+                self.mode.native.clear()
+                self.mode.reset_choices()
         self.mode.value = before if before in choices else choices[0]
         self._on_mode()
 
