@@ -1,0 +1,99 @@
+"""The Train widget in a real viewer: Image + Labels -> a U-Net, Image + Shapes boxes -> a YOLO
+detector; the live plot gets one point per epoch; the new model is listed in the other widgets."""
+import os
+
+import numpy as np
+import pytest
+
+from test_training_data import CENTRES, TINY_UNET, TINY_YOLO, disks
+
+from napari_cnnvision.widgets.train import FRESH, TrainWidget
+
+
+def _wait(w, qtbot, timeout=180000):
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=timeout)
+
+
+def test_train_from_labels_plots_each_epoch_and_lists_the_model_in_segment(make_napari_viewer, qtbot):
+    from napari_cnnvision.widgets.segment import SegmentWidget
+
+    viewer = make_napari_viewer()
+    img, full = disks(CENTRES)
+    viewer.add_image(img, name="cells")
+    painted = np.where(np.isin(full, [1, 2, 4]), full, 0)
+    viewer.add_labels(painted, name="my labels")
+    seg = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(seg, name="Segment")
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")
+    assert w.base.value == FRESH and w.target.value is viewer.layers["my labels"]
+    assert w.name.value == "unet-cells"
+    w.epochs.value = 3
+    w.val_fraction.value = 0.4
+    w.advanced = dict(TINY_UNET)
+    w.run()
+    assert w.runner.running and w.stop_btn.enabled and not w.run_btn.enabled
+    assert w.split.value.startswith("split: train: 1 crop(s)")
+    _wait(w, qtbot)
+    assert "saved model 'unet-cells' (3 epoch(s)" in w.status.value, w.status.value
+    assert w.plot.epochs == [1, 2, 3] and len(w.plot.train) == len(w.plot.val) == len(w.plot.metric) == 3
+    assert np.isfinite(w.plot.train).all() and np.isfinite(w.plot.val).all()
+    assert w.progress.value == 100 and not w.stop_btn.enabled
+    assert "unet-cells" in [c[1] for c in seg.model.choices] or "unet-cells" in seg.model.choices
+    assert "unet-cells" in [v for v in w.base.choices]  # and as a base for the next round
+    assert w.name.value == "unet-cells-2"  # the next name is a free one
+    card = w.registry.get("unet-cells")
+    assert "'my labels'" in card.training["data"] and card.training["settings"]["learning_rate"] == 1e-3
+    # the same name again is refused before any job, nothing overwritten
+    w.name.value = "unet-cells"
+    w.run()
+    assert not w.runner.running and "exists already" in w.status.value
+
+
+def test_train_detector_from_shapes_with_a_class_feature(make_napari_viewer, qtbot):
+    from napari_cnnvision.widgets.detect import DetectWidget
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 40, (128, 128), dtype=np.uint8)
+    rects, classes = [], []
+    for i, (y, x) in enumerate([(8, 8), (8, 60), (60, 8), (60, 60), (96, 96), (96, 30)]):
+        s = 14 if i % 2 else 22
+        img[y:y + s, x:x + s] = 200
+        rects.append(np.array([[y, x], [y, x + s], [y + s, x + s], [y + s, x]], float))
+        classes.append("small" if i % 2 else "big")
+    viewer.add_image(img, name="blobs")
+    viewer.add_shapes(rects, shape_type="rectangle", features={"class": classes}, name="boxes")
+    det = DetectWidget(viewer)
+    viewer.window.add_dock_widget(det, name="Detect")
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")
+    w.task.value = "detect"
+    assert w.target.value is viewer.layers["boxes"] and w.base.value == FRESH
+    w.name.value = "blob-boxes"
+    w.epochs.value = 2
+    w.val_fraction.value = 0.3
+    w.advanced = {"config": TINY_YOLO, "batch_size": 2}
+    w.run()
+    _wait(w, qtbot)
+    assert "saved model 'blob-boxes' (2 epoch(s)" in w.status.value, w.status.value
+    assert w.plot.epochs == [1, 2]
+    card = w.registry.get("blob-boxes")
+    assert card.task == "detect" and card.classes == ["big", "small"] and card.training["data"]["boxes"] == "boxes"
+    assert "blob-boxes" in [c[1] if isinstance(c, tuple) else c for c in det.picker.model.choices]
+
+
+def test_bad_annotations_are_refused_before_any_job(make_napari_viewer):
+    viewer = make_napari_viewer()
+    img, _ = disks(CENTRES)
+    viewer.add_image(img, name="cells")
+    viewer.add_labels(np.zeros((100, 100), np.int32), name="wrong size")
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")  # docked: its layer lists follow the viewer
+    w.run()
+    assert not w.runner.running and "differ in size" in w.status.value
+    w.task.value = "detect"
+    viewer.add_shapes([np.array([[10, 10], [30, 40]])], shape_type="ellipse", name="round")
+    w.target.value = viewer.layers["round"]
+    w.run()
+    assert not w.runner.running and "not rectangles" in w.status.value
