@@ -1,0 +1,196 @@
+"""Batches on a Dask cluster (scaleout/): the same outputs as the plain command, errors.csv, re-runs
+that skip, framework resources, and a worker killed mid-batch (real `dask scheduler` / `dask worker`
+processes on localhost).
+
+Outputs are compared byte for byte with a plain single-process run that uses as many framework
+threads as each Dask worker does: float columns (a U-Net object's probability) depend on the
+number of threads in their last digits.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+BIN = Path(sys.executable).parent
+CLI = str(BIN / "napari-cnnvision")
+N_IMAGES = 10
+THREADS = str(max(1, (os.cpu_count() or 1) // 2))  # what a LocalCluster of 2 gives each worker
+
+
+def _env(**extra):
+    env = {**os.environ, "OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS, **extra}
+    env.pop("QT_API", None)
+    return env
+
+
+def _nuclei(rng, shape=(112, 112), n=9):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    img = np.zeros(shape, np.float32)
+    for _ in range(n):
+        cy, cx, r = rng.uniform(8, shape[0] - 8), rng.uniform(8, shape[1] - 8), rng.uniform(4, 8)
+        img += 1000 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    return np.clip(img + rng.normal(0, 20, shape), 0, 65535).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """N_IMAGES small synthetic nuclei images and their outputs from the plain command."""
+    root = tmp_path_factory.mktemp("scaleout")
+    src = root / "in"
+    src.mkdir()
+    rng = np.random.default_rng(7)
+    for k in range(N_IMAGES):
+        tifffile.imwrite(src / f"img{k:02d}.tif", _nuclei(rng))
+    ref = root / "ref"
+    r = subprocess.run([CLI, "segment", str(src), "--out", str(ref), "--model", "nuclei-unet", "--quiet"],
+                       capture_output=True, text=True, timeout=300, env=_env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"segmented {N_IMAGES}," in r.stdout
+    return src, ref
+
+
+def _assert_same_outputs(out: Path, ref: Path):
+    names = sorted(p.name for p in ref.iterdir())
+    assert len(names) == 2 * N_IMAGES
+    for name in names:
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+def test_workers_2_same_outputs_errors_csv_and_rerun_skips(batch, tmp_path):
+    src, ref = batch
+    inp = tmp_path / "in"
+    shutil.copytree(src, inp)
+    (inp / "bad.tif").write_bytes(b"not a tiff at all")  # sorts first: fails while the others go on
+    out = tmp_path / "out"
+    cmd = [CLI, "segment", str(inp), "--out", str(out), "--model", "nuclei-unet", "--workers", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert f"segmented {N_IMAGES}, skipped 0 (already done), failed 1" in r.stdout
+    assert "dashboard: " in r.stderr and "dask: scheduler tcp://" in r.stderr
+    assert f"{N_IMAGES}/{N_IMAGES + 1} images" in r.stderr or f"{N_IMAGES + 1}/{N_IMAGES + 1} images" in r.stderr
+    lines = (out / "errors.csv").read_text().splitlines()
+    assert lines[0] == "image,error" and len(lines) == 2
+    assert lines[1].startswith(str(inp / "bad.tif") + ",") and "cannot read image" in lines[1]
+    assert not (out / "bad.tif").exists()
+    errors_csv = (out / "errors.csv").read_bytes()
+    (out / "errors.csv").unlink()
+    _assert_same_outputs(out, ref)
+    (out / "errors.csv").write_bytes(errors_csv)
+
+    # a re-run with the bad file gone: nothing to do, no cluster started, the stale error table removed
+    (inp / "bad.tif").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"segmented 0, skipped {N_IMAGES} (already done), failed 0" in r.stdout
+    assert "dask:" not in r.stderr
+    assert not (out / "errors.csv").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == {k: v for k, v in before.items()
+                                                                     if k != "errors.csv"}
+
+
+def _wait_for(pred, timeout, what):
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_real_scheduler_and_workers_one_killed_mid_batch(batch, tmp_path):
+    from distributed import Client
+
+    from napari_cnnvision.scaleout import run_batch
+
+    src, ref = batch
+    sched_file = tmp_path / "scheduler.json"
+    dask = str(BIN / "dask")
+    procs = []
+    log = open(tmp_path / "dask.log", "w")
+    try:
+        procs.append(subprocess.Popen([dask, "scheduler", "--port", "0", "--no-dashboard", "--scheduler-file",
+                                       str(sched_file)], stdout=log, stderr=log, env=_env()))
+        _wait_for(sched_file.exists, 60, "the scheduler file")
+        worker = [dask, "worker", "--scheduler-file", str(sched_file), "--nthreads", "1", "--no-nanny",
+                  "--no-dashboard"]
+        torch_workers = [subprocess.Popen(worker + ["--resources", "torch=1", "--name", f"torch-{k}"], stdout=log,
+                                          stderr=log, env=_env()) for k in range(2)]
+        tf_worker = subprocess.Popen(worker + ["--resources", "tf=1", "--name", "tf-0"], stdout=log, stderr=log,
+                                     env=_env())
+        procs += torch_workers + [tf_worker]
+        with Client(scheduler_file=str(sched_file), timeout=60) as watch:
+            watch.wait_for_workers(3, timeout=120)
+            by_name = {w["name"]: a for a, w in watch.scheduler_info(n_workers=-1)["workers"].items()}
+            addr = {p.pid: by_name[n] for p, n in zip(torch_workers + [tf_worker], ["torch-0", "torch-1", "tf-0"])}
+            out = tmp_path / "out"
+            result = {}
+            t = threading.Thread(target=lambda: result.update(s=run_batch(
+                "segment", [src], out, "nuclei-unet", scheduler=str(sched_file), quiet=True)))
+            t.start()
+            # kill a torch worker that holds a task, once the batch is under way and not finished
+            _wait_for(lambda: out.is_dir() and any(out.glob("*.tif")), 180, "the first output")
+            processing = watch.processing()
+            victim = next(p for p in torch_workers if processing.get(addr[p.pid]))
+            os.kill(victim.pid, signal.SIGKILL)
+            n_at_kill = len(list(out.glob("img*.tif")))
+            t.join(240)
+            assert not t.is_alive()
+            assert victim.wait(10) == -signal.SIGKILL
+            assert n_at_kill < N_IMAGES  # the kill happened mid-batch
+            s = result["s"]
+            assert (s.done, s.failed, s.skipped) == (N_IMAGES, 0, 0), s.errors
+            _assert_same_outputs(out, ref)
+            assert not (out / "errors.csv").exists()
+            # TensorFlow's worker never ran a PyTorch task (the resources kept them apart)
+            loaded = watch.run(lambda: "torch" in sys.modules, workers=[addr[tf_worker.pid]])
+            assert loaded == {addr[tf_worker.pid]: False}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        log.close()
+
+
+def test_errors_table_name_clash_and_wrong_framework_worker(tmp_path, monkeypatch):
+    from napari_cnnvision import api
+    from napari_cnnvision.backends.dispatch import card_payload
+    from napari_cnnvision.core.registry import ModelRegistry
+    from napari_cnnvision.scaleout import run_batch
+    from napari_cnnvision.scaleout.tasks import WrongWorker, compute
+
+    tifffile.imwrite(tmp_path / "errors.tif", np.zeros((32, 32), np.uint16))
+    with pytest.raises(ValueError, match="error table errors.csv"):
+        run_batch("segment", [tmp_path / "errors.tif"], tmp_path / "out", "nuclei-unet", workers=1)
+    assert not (tmp_path / "out").exists()  # refused before anything ran or was written
+    monkeypatch.setattr(api, "_must_isolate", lambda job: True)  # the other framework is loaded "here"
+    card = ModelRegistry().get("nuclei-unet")
+    with pytest.raises(WrongWorker, match="--resources torch=1"):
+        compute("segment", str(tmp_path / "errors.tif"), card_payload(card), {})
+
+
+def test_cli_options_are_exclusive_and_documented(capsys):
+    from napari_cnnvision.cli.main import build_parser
+
+    p = build_parser()
+    for cmd in ("segment", "detect", "localize"):
+        a = p.parse_args([cmd, "x.tif", "--out", "o", "--workers", "3"])
+        assert (a.workers, a.scheduler) == (3, None)
+        a = p.parse_args([cmd, "x.tif", "--out", "o", "--scheduler", "tcp://h:8786"])
+        assert (a.workers, a.scheduler) == (None, "tcp://h:8786")
+        with pytest.raises(SystemExit):
+            p.parse_args([cmd, "x.tif", "--out", "o", "--workers", "2", "--scheduler", "tcp://h:8786"])
+        assert "not allowed with argument" in capsys.readouterr().err
