@@ -7,6 +7,7 @@ import pytest
 
 from test_training_data import CENTRES, TINY_UNET, TINY_YOLO, disks
 
+from napari_cnnvision.layers.common import RESULT_KEY
 from napari_cnnvision.widgets.train import FRESH, TrainWidget
 
 
@@ -48,6 +49,24 @@ def test_train_from_labels_plots_each_epoch_and_lists_the_model_in_segment(make_
     w.name.value = "unet-cells"
     w.run()
     assert not w.runner.running and "exists already" in w.status.value
+
+    # the correct-and-retrain loop: a result layer (corrected) is offered as a target; the new model
+    # is the base; Stop after the first epoch keeps and registers the best model so far
+    result = viewer.add_labels(full, name="cells [unet-cells]", metadata={RESULT_KEY: {"kind": "segmentation"}})
+    assert ("cells [unet-cells] (result)", result) in w._target_choices() and result in w.target.choices
+    w.target.value = result
+    w.base.value = "unet-cells"
+    w.name.value = "unet-cells-2"
+    w.epochs.value = 50
+    w.run()
+    qtbot.waitUntil(lambda: len(w.plot.epochs) >= 1, timeout=180000)
+    w.stop()
+    _wait(w, qtbot)
+    assert "saved model 'unet-cells-2' (stopped after" in w.status.value, w.status.value
+    assert len(w.plot.epochs) < 50
+    card = w.registry.get("unet-cells-2")
+    assert card.training["stopped_early"] and card.training["init_folder"] == w.registry.get("unet-cells").path
+    assert card.training["settings"]["learning_rate"] == 3e-4  # 'auto' when fine-tuning
 
 
 def test_train_detector_from_shapes_with_a_class_feature(make_napari_viewer, qtbot):

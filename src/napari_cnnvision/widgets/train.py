@@ -86,6 +86,7 @@ class TrainWidget(JobWidget):
         self._t0 = 0.0
         self._budget_s: float | None = None
         self._job: dict = {}
+        self._stopping = False
         self.stop_btn.clicked.connect(self.stop)
         self.task.changed.connect(self._on_task)
         self.base.changed.connect(self._suggest_name)
@@ -267,6 +268,7 @@ class TrainWidget(JobWidget):
         self.plot.clear(TRAINABLE[self.task.value][3])
         self._job = {"name": name, "task": self.task.value}
         self._t0 = time.monotonic()
+        self._stopping = False
         self._budget_s = float(self.minutes.value) * 60 if self.budget.value == MINUTES else None
         self.set_busy(True, f"training {name!r} in the compute worker...")
         self.stop_btn.enabled = True
@@ -284,12 +286,14 @@ class TrainWidget(JobWidget):
     def stop(self, *_):
         if self.runner.running:
             self.runner.stop()
+            self._stopping = True
             self.stop_btn.enabled = False
             self.status.value = "stopping after this epoch (the best model so far is kept)..."
 
     def _budget_over(self):
         if self.runner.running:
             self.runner.stop()
+            self._stopping = True
             self.status.value = "time is up: stopping after this epoch (the best model so far is kept)..."
 
     def _on_metrics(self, ev):
@@ -319,7 +323,7 @@ class TrainWidget(JobWidget):
             if f:
                 elapsed = time.monotonic() - self._t0
                 msg += f" · ETA {_fmt_time(elapsed * (1 - f) / f)}"
-        if self.runner._stop.is_set() and not msg.startswith("saved"):
+        if self._stopping and not msg.startswith("saved"):
             msg = "stopping... " + msg
         self.status.value = msg
 
