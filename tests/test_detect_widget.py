@@ -113,6 +113,7 @@ def test_boxes_match_api_detect_and_a_threshold_change_replaces_them(detect, mod
 
     viewer, w = detect
     assert (w.score.value, w.nms.value) == (0.25, 0.5)  # the model's own (its config.json)
+    assert w.scope.native.isHidden()  # a single image has no frames to choose
     w.score.value = 0.05
     run(w, qtbot)
     (shapes,) = ours(viewer, "detection")
@@ -158,7 +159,7 @@ def test_current_frame_of_a_stack_keeps_the_other_frames(detect, qtbot):
     im = (squares() * 255).astype(np.uint8)
     stack = viewer.add_image(np.stack([im, im[::-1, ::-1], np.zeros_like(im)]), name="movie", rgb=True)
     w.image.value = stack
-    assert w.scope.enabled
+    assert not w.scope.native.isHidden()
     w.scope.value = "current frame"
     viewer.dims.current_step = (1, 0, 0)
     run(w, qtbot)

@@ -26,7 +26,7 @@ from ..core.results import DetectionResult, LocalizationResult
 from ..layers.common import RESULT_KEY
 from ..layers.detection import detection_layers
 from ._base import JobWidget, StatusLabel
-from ._model_picker import MODEL_ERRORS, ModelPicker
+from ._model_picker import BROWSE, MODEL_ERRORS, ModelPicker
 from ._results import drop_result, find_result, put_result, result_meta_of
 
 #: above this many boxes only the centres are shown (napari's Shapes layer gets slow)
@@ -176,6 +176,10 @@ class BoxesWidget(JobWidget):
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.picker = ModelPicker(self.registry, self.task)
         self.model, self.model_dir = self.picker.model, self.picker.folder
+        try:  # the task's default model (shipped first), as the CLI and the Python API choose it
+            self.model.value = self.registry.default(self.task).name
+        except MODEL_ERRORS:
+            pass
         self.note = StatusLabel(label="", visible=False)
         self.centres = CheckBox(text="also add centre points", value=True)
         self.picker.connect(self._on_model)
@@ -186,6 +190,8 @@ class BoxesWidget(JobWidget):
         """Read what the widget shows of ``card`` (thresholds ...); may raise MODEL_ERRORS."""
 
     def _on_model(self, *_):
+        # the folder field also when "browse" is the only choice (no change event shows it then)
+        self.model_dir.visible = self.model.value == BROWSE
         card, err = self.picker.check(self.read_model)
         self._card = card
         self.block(err)

@@ -33,7 +33,9 @@ class DetectWidget(BoxesWidget):
         self.nms = FloatSpinBox(label="overlap (NMS IoU)", min=0.0, max=1.0, step=0.05, value=0.5,
                                 tooltip="of two boxes of one class overlapping more than this, the lower-scored "
                                         "one is dropped (default: the model's)")
-        self.scope = ComboBox(label="frames", choices=[WHOLE, CURRENT], value=WHOLE, enabled=False)
+        self.scope = ComboBox(label="frames", choices=[WHOLE, CURRENT], value=WHOLE, visible=False,
+                              tooltip="a stack: every frame, or only the frame shown (its boxes replace that "
+                                      "frame's, the other frames' stay)")
         self.extend([self.image, *self.picker.widgets, self.note, self.score, self.nms, self.scope, self.centres,
                      *self.controls()])
         from qtpy.QtCore import QTimer
@@ -68,7 +70,7 @@ class DetectWidget(BoxesWidget):
             stack = layer is not None and layer_frames(layer) is not None
         except InputError:  # reported when run (and in the note)
             stack = False
-        self.scope.enabled = stack
+        self.scope.visible = stack  # only stacks have frames to choose
 
     # -- re-runs after a threshold change --------------------------------------------------
     def _shown_result(self):

@@ -126,7 +126,12 @@ class LocalizeWidget(BoxesWidget):
 
     def summary(self, this_run, shown, ctx: BoxJob, layers: dict) -> str:
         if this_run.n_objects == 1:
-            text = f"{this_run.classes[0]} ({this_run.scores[0]:.2f})"
+            text = f"{this_run.classes[0]} ({this_run.scores[0]:.2f}"
+            p = this_run.probabilities
+            if p is not None and p.shape[1] > 1:  # the runner-up: how sure the model is
+                second = int(np.argsort(p[0])[-2])
+                text += f"; next {this_run.class_names[second]} {p[0, second]:.2f}"
+            text += ")"
         else:
             text = counts_text(this_run, "regions" if ctx.mode == "regions" else "frames")
         if ctx.frames is not None and len(ctx.frames) == 1:
