@@ -18,6 +18,7 @@ BACKEND_JOBS: dict[tuple[str, str], dict[str, str]] = {
     ("segment", "stardist2d"): {"predict": "stardist.predict", "train": "stardist.train"},
     ("segment", "stardist3d"): {"predict": "stardist.predict", "train": "stardist.train"},
     ("segment", "unet"): {"predict": "unet.predict", "train": "unet.train"},
+    ("segment", "bioimageio"): {"predict": "bioimageio.predict"},
     ("detect", "yolo"): {"predict": "yolo.predict", "train": "yolo.train"},
     ("detect", "fasterrcnn"): {"predict": "fasterrcnn.predict"},
     ("localize", "localizer"): {"predict": "localizer.predict", "train": "localizer.train"},
@@ -28,6 +29,7 @@ THRESHOLDS: dict[str, str] = {
     "stardist2d": "napari_cnnvision.backends.stardist.predict:thresholds_of",
     "stardist3d": "napari_cnnvision.backends.stardist.predict:thresholds_of",
     "unet": "napari_cnnvision.backends.unet.io:thresholds_of",
+    "bioimageio": "napari_cnnvision.backends.bioimageio.predict:thresholds_of",
     "yolo": "napari_cnnvision.backends.detection.thresholds:thresholds_of",
     "fasterrcnn": "napari_cnnvision.backends.detection.thresholds:thresholds_of",
 }

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import localize
     from . import detect
     from . import convert
+    from . import models_cmd
 
     p = argparse.ArgumentParser(
         prog="napari-cnnvision",
@@ -40,10 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true",
                    help="print the full traceback of errors (before the command: napari-cnnvision --debug segment ...)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    m = sub.add_parser("models", help="list the available models")
-    m.add_argument("--json", action="store_true", help="print name, task, backend, source, classes and path as JSON")
-    m.add_argument("--task", choices=["segment", "detect", "localize"])
-    m.set_defaults(func=_cmd_models)
+    models_cmd.add_parser(sub, _cmd_models)  # models [list | add PATH | check PATH]
     segment.add_parser(sub)
     detect.add_parser(sub)
     evaluate.add_parser(sub)

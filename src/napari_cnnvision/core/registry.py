@@ -10,8 +10,9 @@ Sources:
 * ``user``: folders in the per-user data folder (``platformdirs``; override with the
   ``NAPARI_CNNVISION_DATA_DIR`` environment variable), where training saves models.
 
-Any folder can also be used directly by path: a ``model.json`` card, or a plain
-StarDist model folder (``config.json`` + weights), which gets a card on the fly.
+Any folder can also be used directly by path: a ``model.json`` card, a plain
+StarDist model folder (``config.json`` + weights), or a bioimage.io model package (a folder
+with ``bioimageio.yaml``/``rdf.yaml``, or its zip), which get a card on the fly.
 """
 from __future__ import annotations
 
@@ -104,6 +105,10 @@ def read_card(folder: str | Path, source: str = "user") -> ModelCard:
         return ModelCard.from_dict(d, source, str(folder))
     if (folder / "config.json").is_file():
         return _stardist_card(folder, source)
+    from ..backends.bioimageio.package import is_package, package_card  # cheap; bioimageio.spec only if it is one
+
+    if is_package(folder):
+        return package_card(folder, source)
     if not folder.exists():
         raise ModelNotFound(f"no model folder at {folder}")
     raise ModelNotFound(f"{folder} is not a model folder (no {CARD_NAME} and no StarDist config.json)")
