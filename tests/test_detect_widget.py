@@ -116,6 +116,7 @@ def test_boxes_match_api_detect_and_a_threshold_change_replaces_them(detect, mod
     assert w.scope.native.isHidden()  # a single image has no frames to choose
     w.score.value = 0.05
     run(w, qtbot)
+    assert w.last_result.timings["network_s"] > 0
     (shapes,) = ours(viewer, "detection")
     (points,) = ours(viewer, "detection-centres")
     assert shapes.name == "squares [sq-yolo]" and points.name == "squares [sq-yolo] centres"
@@ -142,6 +143,7 @@ def test_boxes_match_api_detect_and_a_threshold_change_replaces_them(detect, mod
     w.score.value = 0.6  # a threshold change re-runs by itself (on the worker's cached raw boxes)
     qtbot.waitUntil(lambda: w.runner.running or w._debounce.isActive(), timeout=5000)
     settle(w, qtbot)
+    assert "network_s" not in w.last_result.timings  # only the score filter and NMS ran again
     high = api.detect(image, card, score_thresh=0.6, nms_thresh=0.5, isolated=False)
     assert ours(viewer, "detection") == [shapes] and ours(viewer, "detection-centres") == [points]  # replaced
     assert len(shapes.data) == high.n_objects < ref.n_objects
@@ -260,3 +262,52 @@ def test_wrong_task_models_and_bad_layers_are_refused_before_a_job(detect, model
     run(w, qtbot)
     (empty,) = [lyr for lyr in ours(viewer, "detection") if lyr.name == "gray [sq-yolo]"]
     assert len(empty.data) == 0 and w.status.value.startswith("0 objects")
+
+
+def _fake(n, frame=None, classes=CLASSES, model=MODEL):
+    """A DetectionResult of ``n`` 4x4 boxes on a grid (class by parity)."""
+    from napari_cnnvision.core.results import DetectionResult
+
+    k = np.arange(n)
+    y, x = (k // 100) * 5.0, (k % 100) * 5.0
+    boxes = np.column_stack([y, x, y + 4, x + 4])
+    return DetectionResult(boxes, k % 2, np.full(n, 0.9), list(classes), model, (512, 512),
+                           None if frame is None else np.zeros(n, np.int64), frame is not None, 0.25, 0.5)
+
+
+def test_over_5000_boxes_only_centres_are_shown_and_why(detect):
+    from napari_cnnvision.widgets._boxes_widget import MAX_SHAPES, BoxJob
+
+    viewer, w = detect
+    layer = viewer.layers["squares"]
+    w._on_done(_fake(10), BoxJob(layer, w._card, "frames"))
+    (shapes,) = ours(viewer, "detection")
+    assert len(shapes.data) == 10
+    w._on_done(_fake(MAX_SHAPES + 1), BoxJob(layer, w._card, "frames"))
+    assert not ours(viewer, "detection")  # the Shapes layer would be too slow
+    (points,) = ours(viewer, "detection-centres")
+    assert len(points.data) == MAX_SHAPES + 1 and "only their centres are shown" in w.status.value
+    assert f"{MAX_SHAPES + 1} objects: red {(MAX_SHAPES + 2) // 2}, green {(MAX_SHAPES + 1) // 2}" in w.status.value
+    w._on_done(_fake(12), BoxJob(layer, w._card, "frames"))
+    (shapes,) = ours(viewer, "detection")
+    assert len(shapes.data) == 12 and ours(viewer, "detection-centres") == [points] and len(points.data) == 12
+
+
+def test_a_box_the_user_deleted_stays_deleted_when_another_frame_runs(detect):
+    from napari_cnnvision.widgets._boxes_widget import BoxJob
+
+    viewer, w = detect
+    stack = viewer.add_image(np.zeros((3, 512, 512), np.uint8), name="movie")
+    w._on_done(_fake(6, frame=True), BoxJob(stack, w._card, "frames", [0]))
+    (shapes,) = ours(viewer, "detection")
+    assert shapes.ndim == 3 and list(shapes.features["frame"]) == [0] * 6
+    shapes.selected_data = {2}
+    shapes.remove_selected()  # the user deletes a wrong box
+    w._on_done(_fake(4, frame=True), BoxJob(stack, w._card, "frames", [2]))
+    f = shapes.features
+    assert list(f["frame"]) == [0] * 5 + [2] * 4 and len(shapes.data) == 9
+    kept = np.array([np.asarray(v)[0, 1:] for v in list(shapes.data)[:5]])
+    np.testing.assert_allclose(kept[:, 1], [0, 5, 15, 20, 25])  # box 2 (x 10) is gone, the others stay
+    assert all(np.asarray(v)[0, 0] == 2 for v in list(shapes.data)[5:])
+    assert list(f["class"][:5]) == ["red", "green", "green", "red", "green"]
+    assert "frame 2: 4 objects" in w.status.value and "9 in the stack" in w.status.value

@@ -173,6 +173,7 @@ class BoxesWidget(JobWidget):
         super().__init__(napari_viewer, registry, labels=True)
         self._card: ModelCard | None = None
         self._shown: dict = {}  # (image, model) -> the result shown (for a Points-only result)
+        self.last_result: DetectionResult | None = None  # the latest run's own result (Python access)
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.picker = ModelPicker(self.registry, self.task)
         self.model, self.model_dir = self.picker.model, self.picker.folder
@@ -255,7 +256,7 @@ class BoxesWidget(JobWidget):
         for w in res.warnings:
             show_warning(w)
         res = renumber(res, ctx.frames)
-        this_run = res
+        this_run = self.last_result = res
         if ctx.frames is not None:
             res = merge_frames(self._previous(ctx.layer.name, res, ctx.mode), res, ctx.frames)
         shown = self.show(res, ctx)
