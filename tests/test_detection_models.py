@@ -260,3 +260,42 @@ def test_box_ap_perfect_half_and_none():
     one = [{"boxes": truth[0]["boxes"][:1], "labels": np.array([1]), "scores": np.array([0.9])}]
     r = average_precision(one, truth, 2)
     assert r["ap"] == {1: pytest.approx(1.0), 2: 0.0} and r["map"] == pytest.approx(0.5)
+
+
+SHIPPED_DETECTORS = {"bloodcells-yolo": ("yolo", 0.8), "bloodcells-frcnn": ("fasterrcnn", 0.0)}
+
+
+@pytest.mark.parametrize("name", SHIPPED_DETECTORS)
+def test_shipped_detector_card_and_size(name):
+    from napari_cnnvision.core.registry import shipped_models_dir
+
+    folder = shipped_models_dir() / name
+    card = read_card(folder, "shipped")
+    assert card.task == "detect" and card.backend == SHIPPED_DETECTORS[name][0]
+    assert card.classes == ["RBC", "WBC", "Platelets"] and card.axes == "YXC" and card.channels == 3
+    t = card.training
+    assert "bccd" in t["data"] and t["command"].startswith("python scripts/train_bloodcells_")
+    assert t["seconds"] > 0 and "2 CPU cores" in t["hardware"] and "from scratch" in t["pretrained"]
+    val = card.metrics["val"]
+    assert 0 < val["map@0.5"] <= 1 and set(val["ap@0.5_per_class"]) == {"RBC", "WBC", "Platelets"}
+    assert "pycocotools" in val["method"]
+    size = sum(p.stat().st_size for p in folder.iterdir())
+    assert size < 15 * 2**20  # a few MB
+    thr = json.loads((folder / "thresholds.json").read_text())
+    assert 0 < thr["score"] < 1 and 0 < thr["nms"] < 1
+
+
+def test_shipped_yolo_finds_the_cells_of_val_images(shared_data):
+    from napari_cnnvision.backends.detection.data import load_split
+    from napari_cnnvision.backends.detection.train import detect_samples, samples_from_split
+    from napari_cnnvision.core.registry import shipped_models_dir
+
+    torch.set_num_threads(1)
+    model, cfg = load_detector(shipped_models_dir() / "bloodcells-yolo")
+    split = load_split(shared_data / "bccd", "val", classes=cfg["classes"])
+    samples = samples_from_split(split)[:4]
+    set_thresholds(model, 0.01)
+    preds = detect_samples(model, samples, torch.device("cpu"))
+    res = average_precision(preds, samples, 3)
+    assert res["map"] >= 0.7, res
+    assert res["ap"][2] >= 0.8, res  # the WBC of each image
