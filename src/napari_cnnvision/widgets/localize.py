@@ -18,7 +18,8 @@ from ._boxes_widget import BoxesWidget, BoxJob, counts_text, job_image, layer_fr
 from ._results import result_meta_of
 
 __all__ = ["LocalizeWidget", "regions_of"]
-WHOLE, CURRENT, EACH, REGIONS = "whole image", "current frame", "each frame of the stack", "each region of a Shapes layer"
+WHOLE, CURRENT, EACH = "whole image", "current frame", "each frame of the stack"
+REGIONS = "each region of a Shapes layer"
 NONE = "(no Shapes layer)"
 
 
