@@ -33,10 +33,7 @@ def connect(workers: int | None = None, scheduler: str | None = None, framework:
     if workers is not None:
         if workers < 1:
             raise ValueError(f"--workers must be 1 or more (got {workers})")
-        threads = str(max(1, (os.cpu_count() or 1) // workers))  # the framework's threads in each process
-        env = {k: threads for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, resources=resources or None,
-                               dashboard_address=":0", silence_logs=logging.ERROR, env=env)
+        cluster = _local_cluster(LocalCluster, workers, resources)
         client = Client(cluster)
     elif Path(scheduler).is_file():
         client = Client(scheduler_file=scheduler)
@@ -51,6 +48,29 @@ def connect(workers: int | None = None, scheduler: str | None = None, framework:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _local_cluster(LocalCluster, workers: int, resources: dict):
+    """N worker processes of 1 Dask thread; the CPU cores shared out among them as the framework's
+    threads (Dask's default is 1 each). Dask sets these variables before it spawns a worker, in
+    this process too: they are put back afterwards."""
+    import dask
+
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        with dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": threads for k in keys}):
+            for k in keys:
+                os.environ.pop(k, None)  # else the caller's value wins over the config's
+            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                resources=resources or None, dashboard_address=":0", silence_logs=logging.ERROR)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def dashboard(client) -> str:
