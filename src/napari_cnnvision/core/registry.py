@@ -107,7 +107,7 @@ def read_card(folder: str | Path, source: str = "user") -> ModelCard:
         return _stardist_card(folder, source)
     from ..backends.bioimageio.package import is_package, package_card  # cheap; bioimageio.spec only if it is one
 
-    if is_package(folder):
+    if folder.suffix.lower() == ".zip" or is_package(folder):
         return package_card(folder, source)
     if not folder.exists():
         raise ModelNotFound(f"no model folder at {folder}")

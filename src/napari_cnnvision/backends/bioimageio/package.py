@@ -91,6 +91,8 @@ def load_package(path: str | Path):
     :class:`ModelNotFound`; an invalid model description :class:`CorruptModel`. Unknown fields
     are dropped with a warning (the rest is validated as usual)."""
     path = Path(path)
+    if not path.exists():
+        raise ModelNotFound(f"no model folder or package at {path}")
     name = rdf_name(path)
     if name is None:
         what = "zip" if path.is_file() else "folder"

@@ -31,14 +31,23 @@ from .package import BACKEND, load_package, mapping, verified_weights
 
 DEFAULT_TILE = 512
 DEFAULTS = {"prob": 0.5, "seed": 0.5, "fg": 0.5, "min_size": 8}
+#: a foreground map alone has no boundaries between touching objects: seeds only where it is sure
+FOREGROUND_ONLY_SEED = 0.9
 _PIPES = LRUCache(2)  # (package, weights format, device, file times) -> (pipeline, adapter)
 _RAW = LRUCache(2)  # (package, format, frame, tiling) -> probabilities (C, H, W)
 
 
 def thresholds_of(card: ModelCard) -> dict:
     """The watershed thresholds (``prob`` = seed) of a package: the defaults, or the card's
-    ``extra["thresholds"]`` (set when it was added with ``models add --prob``). No import."""
-    return {**DEFAULTS, **(card.extra.get("thresholds") or {})}
+    ``extra["thresholds"]``. ``prob`` is the seed threshold (the name the segment widget uses);
+    a package with a single foreground output gets seeds at 0.9. No framework import."""
+    outputs = (card.extra.get("bioimageio") or {}).get("outputs") or []
+    base = dict(DEFAULTS)
+    if len(outputs) <= 1:
+        base["prob"] = base["seed"] = FOREGROUND_ONLY_SEED
+    thr = {**base, **(card.extra.get("thresholds") or {})}
+    thr["prob"] = thr["seed"]
+    return thr
 
 
 def _device() -> str:
