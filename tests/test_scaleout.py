@@ -194,3 +194,87 @@ def test_cli_options_are_exclusive_and_documented(capsys):
         with pytest.raises(SystemExit):
             p.parse_args([cmd, "x.tif", "--out", "o", "--workers", "2", "--scheduler", "tcp://h:8786"])
         assert "not allowed with argument" in capsys.readouterr().err
+
+
+TINY_YOLO = """
+import sys, torch
+from napari_cnnvision.backends.detection.models import build_detector, save_detector
+cfg = {"arch": "yolo", "classes": ["red", "green"], "in_channels": 3, "input_size": 64, "widths": [8, 16, 32],
+       "depths": [0, 0, 0], "stride": 4, "head_channels": 8, "score_thresh": 0.05, "nms_thresh": 0.5}
+torch.manual_seed(0)
+save_detector(build_detector(cfg), cfg, sys.argv[1])
+"""
+
+
+def test_detect_workers_1_same_csv_and_coco_as_plain(tmp_path):
+    model = tmp_path / "tiny-yolo"
+    subprocess.run([sys.executable, "-c", TINY_YOLO, str(model)], check=True, timeout=120, env=_env())
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(3):
+        tifffile.imwrite(inp / f"rgb{k}.tif", (rng.random((80, 96, 3)) * 255).astype(np.uint8))
+    (inp / "broken.png").write_bytes(b"\x89PNG but no more")
+    threads = str(os.cpu_count() or 1)  # what --workers 1 gives its worker
+    env = _env(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    run = lambda out, *extra: subprocess.run([CLI, "detect", str(inp), "--out", str(out), "--model", str(model),
+                                              "--score-thresh", "0", "--quiet", *extra], capture_output=True,
+                                             text=True, timeout=300, env=env)
+    r = run(tmp_path / "plain")
+    assert r.returncode == 1 and "detected 3," in r.stdout, r.stderr[-2000:]
+    r = run(tmp_path / "dask", "--workers", "1")
+    assert r.returncode == 1 and "detected 3, skipped 0 (already done), failed 1" in r.stdout, r.stderr[-2000:]
+    errors = (tmp_path / "dask" / "errors.csv").read_text().splitlines()
+    assert len(errors) == 2 and errors[1].startswith(str(inp / "broken.png"))
+    (tmp_path / "dask" / "errors.csv").unlink()
+    names = sorted(p.name for p in (tmp_path / "plain").iterdir())
+    assert names == ["detections.json", "rgb0.csv", "rgb1.csv", "rgb2.csv"]
+    assert sorted(p.name for p in (tmp_path / "dask").iterdir()) == names
+    for name in names:
+        assert (tmp_path / "dask" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+    assert len(json.loads((tmp_path / "dask" / "detections.json").read_text())["annotations"]) > 0
+
+
+def test_segment_blocks_stitches_objects_across_block_borders_like_a_whole_image_run(tmp_path):
+    import zarr
+
+    rng = np.random.default_rng(5)
+    size, block = 288, 96
+    yy, xx = np.mgrid[:size, :size]
+    img = np.zeros((size, size), np.float32)
+    centres = [(cy + rng.uniform(-2, 2), cx + rng.uniform(-2, 2)) for cy in range(12, size, 24)
+               for cx in range(12, size, 24)]
+    centres += [(b + rng.uniform(-1, 1), c) for b in (96, 192) for c in range(24, size, 48)]  # on the borders
+    centres += [(c, b + rng.uniform(-1, 1)) for b in (96, 192) for c in range(36, size, 48)]
+    for cy, cx in centres:
+        r = rng.uniform(4, 6)
+        img += 1000 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    tifffile.imwrite(tmp_path / "big.tif", np.clip(img + rng.normal(0, 20, img.shape), 0, 65535).astype(np.uint16))
+    seg = lambda out, *extra: subprocess.run([CLI, "segment", str(tmp_path / "big.tif"), "--out", str(out), "--model",
+                                              "nuclei-unet", "--tiles", "none", "--quiet", *extra],
+                                             capture_output=True, text=True, timeout=300, env=_env())
+    r = seg(tmp_path / "whole")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = seg(tmp_path / "blocks", "--blocks", str(block))
+    assert r.returncode == 0 and "segmented 1," in r.stdout, r.stderr[-2000:]
+    root = zarr.open_group(str(tmp_path / "blocks" / "big.zarr"), mode="r")
+    assert root.attrs["multiscales"][0]["datasets"][0]["path"] == "0" and "image-label" in root.attrs
+    assert root["0"].chunks == (block, block)
+    b = np.asarray(root["0"]).astype(np.int64)
+    a = tifffile.imread(tmp_path / "whole" / "big.tif").astype(np.int64)
+    # no object cut in two at a border: every border-straddling whole-image object is one block object
+    both = (a > 0) & (b > 0)
+    pairs, inter = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
+    area_a, area_b = np.bincount(a.ravel()), np.bincount(b.ravel())
+    iou = inter / (area_a[pairs[0]] + area_b[pairs[1]] - inter)
+    na, nb, tp = len(np.unique(a)) - 1, len(np.unique(b)) - 1, int((iou > 0.5).sum())
+    assert na >= len(centres) * 0.8  # (a few touching ones merge)
+    assert tp / (na + nb - tp) >= 0.99, (na, nb, tp)  # AP@0.5 of the block-wise result against the whole run
+    on_border = [lab for lab in np.unique(a[[95, 96, 191, 192], :]) if lab] + \
+        [lab for lab in np.unique(a[:, [95, 96, 191, 192]]) if lab]
+    assert len(on_border) > 10
+    matched = set(pairs[0][iou > 0.5].tolist())
+    assert all(lab in matched for lab in on_border)
+    rows = (tmp_path / "blocks" / "big.csv").read_text().splitlines()
+    assert rows[0] == "label,area,centroid_y,centroid_x,probability" and len(rows) - 1 == nb
+    assert "skipped 1" in seg(tmp_path / "blocks", "--blocks", str(block)).stdout

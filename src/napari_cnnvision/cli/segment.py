@@ -42,6 +42,9 @@ def add_parser(sub):
     from ..scaleout import add_cluster_arguments
 
     add_cluster_arguments(p)
+    p.add_argument("--blocks", type=int, default=None, metavar="N",
+                   help="segment a large 2-D image in N x N blocks (with overlap, objects stitched across the "
+                        "borders) into DIR/<stem>.zarr (OME-Zarr labels) and DIR/<stem>.csv")
     p.set_defaults(func=run)
 
 
@@ -120,6 +123,17 @@ def write_outputs(res, tif: Path, csv: Path) -> None:
 
 def run(args) -> int:
     from ..scaleout import wants_cluster
+
+    if getattr(args, "blocks", None):  # block by block into OME-Zarr
+        from ..scaleout.blockwise import segment_files_blockwise
+
+        if wants_cluster(args):
+            raise ValueError("--blocks runs in this process; it does not combine with --workers/--scheduler yet")
+        norm = {k: getattr(args, k) for k in ("pmin", "pmax") if getattr(args, k) is not None}
+        _, _, failed, _ = segment_files_blockwise(
+            args.images, args.out, args.model, block=args.blocks, overwrite=args.overwrite, quiet=args.quiet,
+            prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, n_tiles=parse_tiles(args.tiles), **norm)
+        return 1 if failed else 0
 
     if wants_cluster(args):  # a Dask cluster: one task per image, the same outputs
         from ..scaleout import run_batch

@@ -1,0 +1,225 @@
+"""Block-wise segmentation of a 2-D image too large to process whole, into an OME-Zarr labels array.
+
+The image is cut into ``block x block`` cores; each is segmented with ``overlap`` pixels of its
+neighbours around it (the window), so an object near a core's border is seen whole. Stitching:
+
+* an object belongs to the block whose core holds its centroid (in image coordinates), so an
+  object that straddles a border is kept once, from the window that saw it whole;
+* blocks are merged in order; an object of a later block that lies for half or more on pixels an
+  earlier block already labelled is the same object seen twice (its centroid fell on the other
+  side of the border in the two windows) and is dropped; otherwise it takes the pixels still free.
+
+``overlap`` must exceed the largest object's radius (default: a quarter of the block, at least
+64 px). Only one window, its result and the output window are in memory at a time; the output is
+written window by window into a chunked zarr array (OME-Zarr 0.4 multiscales + image-label
+metadata) that napari opens lazily. The object table (label, area, centroid, probability) is
+computed from the stitched labels, chunk by chunk.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+DUPLICATE = 0.5  # fraction of an object on already labelled pixels that makes it a duplicate
+
+
+def default_overlap(block: int) -> int:
+    return max(64, block // 4)
+
+
+def windows(shape: tuple[int, int], block: int, overlap: int):
+    """``(core, window)`` slices pairs in row-major order, both as ``(y0, y1, x0, x1)``."""
+    h, w = shape
+    for y0 in range(0, h, block):
+        for x0 in range(0, w, block):
+            core = (y0, min(y0 + block, h), x0, min(x0 + block, w))
+            win = (max(0, y0 - overlap), min(h, core[1] + overlap), max(0, x0 - overlap), min(w, core[3] + overlap))
+            yield core, win
+
+
+def open_source(path: str | Path):
+    """A lazily readable 2-D array of ``path``: a zarr array / OME-Zarr image (its level 0) or a
+    TIFF read through tifffile's zarr store (only the windows read are loaded)."""
+    import zarr
+
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        store = tifffile.imread(path, aszarr=True)
+        z = zarr.open(store, mode="r")
+    else:
+        z = zarr.open(str(path), mode="r")
+    if isinstance(z, zarr.Group):
+        z = z["0"]  # OME-Zarr: the full-resolution level
+    return z
+
+
+def global_normalization(source, card, pmin=None, pmax=None, max_pixels: int = 4_000_000):
+    """A copy of ``card`` whose normalization is the image's own, fixed for every window: the
+    card's (or the caller's) percentiles taken over the whole image (a regular subsample of at most
+    ``max_pixels`` pixels when larger), applied as a scale. Windows then see the intensities a
+    whole-image run sees, and an empty window is not stretched into objects."""
+    import dataclasses
+    import math
+
+    from ..core.normalize import resolve_normalization
+
+    norm = resolve_normalization(card.normalization, pmin, pmax, card.name)
+    if norm["type"] != "percentile":
+        return card, 0.0, 1.0
+    h, w = source.shape
+    step = max(1, math.ceil(math.sqrt(h * w / max_pixels)))
+    sub = np.asarray(source[::step, ::step], np.float32)
+    lo, hi = np.percentile(sub, [norm["pmin"], norm["pmax"]])
+    return dataclasses.replace(card, normalization={"type": "scale", "factor": 1.0}), float(lo), float(hi)
+
+
+def segment_file_blockwise(source, out_path, card, block: int = 2048, overlap: int | None = None,
+                           pmin=None, pmax=None, progress=None, **segment_kwargs) -> dict:
+    """:func:`segment_blockwise` of an image (path or array) with ``card`` in this process, the
+    image normalized as a whole (:func:`global_normalization`); ``segment_kwargs`` go to
+    :func:`napari_cnnvision.api.segment`."""
+    from .. import api
+
+    if isinstance(source, (str, Path)):
+        source = open_source(source)
+    fixed, lo, hi = global_normalization(source, card, pmin, pmax)
+    scale = 1.0 / (hi - lo + 1e-20)
+
+    def one(window):
+        x = window if fixed is card else (window.astype(np.float32) - np.float32(lo)) * np.float32(scale)
+        return api.segment(x, fixed, **segment_kwargs)
+
+    return segment_blockwise(source, out_path, one, block, overlap, progress)
+
+
+def _write_ome_labels(path: Path, shape, chunks, dtype):
+    import zarr
+
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    arr = root.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    root.attrs.update({
+        "multiscales": [{"version": "0.4", "name": path.stem,
+                         "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+                         "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale",
+                                                                                   "scale": [1.0, 1.0]}]}]}],
+        "image-label": {"version": "0.4", "source": {"image": "../../"}},
+    })
+    return arr
+
+
+def segment_blockwise(source, out_path: str | Path, segment_window, block: int = 2048, overlap: int | None = None,
+                      progress=None) -> dict:
+    """Segment the 2-D array ``source`` block by block into the OME-Zarr labels ``out_path``
+    (written in a temp folder, moved into place when complete); returns the object table.
+
+    ``segment_window(array)`` -> a :class:`~napari_cnnvision.core.results.SegmentationResult`
+    of one window (e.g. ``lambda a: api.segment(a, card)``)."""
+    from ..core.io import staged_dir
+
+    if len(source.shape) != 2:
+        raise ValueError(f"block-wise segmentation takes a 2-D (YX) image, not shape {tuple(source.shape)}")
+    overlap = default_overlap(block) if overlap is None else overlap
+    out_path = Path(out_path)
+    shape = tuple(int(s) for s in source.shape)
+    pairs = list(windows(shape, block, overlap))
+    prob: dict[int, float] = {}
+    next_label = 1
+    with staged_dir(out_path) as tmp:
+        out = _write_ome_labels(tmp, shape, (min(block, shape[0]), min(block, shape[1])), np.int32)
+        for k, ((cy0, cy1, cx0, cx1), (wy0, wy1, wx0, wx1)) in enumerate(pairs):
+            res = segment_window(np.asarray(source[wy0:wy1, wx0:wx1]))
+            lab = np.asarray(res.labels)
+            t = res.table
+            cy = np.asarray(t["centroid_y"], float) + wy0
+            cx = np.asarray(t["centroid_x"], float) + wx0
+            own = (cy >= cy0) & (cy < cy1) & (cx >= cx0) & (cx < cx1)
+            ids = np.asarray(t["label"], np.int64)[own]
+            cur = np.asarray(out[wy0:wy1, wx0:wx1])
+            if ids.size:
+                n = int(lab.max()) + 1
+                area = np.bincount(lab.ravel(), minlength=n)
+                taken = np.bincount(lab[cur > 0].ravel(), minlength=n)
+                ids = ids[taken[ids] < DUPLICATE * area[ids]]
+            if ids.size:
+                lut = np.zeros(int(lab.max()) + 1, np.int64)
+                lut[ids] = np.arange(next_label, next_label + ids.size)
+                new = lut[lab]
+                free = (cur == 0) & (new > 0)
+                cur[free] = new[free]
+                out[wy0:wy1, wx0:wx1] = cur
+                p = dict(zip(np.asarray(t["label"], np.int64).tolist(), np.asarray(
+                    t.get("probability", np.full(len(t["label"]), np.nan)), float).tolist()))
+                prob.update({int(lut[i]): p[int(i)] for i in ids})
+                next_label += ids.size
+            if progress is not None:
+                progress((k + 1) / len(pairs), f"block {k + 1}/{len(pairs)}")
+        table = object_table(out, next_label - 1, prob, block)
+    return table
+
+
+def object_table(labels, n: int, prob: dict, step: int) -> dict:
+    """label, area, centroid_y, centroid_x, probability of labels 1..n of the (lazy) 2-D ``labels``,
+    read ``step`` rows at a time; objects left with no pixel are dropped."""
+    area = np.zeros(n + 1)
+    sy = np.zeros(n + 1)
+    sx = np.zeros(n + 1)
+    h, w = labels.shape
+    for y0 in range(0, h, step):
+        lab = np.asarray(labels[y0:y0 + step, :]).astype(np.int64)
+        yy, xx = np.nonzero(lab)
+        v = lab[yy, xx]
+        area += np.bincount(v, minlength=n + 1)
+        sy += np.bincount(v, weights=yy + y0, minlength=n + 1)
+        sx += np.bincount(v, weights=xx, minlength=n + 1)
+    keep = np.nonzero(area[1:])[0] + 1
+    return {"label": keep, "area": area[keep], "centroid_y": sy[keep] / area[keep],
+            "centroid_x": sx[keep] / area[keep], "probability": np.array([prob.get(int(i), np.nan) for i in keep])}
+
+
+def segment_files_blockwise(files, out_dir, model=None, *, block: int = 2048, overlap: int | None = None,
+                            overwrite: bool = False, quiet: bool = False, registry=None, **segment_kwargs):
+    """The ``segment --blocks N`` command: each 2-D image into ``DIR/<stem>.zarr`` (OME-Zarr labels)
+    and ``DIR/<stem>.csv`` (objects), the plain command's names otherwise; done images skipped,
+    a failed image reported and the batch goes on. Returns ``(done, skipped, failed, model name)``."""
+    import sys
+
+    from ..cli.progress import TerminalProgress
+    from ..cli.segment import plan_outputs
+    from ..core import tables
+    from ..core.images import expand_inputs
+    from ..core.registry import ModelRegistry
+
+    if block < 16:
+        raise ValueError(f"--blocks must be 16 or more pixels (got {block})")
+    registry = registry or ModelRegistry()
+    card = registry.get(model) if model else registry.default("segment")
+    files = expand_inputs([files] if isinstance(files, (str, Path)) else files)
+    if not files:
+        raise ValueError("no input images found")
+    out = Path(out_dir)
+    plan = [(tif.with_suffix(".zarr"), csv) for tif, csv in plan_outputs(files, out)]
+    out.mkdir(parents=True, exist_ok=True)
+    done = skipped = failed = 0
+    for i, (f, (zpath, csv)) in enumerate(zip(files, plan)):
+        if zpath.exists() and csv.exists() and not overwrite:
+            skipped += 1
+            continue
+        bar = TerminalProgress(f"[{i + 1}/{len(files)}] {f.name}", enabled=not quiet)
+        try:
+            try:
+                table = segment_file_blockwise(f, zpath, card, block, overlap, progress=bar, **segment_kwargs)
+            finally:
+                bar.close()
+            tables.write_table(csv, table)
+        except Exception as exc:  # this image fails; the batch goes on
+            print(f"napari-cnnvision: {f}: {str(exc).strip() or type(exc).__name__}", file=sys.stderr)
+            failed += 1
+            continue
+        if not quiet:
+            print(f"{f.name}: {len(table['label'])} objects -> {zpath}", file=sys.stderr)
+        done += 1
+    print(f"segmented {done}, skipped {skipped} (already done), failed {failed}; model {card.name} (blocks of {block})")
+    return done, skipped, failed, card.name
