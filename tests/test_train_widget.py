@@ -116,3 +116,31 @@ def test_bad_annotations_are_refused_before_any_job(make_napari_viewer):
     w.target.value = viewer.layers["round"]
     w.run()
     assert not w.runner.running and "not rectangles" in w.status.value
+
+
+def test_train_localizer_from_a_stack_with_one_rectangle_per_frame(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(2)
+    stack = rng.integers(0, 30, (8, 64, 64), dtype=np.uint8)
+    rects, classes = [], []
+    for t in range(7):  # frame 7 is not annotated
+        y, x = rng.integers(4, 40, 2)
+        s = 16 if t % 2 else 10
+        stack[t, y:y + s, x:x + s] = 220
+        rects.append(np.array([[t, y, x], [t, y, x + s], [t, y + s, x + s], [t, y + s, x]], float))
+        classes.append("big" if t % 2 else "small")
+    viewer.add_image(stack, name="frames")
+    viewer.add_shapes(rects, shape_type="rectangle", features={"class": classes}, name="one per frame")
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")
+    w.task.value = "localize"
+    assert w.base.choices == (FRESH,) and w.target.value is viewer.layers["one per frame"]
+    w.epochs.value = 2
+    w.advanced = {"input_size": [32, 32], "widths": [8, 16, 16], "batch_size": 4, "ema": 0.0}
+    w.run()
+    assert w.split.value == "split: train: 6 frame(s); val: 1 frame(s); classes: small, big"
+    _wait(w, qtbot)
+    assert "saved model 'localizer-frames' (2 epoch(s)" in w.status.value, w.status.value
+    assert w.plot.epochs == [1, 2] and np.isfinite(w.plot.metric).all()
+    card = w.registry.get("localizer-frames")
+    assert card.task == "localize" and card.classes == ["small", "big"] and "'one per frame'" in card.training["data"]

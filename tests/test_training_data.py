@@ -193,3 +193,17 @@ def test_yolo_job_from_boxes_registers_a_detector_for_the_users_classes(pool):
     with pytest.raises(Exception, match="exists already"):
         pool.run("yolo.train", {"train": ds.train, "val": ds.val, "classes": ds.classes, "name": "my-boxes",
                                 "config": TINY_YOLO, "settings": {"epochs": 1}})
+
+
+def test_localization_set_takes_one_rectangle_per_annotated_frame():
+    from napari_cnnvision.backends.training.localization import localization_set
+
+    stack = np.zeros((5, 40, 40), np.uint8)
+    boxes = [[2, 2, 10, 10], [5, 5, 20, 25], [1, 1, 30, 30], [0, 0, 8, 8]]
+    ls = localization_set(stack, boxes, ["a", "b", "a", "c"], [0, 1, 3, 4], val_fraction=0.25)
+    assert sorted(ls.train_frames + ls.val_frames) == [0, 1, 3, 4] and len(ls.val_frames) == 1  # frame 2: none
+    assert ls.classes == ["a", "b", "c"] and len(ls.images) == len(ls.boxes) == len(ls.labels) == 3
+    with pytest.raises(InputError, match="more than one rectangle"):
+        localization_set(stack, boxes, ["a"] * 4, [0, 0, 3, 4])
+    with pytest.raises(InputError, match="image stack"):
+        localization_set(stack[0], boxes[:1], ["a"], None)

@@ -26,7 +26,10 @@ FRESH = "(fresh network)"
 NO_REGION = "(the annotation's bounding box)"
 #: task -> (annotation layer type, backends that train from layers here, fresh backend, metric label)
 TRAINABLE = {"segment": ("Labels", ("unet",), "unet", "AP@0.5"),
-             "detect": ("Shapes", ("yolo",), "yolo", "mAP@0.5")}
+             "detect": ("Shapes", ("yolo",), "yolo", "mAP@0.5"),
+             "localize": ("Shapes", (), "localizer", "accuracy")}  # the localizer trains fresh only
+WIDGET_OF = {"segment": "Segment", "detect": "Detect", "localize": "Localize"}
+AUTO_LR = {"segment": (1e-3, 3e-4), "detect": (2e-3, 6e-4), "localize": (2e-3, 6e-4)}  # (fresh, fine-tune)
 EPOCHS, MINUTES = "epochs", "minutes"
 
 
@@ -173,7 +176,7 @@ class TrainWidget(JobWidget):
     def _settings(self, defaults: dict, fine_tune: bool) -> tuple[dict, dict]:
         lr_text = (self.lr.value or "auto").strip().lower()
         try:
-            lr = (3e-4 if fine_tune else 1e-3) if lr_text == "auto" else float(lr_text)
+            lr = AUTO_LR[self.task.value][int(fine_tune)] if lr_text == "auto" else float(lr_text)
         except ValueError:
             raise InputError(f"the learning rate must be a number or 'auto', got {self.lr.value!r}") from None
         if not 0 < lr < 1:
@@ -213,32 +216,14 @@ class TrainWidget(JobWidget):
     def detection_job(self) -> tuple[str, dict, str]:
         from ..backends.dispatch import card_payload
         from ..backends.training.detection import detection_set
-        from ..layers.annotations import shapes_to_annotations
 
         img_layer, shp = self.image.value, self.target.value
-        if img_layer is None or shp is None:
-            raise InputError("choose an image layer and a Shapes layer of boxes")
-        if len(shp.data) == 0:
-            raise InputError(f"the Shapes layer {shp.name!r} is empty: draw some rectangles first")
-        odd = sum(t != "rectangle" for t in shp.shape_type)
-        if odd:
-            raise InputError(f"{odd} shape(s) of {shp.name!r} are not rectangles; detection trains on "
-                             "rectangles only (delete or redraw them)")
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = shapes_to_annotations(shp.data, {"shape_type": shp.shape_type, "features": shp.features,
-                                                  "name": shp.name, "ndim": shp.ndim})
-        if ds.warnings:
-            raise InputError(f"{shp.name!r}: {ds.warnings[0]}")
-        a = ds.images[0]
-        image = np.asarray(img_layer.data)
+        a, image = self._boxes_of(img_layer, shp)
         dset = detection_set(image, a.boxes, a.classes, frames=a.frame, valid_regions=self._regions(image.ndim),
                              val_fraction=float(self.val_fraction.value))
         card = None if self.base.value in (None, FRESH) else self.registry.get(self.base.value)
         s, extra = self._settings(dset.defaults, card is not None)
-        s["lr"] = extra["lr"] * 2  # the detector trainer's scale (its default 2e-3)
+        s["lr"] = extra["lr"]
         if self.budget.value == MINUTES:
             s["epochs"], s["time_budget_min"] = 10000, float(self.minutes.value)
         config = self.advanced.get("config")
@@ -250,6 +235,47 @@ class TrainWidget(JobWidget):
                   "normalization": dset.normalization, "data": data}
         return "yolo.train", kwargs, dset.summary()
 
+    @staticmethod
+    def _boxes_of(img_layer, shp):
+        """The rectangles of a Shapes layer (boxes, classes, frames) and the image as an array."""
+        from ..layers.annotations import shapes_to_annotations
+
+        if img_layer is None or shp is None:
+            raise InputError("choose an image layer and a Shapes layer of rectangles")
+        if len(shp.data) == 0:
+            raise InputError(f"the Shapes layer {shp.name!r} is empty: draw some rectangles first")
+        odd = sum(t != "rectangle" for t in shp.shape_type)
+        if odd:
+            raise InputError(f"{odd} shape(s) of {shp.name!r} are not rectangles; training takes "
+                             "rectangles only (delete or redraw them)")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = shapes_to_annotations(shp.data, {"shape_type": shp.shape_type, "features": shp.features,
+                                                  "name": shp.name, "ndim": shp.ndim})
+        if ds.warnings:
+            raise InputError(f"{shp.name!r}: {ds.warnings[0]}")
+        return ds.images[0], np.asarray(img_layer.data)
+
+    def localization_job(self) -> tuple[str, dict, str]:
+        from ..backends.training.localization import localization_set
+
+        img_layer, shp = self.image.value, self.target.value
+        a, image = self._boxes_of(img_layer, shp)
+        ls = localization_set(image, a.boxes, a.classes, a.frame, val_fraction=float(self.val_fraction.value))
+        s, extra = self._settings(ls.defaults, False)
+        s["lr"] = extra["lr"]
+        if self.budget.value == MINUTES:
+            s["epochs"], s["time_budget_s"] = 100000, float(self.minutes.value) * 60
+        s.update(self.advanced)
+        data = (f"napari layers: image '{img_layer.name}' {image.shape} + rectangles '{shp.name}' "
+                f"({len(a.boxes)} frames annotated); {ls.summary()}")
+        kwargs = {"images": ls.images, "boxes": ls.boxes, "labels": ls.labels, "class_names": ls.classes,
+                  "val_images": ls.val_images, "val_boxes": ls.val_boxes, "val_labels": ls.val_labels,
+                  "settings": s, "data": data}
+        return "localizer.train", kwargs, ls.summary()
+
     # -- running ----------------------------------------------------------------------------
     def run(self, *_):
         from ..backends.training.naming import check_new_name
@@ -258,8 +284,8 @@ class TrainWidget(JobWidget):
             return
         try:
             name = check_new_name(self.name.value, self.registry)
-            job, kwargs, summary = (self.segmentation_job() if self.task.value == "segment"
-                                    else self.detection_job())
+            job, kwargs, summary = {"segment": self.segmentation_job, "detect": self.detection_job,
+                                    "localize": self.localization_job}[self.task.value]()
         except (InputError, ValueError, OSError, LookupError) as exc:
             self.report_error(exc if isinstance(exc, InputError) else InputError(str(exc)))
             return
@@ -301,7 +327,7 @@ class TrainWidget(JobWidget):
         if "epoch" not in m:
             return
         train = m.get("train_loss", m.get("loss"))
-        metric = m.get("val_ap50", m.get("val_map"))
+        metric = next((m[k] for k in ("val_ap50", "val_map", "val_accuracy") if k in m), None)
         self.plot.add(m["epoch"], train, m.get("val_loss"), metric)
 
     def _fraction(self, ev) -> float | None:
@@ -328,15 +354,18 @@ class TrainWidget(JobWidget):
         self.status.value = msg
 
     def _on_done(self, result):
-        metrics = (result.metrics or {}).get("val", {})
-        score = metrics.get("ap@0.5", metrics.get("map@0.5"))
+        get = (lambda k: result.get(k)) if isinstance(result, dict) else (lambda k: getattr(result, k))
+        metrics = get("metrics") or {}
+        metrics = metrics.get("val", metrics)
+        score = next((metrics[k] for k in ("ap@0.5", "map@0.5", "accuracy") if k in metrics), None)
         name = self._job.get("name")
-        how = f"stopped after {result.epochs_run} epoch(s)" if result.stopped else f"{result.epochs_run} epoch(s)"
+        n, best = get("epochs_run"), get("best_epoch")
+        how = f"stopped after {n} epoch(s)" if get("stopped") else f"{n} epoch(s)"
         self.progress.value = 100
-        self.status.value = (f"saved model {name!r} ({how}, best epoch {result.best_epoch}, val "
-                             f"{TRAINABLE[self._job.get('task', 'segment')][3]} "
+        task = self._job.get("task", "segment")
+        self.status.value = (f"saved model {name!r} ({how}, best epoch {best}, val {TRAINABLE[task][3]} "
                              f"{score if score is None else round(float(score), 3)}); it is listed in the "
-                             f"{'Segment' if self._job.get('task') == 'segment' else 'Detect'} widget now")
+                             f"{WIDGET_OF[task]} widget now")
         self._named_by_user = False
         refresh_model_lists(self.viewer)
         self.base.reset_choices()

@@ -1,0 +1,61 @@
+"""An image stack + one rectangle with a class per frame (a Shapes layer) -> the localizer's
+training set. Frames without a rectangle are not annotated and left out; the split is by frame."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...core.axes import InputError
+
+
+@dataclass
+class LocalizationSet:
+    images: list[np.ndarray]
+    boxes: np.ndarray  # (n, 4) y0, x0, y1, x1
+    labels: np.ndarray  # (n,) 0-based class ids
+    val_images: list[np.ndarray]
+    val_boxes: np.ndarray
+    val_labels: np.ndarray
+    classes: list[str]
+    train_frames: list[int]
+    val_frames: list[int]
+    defaults: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (f"train: {len(self.images)} frame(s); val: {len(self.val_images)} frame(s); "
+                f"classes: {', '.join(self.classes)}")
+
+
+def localization_set(image, boxes, classes, frames, val_fraction: float = 0.2, seed: int = 0) -> LocalizationSet:
+    """``image`` TYX / TYXC, ``boxes`` (n, 4) y0, x0, y1, x1 with their ``frames`` and class names:
+    exactly one rectangle in each annotated frame."""
+    image = np.asarray(image)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if frames is None or image.ndim < 3 or (image.ndim == 3 and image.shape[-1] in (3, 4)):
+        raise InputError("localization trains on an image stack (TYX) with one rectangle per frame")
+    fr = np.asarray(frames, np.int64).reshape(-1)
+    if len(classes) != len(boxes) or len(fr) != len(boxes):
+        raise InputError(f"{len(boxes)} rectangles but {len(classes)} class names / {len(fr)} frames")
+    if any(c is None or str(c).strip() in ("", "nan", "None") for c in classes):
+        raise InputError("every rectangle needs a class name (the Shapes layer's 'class' feature)")
+    ids, counts = np.unique(fr, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(f"frames {ids[counts > 1].tolist()[:10]} hold more than one rectangle; localization "
+                         "takes one per frame")
+    if fr.min() < 0 or fr.max() >= image.shape[0]:
+        raise InputError(f"rectangles lie in frames {ids.tolist()[:10]}, the stack has {image.shape[0]}")
+    h, w = image.shape[1:3]
+    if (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any():
+        raise InputError("some rectangles have zero width or height")
+    boxes = np.clip(boxes, 0, [h, w, h, w])
+    if len(boxes) < 2:
+        raise InputError("annotate at least 2 frames (one for training, one for validation)")
+    names = list(dict.fromkeys(str(c) for c in classes))
+    lab = np.array([names.index(str(c)) for c in classes], np.int64)
+    order = np.random.default_rng(seed).permutation(len(boxes))
+    n_val = int(np.clip(round(len(boxes) * val_fraction), 1, len(boxes) - 1))
+    va, tr = np.sort(order[:n_val]), np.sort(order[n_val:])
+    epochs = int(np.clip(round(3000 / len(boxes)), 20, 200))
+    return LocalizationSet([image[fr[i]] for i in tr], boxes[tr], lab[tr], [image[fr[i]] for i in va], boxes[va],
+                           lab[va], names, fr[tr].tolist(), fr[va].tolist(), {"epochs": epochs})
