@@ -311,3 +311,25 @@ def test_a_box_the_user_deleted_stays_deleted_when_another_frame_runs(detect):
     assert all(np.asarray(v)[0, 0] == 2 for v in list(shapes.data)[5:])
     assert list(f["class"][:5]) == ["red", "green", "green", "red", "green"]
     assert "frame 2: 4 objects" in w.status.value and "9 in the stack" in w.status.value
+
+
+def test_the_widget_starts_on_the_model_marked_default(make_napari_viewer, models, tmp_path):
+    import json
+    import shutil
+
+    from napari_cnnvision.widgets.detect import DetectWidget
+
+    user = tmp_path / "user"
+    for name, default in (("a-first", False), ("b-marked", True)):
+        shutil.copytree(models / MODEL, user / name)
+        card = json.loads((user / name / "model.json").read_text())
+        card["name"] = name
+        card.setdefault("extra", {})["default"] = default
+        (user / name / "model.json").write_text(json.dumps(card))
+    from napari_cnnvision.core.registry import ModelRegistry
+
+    viewer = make_napari_viewer()
+    registry = ModelRegistry(user_dir=user, shipped_dir=tmp_path / "none")
+    assert registry.default("detect").name != "b-marked"  # the registry alone would start elsewhere
+    w = DetectWidget(viewer, registry)
+    assert w.model.value == "b-marked"
