@@ -68,6 +68,18 @@ def test_train_from_labels_plots_each_epoch_and_lists_the_model_in_segment(make_
     assert card.training["stopped_early"] and card.training["init_folder"] == w.registry.get("unet-cells").path
     assert card.training["settings"]["learning_rate"] == 3e-4  # 'auto' when fine-tuning
 
+    # a time budget (the same worker): the widget stops the U-Net when the time is up
+    w.budget.value = "minutes"
+    assert not w.minutes.native.isHidden() and w.epochs.native.isHidden()
+    w.minutes.value = 0.1  # 6 s
+    w.base.value = FRESH
+    w.name.value = "unet-cells-3"
+    w.run()
+    _wait(w, qtbot)
+    assert "saved model 'unet-cells-3' (stopped after" in w.status.value, w.status.value
+    card = w.registry.get("unet-cells-3")
+    assert card.training["stopped_early"] and 1 <= card.training["epochs"] < 10000
+
 
 def test_train_detector_from_shapes_with_a_class_feature(make_napari_viewer, qtbot):
     from napari_cnnvision.widgets.detect import DetectWidget
