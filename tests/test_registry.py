@@ -95,3 +95,21 @@ def test_a_swap_interrupted_between_its_renames_still_finds_the_old_model(tmp_pa
     assert reg.get("mine").path == str(old)
     assert read_card(user / "mine").path == str(old)
     assert reg.get(str(user / "mine")).description == "v1"
+
+
+def test_default_model_follows_the_cards_default_mark(tmp_path):
+    """A shipped card marked ``"default": true`` is the task's default even when it is not first."""
+    import json
+
+    from napari_cnnvision.core.registry import ModelRegistry
+
+    for name, mark in (("a-model", False), ("b-model", True)):
+        d = tmp_path / name
+        d.mkdir()
+        card = {"name": name, "task": "detect", "backend": "yolo"}
+        if mark:
+            card["extra"] = {"default": True}
+        (d / "model.json").write_text(json.dumps(card))
+    reg = ModelRegistry(user_dir=tmp_path / "none", shipped_dir=tmp_path)
+    assert reg.default("detect").name == "b-model"
+    assert ModelRegistry().default("detect").name == "bloodcells-yolo"

@@ -231,9 +231,12 @@ class ModelRegistry:
         raise ModelNotFound(f"no model named {s!r} (known: {names}); pass a model folder path to use one directly")
 
     def default(self, task: str) -> ModelCard:
+        """The task's default model: the shipped one whose card says ``"default": true``, else the
+        first shipped one, else the first available one."""
         cards = [c for c in self.list(task) if c.source == "shipped"]
         if not cards:
             cards = self.list(task)
         if not cards:
             raise ModelNotFound(f"no {task} model is available")
-        return cards[0]
+        marked = [c for c in cards if c.extra.get("default") is True]
+        return (marked or cards)[0]
