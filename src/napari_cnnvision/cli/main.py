@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true",
                    help="print the full traceback of errors (before the command: napari-cnnvision --debug segment ...)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    models_cmd.add_parser(sub, _cmd_models)  # models [list | add PATH | check PATH]
+    models_cmd.add_parser(sub, _cmd_models)  # models [list | add PATH | check PATH | export NAME]
     segment.add_parser(sub)
     detect.add_parser(sub)
     evaluate.add_parser(sub)

@@ -1,5 +1,6 @@
-"""``napari-cnnvision models [list | add PATH | check PATH]``: list the models, install a
-bioimage.io package into the user model folder, run a package's own test tensors."""
+"""``napari-cnnvision models [list | add PATH | check PATH | export NAME --to DIR]``: list the
+models, install a bioimage.io package into the user model folder, run a package's own test
+tensors, write a U-Net as a bioimage.io package."""
 from __future__ import annotations
 
 import json
@@ -36,6 +37,13 @@ def add_parser(sub, list_func) -> None:
                    help="check only this weights format (default: every one the package has as a file)")
     c.add_argument("--json", action="store_true", help="print the results as JSON")
     c.set_defaults(func=_cmd_check)
+    e = ms.add_parser("export", help="write a U-Net model as a bioimage.io package folder")
+    e.add_argument("name", help="a U-Net model's registry name or folder")
+    e.add_argument("--to", required=True, metavar="DIR", help="the package folder to write")
+    e.add_argument("--test-image", default=None, metavar="IMAGE",
+                   help="the image for the package's test tensors (default: the bundled 2-D nuclei sample)")
+    e.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    e.set_defaults(func=_cmd_export)
 
 
 def _copy_package(src: Path, dest: Path) -> None:
@@ -107,3 +115,23 @@ def _cmd_check(args) -> int:
         for r in results:
             print(f"{'PASS' if r.passed else 'FAIL'}  {r.weights:<18}  {r.message}")
     return 0 if all(r.passed for r in results) else 1
+
+
+def _cmd_export(args) -> int:
+    from ..backends.bioimageio.export import export_unet
+
+    card = ModelRegistry().get(args.name)
+    dest = Path(args.to)
+    if dest.exists() and not args.force:
+        raise CorruptModel(f"{dest} exists already; pass --force to replace it")
+    if args.test_image:
+        from ..core.images import read_image
+
+        image = read_image(args.test_image)
+    else:
+        from ..sample_data import load_sample
+
+        image = load_sample("nuclei_2d")
+    export_unet(card, dest, image)
+    print(f"exported {card.name!r} to {dest} (bioimageio.spec: valid; its test tensors: PASS)")
+    return 0

@@ -285,5 +285,17 @@ def package_card(path: str | Path, source: str = "path") -> ModelCard:
                      extra={"bioimageio": {"name": str(descr.name), "rdf": rdf_name(path),
                                            "format_version": str(descr.format_version),
                                            "weights": weight_formats(descr), "outputs": m.out_channels,
-                                           "warnings": warnings_}})
+                                           "warnings": warnings_},
+                            **_our_config(descr)})
+
+
+def _our_config(descr) -> dict:
+    """What a package exported by this plugin keeps in ``config.napari_cnnvision``: its thresholds."""
+    cfg = getattr(descr, "config", None)
+    ours = (getattr(cfg, "model_extra", None) or {}).get("napari_cnnvision") if cfg is not None else None
+    thr = ours.get("thresholds") if isinstance(ours, dict) else None
+    if not isinstance(thr, dict):
+        return {}
+    keep = {k: v for k, v in thr.items() if k in ("seed", "fg", "min_size") and isinstance(v, (int, float))}
+    return {"thresholds": keep} if keep else {}
 

@@ -5,7 +5,8 @@ model adapters (TorchScript / PyTorch state dict in the torch worker, ONNX via o
 tiled with the package's input sizes and output halo; the probability maps then become
 instances by the plugin's own seeded watershed (:func:`~..unet.targets.instances_from_probs`).
 
-Tiling: an image that fits one valid input (a fixed size, or ``min + k * step``) runs in one
+Tiling: an image that fits one valid input (a fixed size, or ``min + k * step``) with the
+output ``halo`` of mirrored context on each side (as far as a fixed size allows) runs in one
 call, mirrored up to that size; a larger one is cut into windows of a valid size that overlap
 by the output ``halo`` (or ``tile_overlap``, if larger) on each side, and only the centre of each
 window is kept. ``bioimageio.core``, ``torch`` and ``onnxruntime`` are imported inside the functions.
@@ -97,10 +98,11 @@ def _valid_size(target: int, lo: int, step: int) -> int:
 
 def _axis_tiles(n: int, lo: int, step: int, margin: int, tile: int | None, count: int | None):
     """(window, margin, block starts, block size) along one axis."""
-    if count is None and (tile is None or n <= tile):
-        w = _valid_size(n, lo, step)
-        if w >= n:
-            return w, 0, [0], n
+    if count is None:  # one window when it fits: the image plus mirrored context of the halo
+        if step == 0 and n <= lo:
+            return lo, min(margin, (lo - n) // 2), [0], n
+        if step and (tile is None or n + 2 * margin <= tile):
+            return _valid_size(n + 2 * margin, lo, step), margin, [0], n
     target = (math.ceil(n / count) + 2 * margin) if count else int(tile or DEFAULT_TILE)
     w = _valid_size(max(target, 2 * margin + 1), lo, step)
     core = w - 2 * margin
