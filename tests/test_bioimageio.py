@@ -364,3 +364,26 @@ def test_export_unet_passes_validation_and_reimports_with_the_same_labels(tmp_pa
     assert a.n_objects > 3
     np.testing.assert_array_equal(a.labels, b.labels)
     assert cli_main.main(["models", "export", "nuclei-unet", "--to", str(out)]) != 0  # exists: needs --force
+
+
+def test_segment_widget_runs_a_package_browsed_to(make_napari_viewer, qtbot, tmp_path, weights_dir):
+    """Browse to a package folder in the Segment widget: the job runs in the torch worker; the
+    seed threshold is the widget's probability."""
+    from napari_cnnvision.layers.segmentation import RESULT_KEY
+    from napari_cnnvision.widgets.segment import BROWSE, SegmentWidget
+
+    pkg = make_package(tmp_path / "pkg", weights_dir)
+    viewer = make_napari_viewer()
+    viewer.add_image(two_squares(), name="squares")
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model.value = BROWSE
+    w.model_dir.value = str(pkg)
+    w._on_model()
+    w.image.value = viewer.layers["squares"]
+    assert w.prob.value == pytest.approx(0.9)  # the package's default seed threshold
+    w.run()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=180000)
+    ours = [lyr for lyr in viewer.layers if RESULT_KEY in lyr.metadata]
+    assert len(ours) == 1, w.status.value
+    assert len(set(np.unique(ours[0].data)) - {0}) == 2, w.status.value

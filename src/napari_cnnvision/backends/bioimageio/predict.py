@@ -206,7 +206,8 @@ def segment(
 
     ``prob_thresh``: the watershed seed threshold on the (interior) foreground probability,
     ``fg_thresh``: the foreground mask threshold, ``min_size``: the smallest seed (pixels);
-    defaults from :func:`thresholds_of`. The package's own preprocessing replaces the plugin's
+    defaults from :func:`thresholds_of`; ``nms_thresh`` has no meaning for a watershed and is
+    ignored (as for the U-Net). The package's own preprocessing replaces the plugin's
     normalization (``pmin``/``pmax`` are ignored, with a warning). ``weights``: a weights format
     (default: the first of torchscript, pytorch_state_dict, onnx the package has as a file).
     ``n_tiles``: ``"auto"`` windows of about ``tile_size`` (default 512) pixels, ``None`` the
@@ -224,8 +225,6 @@ def segment(
     inp = prepare_input(image, axes, card.name, 2, m.in_channels)
     if pmin is not None or pmax is not None:
         notes.append("pmin/pmax were ignored: a bioimage.io package normalizes with its own preprocessing")
-    if nms_thresh is not None:
-        notes.append("nms_thresh was ignored: the watershed of a bioimage.io package has no overlap threshold")
     if tta:
         notes.append("tta was ignored: test-time augmentation is not available for bioimage.io packages")
     thr = thresholds_of(card)
