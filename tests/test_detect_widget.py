@@ -313,23 +313,21 @@ def test_a_box_the_user_deleted_stays_deleted_when_another_frame_runs(detect):
     assert "frame 2: 4 objects" in w.status.value and "9 in the stack" in w.status.value
 
 
-def test_the_widget_starts_on_the_model_marked_default(make_napari_viewer, models, tmp_path):
+def test_the_widget_starts_on_the_default_model(make_napari_viewer, models, tmp_path):
+    """The shipped model whose card says "default": true, not the first one listed."""
     import json
     import shutil
 
+    from napari_cnnvision.core.registry import ModelRegistry
     from napari_cnnvision.widgets.detect import DetectWidget
 
-    user = tmp_path / "user"
+    shipped = tmp_path / "shipped"
     for name, default in (("a-first", False), ("b-marked", True)):
-        shutil.copytree(models / MODEL, user / name)
-        card = json.loads((user / name / "model.json").read_text())
+        shutil.copytree(models / MODEL, shipped / name)
+        card = json.loads((shipped / name / "model.json").read_text())
         card["name"] = name
         card.setdefault("extra", {})["default"] = default
-        (user / name / "model.json").write_text(json.dumps(card))
-    from napari_cnnvision.core.registry import ModelRegistry
-
-    viewer = make_napari_viewer()
-    registry = ModelRegistry(user_dir=user, shipped_dir=tmp_path / "none")
-    assert registry.default("detect").name != "b-marked"  # the registry alone would start elsewhere
-    w = DetectWidget(viewer, registry)
-    assert w.model.value == "b-marked"
+        (shipped / name / "model.json").write_text(json.dumps(card))
+    registry = ModelRegistry(user_dir=tmp_path / "user", shipped_dir=shipped)
+    assert list(DetectWidget(make_napari_viewer(), registry).model.choices)[:2] == ["a-first", "b-marked"]
+    assert DetectWidget(make_napari_viewer(), registry).model.value == "b-marked"

@@ -160,13 +160,6 @@ def counts_text(res: DetectionResult, what: str = "objects") -> str:
     return f"{n} {what[:-1] if n == 1 else what}: {per}"
 
 
-def default_model(registry: ModelRegistry, task: str) -> str:
-    """The model a widget starts on: the one whose card says ``"default": true`` (in its extra
-    fields; the registry's own default does not read that yet), else the registry's default."""
-    marked = [c for c in registry.list(task) if isinstance(c.extra, dict) and c.extra.get("default") is True]
-    return (marked[0] if marked else registry.default(task)).name
-
-
 # -- the widget base ---------------------------------------------------------------------------
 class BoxesWidget(JobWidget):
     """Image layer + model of ``task`` -> Shapes rectangles + Points centres named
@@ -184,8 +177,8 @@ class BoxesWidget(JobWidget):
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.picker = ModelPicker(self.registry, self.task)
         self.model, self.model_dir = self.picker.model, self.picker.folder
-        try:
-            self.model.value = default_model(self.registry, self.task)
+        try:  # the task's default model (a shipped card may say "default": true), as the CLI's and API's
+            self.model.value = self.registry.default(self.task).name
         except MODEL_ERRORS:
             pass
         self.note = StatusLabel(label="", visible=False)
