@@ -30,6 +30,23 @@ class LossPlot:
         self.ax.legend(handles=[self._train, self._val, self._metric], fontsize="x-small", loc="upper right")
         self.clear(metric_name)
 
+    def set_colors(self, face: str, text: str):
+        """Match the viewer's theme (background and text colours)."""
+        self.figure.set_facecolor(face)
+        for ax in (self.ax, self.ax2):
+            ax.set_facecolor(face)
+            ax.tick_params(colors=text, which="both")
+            ax.xaxis.label.set_color(text)
+            ax.yaxis.label.set_color(text)
+            for sp in ax.spines.values():
+                sp.set_color(text)
+        leg = self.ax.get_legend()
+        if leg is not None:
+            leg.get_frame().set_facecolor(face)
+            for t in leg.get_texts():
+                t.set_color(text)
+        self.canvas.draw_idle()
+
     @property
     def native(self):
         return self.canvas
@@ -42,7 +59,13 @@ class LossPlot:
         if metric_name is not None:
             self._metric.set_label(metric_name)
             self.ax2.set_ylabel(metric_name)
+            leg = self.ax.get_legend()
+            colors = (leg.get_frame().get_facecolor(), leg.get_texts()[0].get_color()) if leg is not None else None
             self.ax.legend(handles=[self._train, self._val, self._metric], fontsize="x-small", loc="upper right")
+            if colors is not None:
+                self.ax.get_legend().get_frame().set_facecolor(colors[0])
+                for t in self.ax.get_legend().get_texts():
+                    t.set_color(colors[1])
         self._redraw()
 
     def add(self, epoch: int, train_loss: float | None, val_loss: float | None, metric: float | None):

@@ -85,6 +85,7 @@ class TrainWidget(JobWidget):
                      self.epochs, self.minutes, self.lr, self.val_fraction, self.split, self.run_btn,
                      self.stop_btn, self.cancel_btn, self.progress, self.status])
         self.native.layout().addWidget(self.plot.native)
+        self._theme_plot()
         self._named_by_user = False
         self._t0 = 0.0
         self._budget_s: float | None = None
@@ -102,6 +103,15 @@ class TrainWidget(JobWidget):
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._budget_over)
         self._suggest_name()
+
+    def _theme_plot(self):
+        try:
+            from napari.utils.theme import get_theme
+
+            theme = get_theme(self.viewer.theme)
+            self.plot.set_colors(theme.background.as_hex(), theme.text.as_hex())
+        except Exception:  # noqa: BLE001 - an unknown theme keeps matplotlib's colours
+            pass
 
     # -- choices ----------------------------------------------------------------------------
     def _base_choices(self, *_):
