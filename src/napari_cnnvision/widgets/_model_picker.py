@@ -23,6 +23,7 @@ class ModelPicker:
         self.model = ComboBox(label="model", choices=self._choices)
         self.folder = FileEdit(label="model folder", mode="d", visible=False)
         self.model.changed.connect(self._toggle_folder)
+        self._toggle_folder()  # "browse" may be the only (so the first) choice: no change event fires
 
     @property
     def widgets(self) -> list:
