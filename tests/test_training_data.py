@@ -207,3 +207,32 @@ def test_localization_set_takes_one_rectangle_per_annotated_frame():
         localization_set(stack, boxes, ["a"] * 4, [0, 0, 3, 4])
     with pytest.raises(InputError, match="image stack"):
         localization_set(stack[0], boxes[:1], ["a"], None)
+
+
+def test_fine_tuning_a_detector_rebuilds_its_class_head_for_new_classes(tmp_path):
+    """A base with 3 classes fine-tuned on 2 others: the backbone weights are the base's, the class head new."""
+    import torch
+
+    from napari_cnnvision.backends.detection.models import build_detector, load_detector, save_detector
+    from napari_cnnvision.backends.dispatch import card_payload
+    from napari_cnnvision.backends.training.jobs import detector_train_job
+    from napari_cnnvision.core.registry import read_card
+
+    cfg = {"arch": "yolo", "classes": ["RBC", "WBC", "Platelets"], **TINY_YOLO}
+    base = save_detector(build_detector(cfg), cfg, tmp_path / "base", {"name": "base"})
+    img = np.zeros((64, 96), np.uint8)
+    img[8:24, 8:24] = img[30:50, 60:80] = 200
+    ds = detection_set(img, [[8, 8, 24, 24], [30, 60, 50, 80]], ["nucleus", "mitosis"], val_fraction=0.4)
+    res = detector_train_job(train=ds.train, val=ds.val, classes=ds.classes, name="tuned",
+                             base=card_payload(read_card(base)), settings={"epochs": 1, "lr": 1e-9},
+                             out_dir=tmp_path / "models")
+    tuned, tcfg = load_detector(res.model_dir)
+    assert tcfg["classes"] == ["nucleus", "mitosis"] and tcfg["widths"] == TINY_YOLO["widths"]
+    b_state = load_detector(base)[0].state_dict()
+    t_state = tuned.state_dict()
+    changed = [k for k in t_state if t_state[k].shape != b_state[k].shape]
+    assert changed and all(k.startswith("head.cls") for k in changed)
+    first_conv = next(k for k in t_state if k.startswith("backbone") and k.endswith("weight"))
+    assert torch.allclose(t_state[first_conv], b_state[first_conv], atol=1e-4)  # kept (lr ~0)
+    card = read_card(res.model_dir)
+    assert card.training["base_model"] == "base" and any(k.startswith("head.cls") for k in card.training["rebuilt_weights"])
