@@ -14,7 +14,8 @@ pm = PluginManifest.from_distribution("napari-cnnvision")
 for c in pm.contributions.commands:
     mod = c.python_name.split(":")[0]
     __import__(mod)
-heavy = [m for m in ("tensorflow", "torch", "torchvision", "stardist", "keras") if m in sys.modules]
+heavy = [m for m in ("tensorflow", "torch", "torchvision", "stardist", "keras", "bioimageio.spec", "bioimageio.core",
+                      "onnxruntime", "distributed", "zarr", "matplotlib", "xarray") if m in sys.modules]
 print(json.dumps({"heavy": heavy, "commands": len(pm.contributions.commands)}))
 """
 
