@@ -78,7 +78,8 @@ def check_package(path, weights: str | None = None) -> list[CheckResult]:
             results.append(CheckResult(fmt, False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
             continue
         if got.shape != want.shape:
-            results.append(CheckResult(fmt, False, f"output shape {got.shape} differs from the test output {want.shape}"))
+            results.append(CheckResult(fmt, False, f"output shape {got.shape} differs from the test output "
+                                                   f"{want.shape}"))
             continue
         diff = np.abs(got - want)
         bad = float(np.count_nonzero(diff > atol + rtol * np.abs(want))) * 1e6 / max(1, want.size)
