@@ -50,13 +50,13 @@ def connect(workers: int | None = None, scheduler: str | None = None, framework:
             cluster.close()
 
 
-def _local_cluster(LocalCluster, workers: int, resources: dict):
+def _local_cluster(LocalCluster, workers: int, resources: dict, threads: int | None = None):
     """N worker processes of 1 Dask thread; the CPU cores shared out among them as the framework's
     threads (Dask's default is 1 each). Dask sets these variables before it spawns a worker, in
-    this process too: they are put back afterwards."""
+    this process too: they are put back afterwards. ``threads``: that number instead."""
     import dask
 
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    threads = str(threads or max(1, (os.cpu_count() or 1) // workers))
     keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
     saved = {k: os.environ.get(k) for k in keys}
     try:
