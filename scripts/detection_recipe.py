@@ -59,7 +59,7 @@ def run(a, config: dict, description: str, argv=None, script: str = ""):
     import torch
 
     from napari_cnnvision.backends.detection.models import build_detector
-    from napari_cnnvision.backends.detection.train import DetTrainSettings, train_detector
+    from napari_cnnvision.backends.detection.train import DetectorTrainSettings, train_detector
     from napari_cnnvision.core.progress import Progress
 
     torch.set_num_threads(a.threads)
@@ -80,9 +80,10 @@ def run(a, config: dict, description: str, argv=None, script: str = ""):
     print(f"{config['arch']}: {n_params / 1e6:.2f} M parameters", flush=True)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = DetTrainSettings(epochs=a.epochs, batch_size=a.batch, lr=a.lr, weight_decay=a.weight_decay,
-                                warmup_steps=a.warmup, time_budget_min=a.budget_min, zoom=a.zoom, seed=a.seed,
-                                val_every=a.val_every, checkpoint=str(out / f"{a.name}.ckpt"), resume=a.resume)
+    settings = DetectorTrainSettings.from_dict(dict(
+        epochs=a.epochs, batch_size=a.batch, learning_rate=a.lr, weight_decay=a.weight_decay,
+        warmup_steps=a.warmup, time_budget=a.budget_min * 60 if a.budget_min else None, augment={"zoom": a.zoom},
+        seed=a.seed, val_every=a.val_every, checkpoint=str(out / f"{a.name}.ckpt"), resume=a.resume))
 
     def emit(ev):
         m = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in ev.metrics.items())

@@ -10,10 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
+from napari_cnnvision.backends.augment import AugmentSettings  # noqa: E402
 from napari_cnnvision.backends.detection.boxap import average_precision  # noqa: E402
 from napari_cnnvision.backends.detection.models import (  # noqa: E402
     build_detector, load_detector, save_detector, set_thresholds)
-from napari_cnnvision.backends.detection.train import DetTrainSettings, train_detector  # noqa: E402
+from napari_cnnvision.backends.detection.train import DetectorTrainSettings, train_detector  # noqa: E402
 from napari_cnnvision.core.progress import RecordingProgress  # noqa: E402
 from napari_cnnvision.core.registry import CorruptModel, read_card  # noqa: E402
 
@@ -131,8 +132,9 @@ def test_yolo_training_overfits_two_squares(tmp_path):
     config = tiny_config("yolo")
     model = build_detector(config)
     sample = two_squares()
-    settings = DetTrainSettings(epochs=20, batch_size=1, lr=1e-2, warmup_steps=2, flips=False, gain=(1.0, 1.0),
-                                offset=0.0, seed=0, device="cpu", val_every=10)
+    settings = DetectorTrainSettings(epochs=20, batch_size=1, learning_rate=1e-2, warmup_steps=2,
+                                     augment=AugmentSettings(flips=False, gain=(1.0, 1.0), offset=0.0), seed=0,
+                                     device="cpu", val_every=10)
     prog = RecordingProgress()
     res = train_detector(model, config, [sample], [sample], tmp_path / "m", settings, prog,
                          {"training": {"data": "two squares"}})
@@ -163,7 +165,7 @@ def test_stop_request_keeps_the_best_epoch(tmp_path):
     sample = two_squares()
     prog = RecordingProgress(stop_after=2)
     res = train_detector(build_detector(config), config, [sample], [sample], None,
-                         DetTrainSettings(epochs=50, batch_size=1, warmup_steps=1, device="cpu"), prog)
+                         DetectorTrainSettings(epochs=50, batch_size=1, warmup_steps=1, device="cpu"), prog)
     assert res.stopped and res.epochs_run < 50
 
 
@@ -172,10 +174,10 @@ def test_checkpoint_resume_continues(tmp_path):
     sample = two_squares()
     ck = tmp_path / "run.ckpt"
     s = dict(batch_size=1, warmup_steps=1, device="cpu", checkpoint=str(ck))
-    train_detector(build_detector(config), config, [sample], [sample], None, DetTrainSettings(epochs=2, **s))
+    train_detector(build_detector(config), config, [sample], [sample], None, DetectorTrainSettings(epochs=2, **s))
     assert ck.is_file()
     res = train_detector(build_detector(config), config, [sample], [sample], None,
-                         DetTrainSettings(epochs=4, resume=True, **s), RecordingProgress())
+                         DetectorTrainSettings(epochs=4, resume=True, **s), RecordingProgress())
     assert res.epochs_run == 4 and len(res.history["train_loss"]) == 4  # 2 from the checkpoint + 2 new
 
 

@@ -56,6 +56,12 @@ class TrainSettings:
     label: ClassVar[str] = "training settings"
     #: former field names -> current ones (``a.b``: field ``b`` of the nested settings ``a``)
     aliases: ClassVar[dict[str, str]] = {}
+    #: fields of this base that a trainer does not use (whole images, its own normalization):
+    #: left out of :meth:`to_dict` (and so of ``training.json`` / the card)
+    unused: ClassVar[tuple[str, ...]] = ()
+    #: the type of ``augment`` (a trainer with its own augmentation names its settings class;
+    #: it has a ``validate()`` raising :class:`InputError`)
+    augment_type: ClassVar[type] = AugmentSettings
 
     def __post_init__(self):
         for f in fields(self):
@@ -65,8 +71,8 @@ class TrainSettings:
             elif isinstance(v, dict) and f.default_factory is not MISSING:
                 proto = f.default_factory()
                 if is_dataclass(proto):
-                    try:
-                        setattr(self, f.name, type(proto)(**v))
+                    try:  # keys not given keep this class's defaults (its factory's)
+                        setattr(self, f.name, type(proto)(**{**asdict(proto), **v}))
                     except InputError as e:
                         raise InputError(f"{self.label}: {e}") from None
                     except TypeError as e:  # an unknown key
@@ -108,7 +114,7 @@ class TrainSettings:
         if not (_is_int(p) or (isinstance(p, tuple) and len(p) == 2 and all(_is_int(v) for v in p))) \
                 or min(self.patch_shape) < 1:
             self._fail(f"patch_size must be a positive whole number or (height, width), got {p!r}")
-        if not isinstance(self.augment, AugmentSettings):
+        if not isinstance(self.augment, self.augment_type):
             self._fail(f"augment must be augmentation settings, got {self.augment!r}")
         try:
             self.augment.validate()
@@ -127,7 +133,10 @@ class TrainSettings:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for name in self.unused:
+            d.pop(name, None)
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

@@ -16,28 +16,37 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ...core.progress import NULL_PROGRESS, Progress
+from ..augment import AugmentSettings
+from ..settings import TrainSettings, _is_number
+
+
+def _detector_augment() -> AugmentSettings:
+    """The detectors' augmentation defaults: the 8 flips / turns and a mild intensity jitter."""
+    return AugmentSettings(flips=True, gain=(0.9, 1.1), offset=0.05, zoom=0.0)
 
 
 @dataclass
-class DetTrainSettings:
+class DetectorTrainSettings(TrainSettings):
+    """Settings of :func:`train_detector` (the shared names of :mod:`..settings`). The detector
+    sees whole images (its config's ``input_size`` and ``scale``) normalized by its card, so
+    ``patch_size``, ``pmin`` and ``pmax`` are not used (nor saved). ``time_budget`` is in seconds;
+    ``checkpoint`` a file written after every epoch, continued from with ``resume``."""
+
     epochs: int = 100
     batch_size: int = 8
-    lr: float = 2e-3
+    learning_rate: float = 2e-3
+    augment: AugmentSettings = field(default_factory=_detector_augment)
     weight_decay: float = 5e-4
     warmup_steps: int = 100
     min_lr_fraction: float = 0.05
-    time_budget_min: float | None = None
-    flips: bool = True  # the 8 flips / quarter turns
-    gain: tuple[float, float] = (0.9, 1.1)  # intensity jitter x * U(gain) + U(-offset, offset)
-    offset: float = 0.05
-    zoom: float = 0.0  # per-axis zoom up to 1 + zoom either way (0: off)
-    seed: int = 0
+    #: stop after this many seconds (the cosine schedule follows the elapsed fraction of it)
+    time_budget: float | None = None
     val_every: int = 1
     val_score_thresh: float = 0.01
     grad_clip: float = 10.0
@@ -45,14 +54,46 @@ class DetTrainSettings:
     resume: bool = False
     device: str | None = None
 
-    def __post_init__(self):
-        for k in ("epochs", "batch_size", "val_every"):
-            if int(getattr(self, k)) < 1:
-                raise ValueError(f"{k} must be at least 1, got {getattr(self, k)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.time_budget_min is not None and not self.time_budget_min > 0:
-            raise ValueError(f"time_budget_min must be positive, got {self.time_budget_min}")
+    label = "detector training settings"
+    aliases = {"lr": "learning_rate", "flips": "augment.flips", "gain": "augment.gain",
+               "offset": "augment.offset", "zoom": "augment.zoom"}
+    unused = ("patch_size", "pmin", "pmax")
+
+    @classmethod
+    def from_dict(cls, d: dict | None):
+        """Also the former ``time_budget_min`` (minutes; ``time_budget`` is in seconds)."""
+        d = dict(d or {})
+        if "time_budget_min" in d:
+            m = d.pop("time_budget_min")
+            if "time_budget" not in d:
+                d["time_budget"] = m * 60 if _is_number(m) else m
+        return super().from_dict(d)
+
+    def validate(self) -> None:
+        super().validate()
+        self._int("epochs")
+        self._int("warmup_steps", 0)
+        self._int("val_every")
+        self._positive("weight_decay", allow_zero=True)
+        self._positive("grad_clip", allow_zero=True)
+        for name in ("min_lr_fraction", "val_score_thresh"):
+            v = getattr(self, name)
+            if not _is_number(v) or not 0 <= v <= 1:
+                self._fail(f"{name} must be a number in 0..1, got {v!r}")
+        if self.time_budget is not None:
+            self._positive("time_budget")
+        if not isinstance(self.resume, bool):
+            self._fail(f"resume must be true or false, got {self.resume!r}")
+        for name in ("checkpoint", "device"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                self._fail(f"{name} must be a text (a path, a device name) or None, got {v!r}")
+
+
+def DetTrainSettings(**kw) -> DetectorTrainSettings:  # noqa: N802 (the former class name)
+    """The former name of :class:`DetectorTrainSettings`; takes the former field names too
+    (``lr``, ``flips``, ``gain``, ``offset``, ``zoom``, ``time_budget_min``)."""
+    return DetectorTrainSettings.from_dict(kw)
 
 
 @dataclass
@@ -88,15 +129,15 @@ def _to_float(image) -> np.ndarray:
     return np.clip(im.astype(np.float32), 0.0, 1.0)
 
 
-def _augment(sample, rng, s: DetTrainSettings):
+def _augment(sample, rng, s: DetectorTrainSettings):
     """One draw of the shared box-aware augmentation (:mod:`..augment`) on a float image."""
-    from ..augment import AugmentSettings, augment
+    from ..augment import augment
 
     x = _to_float(sample["image"])
     boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
     labels = np.asarray(sample["labels"], np.int64).reshape(-1)
     a = augment(rng, x, boxes=boxes[:, [1, 0, 3, 2]],
-                settings=AugmentSettings(flips=s.flips, gain=tuple(s.gain), offset=s.offset, zoom=s.zoom))
+                settings=s.augment)
     b = a.boxes[:, [1, 0, 3, 2]].astype(np.float32)
     lab = labels[a.box_index]
     ok = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)  # a zoom can cut a box down to nothing
@@ -166,7 +207,7 @@ def val_map(model, samples, num_classes, device, score_thresh) -> dict:
 
 
 # --- training -------------------------------------------------------------------------
-def _lr_factor(step: int, frac: float, s: DetTrainSettings) -> float:
+def _lr_factor(step: int, frac: float, s: DetectorTrainSettings) -> float:
     if step < s.warmup_steps:
         return (step + 1) / s.warmup_steps
     frac = min(max(frac, 0.0), 1.0)
@@ -182,7 +223,7 @@ def _save_checkpoint(path: Path, state: dict):
 
 
 def train_detector(model, config: dict, train: list[dict], val: list[dict], out_folder=None,
-                   settings: DetTrainSettings | None = None, progress: Progress = NULL_PROGRESS,
+                   settings: DetectorTrainSettings | dict | None = None, progress: Progress = NULL_PROGRESS,
                    card_fields: dict | None = None) -> DetTrainResult:
     """Train ``model`` (built from ``config``) and, if ``out_folder`` is given, save it there.
 
@@ -194,7 +235,8 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
 
     from .models import save_detector
 
-    s = settings or DetTrainSettings()
+    s = settings if isinstance(settings, DetectorTrainSettings) else DetectorTrainSettings.from_dict(settings)
+    s.validate()  # after any change made since it was built
     classes = list(config["classes"])
     k = len(classes)
     if not train:
@@ -205,7 +247,7 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
     _check_samples(val, k, "validation")
     device = torch.device(s.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr,
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.learning_rate,
                             weight_decay=s.weight_decay)
     history = {"train_loss": [], "val_loss": [], "val_map": [], "lr": [], "seconds": []}
     best_map, best_epoch, best_state, start_epoch, step, elapsed0 = -1.0, 0, None, 1, 0, 0.0
@@ -218,7 +260,7 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
         best_state, start_epoch, step, elapsed0 = c["best_state"], int(c["epoch"]) + 1, int(c["step"]), float(c["elapsed"])
         progress(None, f"resumed from {ckpt} after epoch {start_epoch - 1}")
     t0 = time.time() - elapsed0
-    budget = s.time_budget_min * 60 if s.time_budget_min else None
+    budget = s.time_budget or None
     steps_per_epoch = math.ceil(len(train) / s.batch_size)
     total_steps = s.epochs * steps_per_epoch
     stopped, epoch_seconds = False, []
@@ -240,7 +282,7 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
             if budget:
                 frac = max(frac, (time.time() - t0) / budget)
             for g in opt.param_groups:
-                g["lr"] = s.lr * _lr_factor(step, frac, s)
+                g["lr"] = s.learning_rate * _lr_factor(step, frac, s)
             losses = model(imgs, tgs)
             loss = sum(losses.values())
             if not torch.isfinite(loss):
@@ -292,7 +334,7 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
     metrics = {"val": {"map@0.5": round(result["map"], 4),
                        "ap@0.5_per_class": {classes[c - 1]: round(v, 4) for c, v in result["ap"].items()},
                        "n_images": len(val), "ap_method": "boxap (101-point, COCO-style)"}}
-    settings_d = asdict(s)
+    settings_d = s.to_dict()
     folder = None
     if out_folder is not None:
         fields = dict(card_fields or {})

@@ -33,11 +33,11 @@ def detector_train_job(progress=NULL_PROGRESS, train=(), val=(), classes=(), nam
     """Train a detector on ``train`` / ``val`` samples and save it as ``out_dir/name`` (default: the
     user model folder, so the registry lists it at once). ``base``: a card payload (fine-tune,
     heads rebuilt for ``classes``) or None (a fresh network of ``config``, default :data:`FRESH_YOLO`).
-    ``settings``: :class:`~..detection.train.DetTrainSettings` fields. An existing model of that
+    ``settings``: :class:`~..detection.train.DetectorTrainSettings` fields (former names too). An existing model of that
     name is refused, never overwritten."""
     from ...core.registry import ModelRegistry
     from ..detection.models import build_detector
-    from ..detection.train import DetTrainSettings, train_detector
+    from ..detection.train import DetectorTrainSettings, train_detector
     from ..dispatch import card_from_payload
     from .naming import check_new_name
 
@@ -54,10 +54,9 @@ def detector_train_job(progress=NULL_PROGRESS, train=(), val=(), classes=(), nam
     else:
         cfg = {**FRESH_YOLO, **(config or {}), "classes": classes}
         model, rebuilt, base_name = build_detector(cfg), [], None
-    s = dict(settings or {})
-    steps = int(s.get("epochs", 100)) * math.ceil(len(train) / int(s.get("batch_size", 8)))
-    s.setdefault("warmup_steps", max(1, min(100, steps // 10)))
-    st = DetTrainSettings(**s)
+    st = DetectorTrainSettings.from_dict(settings)  # InputError naming a bad field
+    if "warmup_steps" not in (settings or {}):
+        st.warmup_steps = max(1, min(100, st.epochs * math.ceil(len(train) / st.batch_size) // 10))
     fields = {"name": name, "description": f"YOLO-style detector trained in napari on {', '.join(classes)}",
               "normalization": normalization or {"type": "scale", "factor": 1 / 255},
               "training": {"data": data or {}, "base_model": base_name, "rebuilt_weights": rebuilt[:20],
