@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import threading
-import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...core.cache import LRUCache
+from ...core.io import staged_dir
 from ...core.registry import CorruptModel, ModelCard, ModelNotFound, write_card
+# the torch-file checks every model folder of the plugin shares (state_dict loading, error wording, cache key)
+from ..unet.io import _cache_key, _load_error_reason, _short, _state_dict
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.pt"
@@ -40,13 +39,6 @@ class LoadedLocalizer:
     class_names: list[str]
     normalization: dict
     folder: str
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip().splitlines()
-    text = text[0] if text else ""
-    text = text if len(text) <= limit else text[:limit] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def read_config(folder: str | Path) -> dict:
@@ -73,18 +65,11 @@ def read_config(folder: str | Path) -> dict:
     return {"localizer": d["localizer"], "classes": classes, "normalization": norm}
 
 
-def _state_dict(model_or_state) -> dict:
-    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
-    if not isinstance(state, dict):
-        raise TypeError(f"expected a torch module or a state_dict, got {type(model_or_state).__name__}")
-    return OrderedDict((k, v.detach().to("cpu").clone().contiguous()) for k, v in state.items())
-
-
 def save_model(folder: str | Path, model, config, class_names: list[str], *, name: str | None = None,
                normalization: dict | None = None, description: str = "", training: dict | None = None,
                metrics: dict | None = None, extra_files: dict[str, str] | None = None) -> Path:
     """Write a complete localizer model folder atomically (assembled in a temporary sibling and
-    renamed into place); returns the folder. ``model`` is a ``Localizer`` or its state_dict,
+    swapped into place by :func:`~napari_cnnvision.core.io.staged_dir`); returns the folder. ``model`` is a ``Localizer`` or its state_dict,
     ``config`` its ``LocalizerConfig``; ``extra_files`` maps file names to text."""
     import torch
 
@@ -103,44 +88,23 @@ def save_model(folder: str | Path, model, config, class_names: list[str], *, nam
                                                  f"{config.input_size[0]}x{config.input_size[1]}"),
                      training=training or {}, metrics=metrics or {})
     state = _state_dict(model)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    try:
+    bad = [f for f in (extra_files or {}) if Path(f).name != f or f in (CONFIG_NAME, WEIGHTS_NAME, "model.json")]
+    if bad:
+        raise ValueError(f"bad extra file name {bad[0]!r}")
+    with staged_dir(folder) as tmp:  # readers see the old or the complete new folder, never a mix
         with open(tmp / WEIGHTS_NAME, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
         for fname, text in (extra_files or {}).items():
-            if Path(fname).name != fname or fname in (CONFIG_NAME, WEIGHTS_NAME, "model.json"):
-                raise ValueError(f"bad extra file name {fname!r}")
             (tmp / fname).write_text(text)
         write_card(card, tmp)
-        os.chmod(tmp, 0o755)
-        _replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    if not dest.exists():
-        os.rename(new, dest)
-        return
-    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(dest, old)
-    try:
-        os.rename(new, dest)
-    except BaseException:
-        os.rename(old, dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_state_dict(path: str | Path, where: str) -> dict:
     """A weights-only state_dict from ``path``; :class:`CorruptModel` naming ``where`` otherwise."""
-    import pickle
     import warnings
 
     import torch
@@ -151,17 +115,7 @@ def read_state_dict(path: str | Path, where: str) -> dict:
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip/pickle/EOF errors, refused non-tensor objects
-        msg = str(exc)
-        if isinstance(exc, EOFError) or "unexpected EOF" in msg:
-            why = "the file is empty or truncated"
-        elif "zip archive" in msg or "central directory" in msg:
-            why = "not a complete PyTorch file (truncated or damaged)"
-        elif isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in msg:
-            why = ("it is not a weights-only PyTorch state_dict: it holds other Python objects, which are "
-                   "never loaded, or is not a PyTorch file at all")
-        else:
-            why = f"damaged or not a PyTorch state_dict ({_short(exc)})"
-        raise CorruptModel(f"cannot read the weights {path.name} of {where}: {why}") from exc
+        raise CorruptModel(f"cannot read the weights {path.name} of {where}: {_load_error_reason(exc)}") from exc
     if not isinstance(state, dict) or not state or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CorruptModel(f"{path.name} of {where} does not hold a state_dict (parameter names -> tensors)")
@@ -169,14 +123,6 @@ def read_state_dict(path: str | Path, where: str) -> dict:
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise CorruptModel(f"the weights of {where} contain NaN/inf values ({k})")
     return state
-
-
-def _cache_key(folder: Path) -> tuple:
-    try:
-        sc, sw = (folder / CONFIG_NAME).stat(), (folder / WEIGHTS_NAME).stat()
-    except FileNotFoundError:
-        return (str(folder.resolve()), None)
-    return (str(folder.resolve()), sc.st_mtime_ns, sw.st_mtime_ns, sw.st_size)
 
 
 def load_model(folder: str | Path, use_cache: bool = True) -> LoadedLocalizer:
