@@ -1,7 +1,8 @@
 """Sample images for napari's File > Open Sample menu.
 
-They are the real images that the ``stardist`` package ships. The files are located
-without importing ``stardist`` (which would pull in its compiled extensions).
+The nuclei and H&E images are the real images that the ``stardist`` package ships (located
+without importing ``stardist``, which would pull in its compiled extensions); the blood smear
+is synthetic, drawn here from a fixed seed (no data file).
 """
 from __future__ import annotations
 
