@@ -78,9 +78,9 @@ def main(argv=None):
     data, out = Path(a.data), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    settings = LocalizerTrainSettings(epochs=a.epochs, time_budget_s=a.time_budget, batch_size=a.batch, lr=a.lr,
-                                      box_weight=a.box_weight, input_size=tuple(a.size), widths=tuple(a.widths),
-                                      seed=a.seed, turns=a.turns)
+    settings = LocalizerTrainSettings.from_dict(dict(
+        epochs=a.epochs, time_budget=a.time_budget, batch_size=a.batch, learning_rate=a.lr, box_weight=a.box_weight,
+        input_size=tuple(a.size), widths=tuple(a.widths), seed=a.seed, augment={"turns": a.turns}))
     norm = dict(DEFAULT_NORMALIZATION)
     sets = {}
     for split in ("train", "val"):

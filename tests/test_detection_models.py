@@ -158,6 +158,7 @@ def test_yolo_training_overfits_two_squares(tmp_path):
     card = read_card(tmp_path / "m")
     assert card.task == "detect" and card.backend == "yolo" and card.classes == ["square", "disc"]
     assert card.training["data"] == "two squares" and card.metrics["val"]["map@0.5"] >= 0.9
+    assert DetectorTrainSettings.from_model_card(tmp_path / "m") == settings  # saved beside the weights
 
 
 def test_stop_request_keeps_the_best_epoch(tmp_path):

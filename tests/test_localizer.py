@@ -53,10 +53,11 @@ def synth(n, seed, size=SIZE):
     return ims, np.array(boxes), np.array(labels)
 
 
-def tiny_settings(**kw):
-    base = dict(epochs=16, batch_size=16, lr=5e-3, input_size=(SIZE, SIZE), widths=(8, 16, 24, 32), ema=0.0,
-                zoom=0.1, shift=0.1, warmup_epochs=0.5, label_smoothing=0.0)
-    return LocalizerTrainSettings(**{**base, **kw})
+def tiny_settings(augment=None, **kw):
+    base = dict(epochs=16, batch_size=16, learning_rate=5e-3, input_size=(SIZE, SIZE), widths=(8, 16, 24, 32),
+                ema=0.0, augment={"zoom": 0.1, "shift": 0.1, **(augment or {})}, warmup_epochs=0.5,
+                label_smoothing=0.0)
+    return LocalizerTrainSettings.from_dict({**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_augmentation_moves_the_box_with_the_object():
     rng = np.random.default_rng(3)
     ims, boxes, labels = synth(8, 5)
     s = prepare_set(ims, boxes, labels, (SIZE, SIZE), NORM)
-    settings = tiny_settings(intensity=0.0)
+    settings = tiny_settings({"intensity": 0.0})
     x, b = augment_batch(torch.from_numpy(s.images), torch.from_numpy(s.boxes), rng, settings)
     assert not torch.equal(x, torch.from_numpy(s.images))  # something moved
     for i in range(8):
@@ -116,8 +117,8 @@ def test_augmentation_keeps_the_aspect_ratio_without_turns():
     im[20:30, 10:50] = 1  # a wide bar
     s = prepare_set([im] * 32, [[20, 10, 30, 50]] * 32, [0] * 32, (SIZE, SIZE), NORM)
     x, b = torch.from_numpy(s.images), torch.from_numpy(s.boxes)
-    flips = augment_batch(x, b, np.random.default_rng(0), tiny_settings(turns=False, zoom=0, shift=0))[1]
-    turns = augment_batch(x, b, np.random.default_rng(0), tiny_settings(turns=True, zoom=0, shift=0))[1]
+    flips = augment_batch(x, b, np.random.default_rng(0), tiny_settings({"turns": False, "zoom": 0, "shift": 0}))[1]
+    turns = augment_batch(x, b, np.random.default_rng(0), tiny_settings({"turns": True, "zoom": 0, "shift": 0}))[1]
     assert (flips[:, 2] > flips[:, 3]).all()  # still wide
     assert (turns[:, 2] < turns[:, 3]).any() and (turns[:, 2] > turns[:, 3]).any()
 
@@ -160,7 +161,7 @@ def test_stop_request_ends_training_and_keeps_the_best():
 
 def test_time_budget_ends_training():
     train = prepare_set(*synth(16, 2), (SIZE, SIZE), NORM)
-    res = train_localizer(train, None, CLASSES, tiny_settings(epochs=10_000, time_budget_s=1.0))
+    res = train_localizer(train, None, CLASSES, tiny_settings(epochs=10_000, time_budget=1.0))
     assert 1 <= res.epochs_run < 10_000 and res.seconds < 30
 
 
@@ -315,8 +316,10 @@ def test_train_job_in_the_compute_worker(pool, tmp_path):
     card = _card(tmp_path / "job-loc")
     assert job_for(card, "train") == "localizer.train"
     assert card.training["box_weight_lambda"] == 20.0 and "val_accuracy" in card.metrics
+    saved = LocalizerTrainSettings.from_model_card(tmp_path / "job-loc")  # the settings, beside the weights
+    assert saved == LocalizerTrainSettings.from_dict(settings) and saved.widths == (4, 8, 8)
     assert localize(ims[0], card).n_objects == 1
-    with pytest.raises(Exception, match="unknown localizer training settings"):
+    with pytest.raises(Exception, match="localizer training settings: unknown setting.*epoch"):
         pool.run("localizer.train", {"images": ims[:2], "boxes": boxes[:2], "labels": labels[:2],
                                      "class_names": CLASSES, "settings": {"epoch": 1}})
 

@@ -246,3 +246,102 @@ def test_tiny_stardist_training_saves_its_settings_and_keeps_them_when_the_last_
     assert set(record) == {"settings", "init_weights"}  # the file written at the start, whole
     s = StarDistTrainSettings.from_training_json(folder)
     assert s.to_dict() == StarDistTrainSettings.from_dict(res["settings"]).to_dict() and s.augment.zoom == 0.1
+
+
+# --------------------------------------------------------------------------- detector and localizer
+def _det():
+    from napari_cnnvision.backends.detection.train import DetectorTrainSettings
+
+    return DetectorTrainSettings
+
+
+def _loc():
+    from napari_cnnvision.backends.localizer.settings import LocalizerTrainSettings
+
+    return LocalizerTrainSettings
+
+
+@pytest.mark.parametrize("which, kw, match", [
+    ("det", {"learning_rate": 0}, "learning_rate must be a number > 0"),
+    ("det", {"epochs": 0}, "epochs must be a whole number >= 1"),
+    ("det", {"val_every": 1.5}, "val_every"),
+    ("det", {"warmup_steps": -1}, "warmup_steps"),
+    ("det", {"time_budget": -60}, "time_budget"),
+    ("det", {"min_lr_fraction": 2}, "min_lr_fraction must be a number in 0..1"),
+    ("det", {"augment": {"gain": (1.2, 0.8)}}, "augment.gain"),
+    ("det", {"resume": "yes"}, "resume must be true or false"),
+    ("det", {"checkpoint": 3}, "checkpoint"),
+    ("loc", {"learning_rate": -1e-3}, "learning_rate must be a number > 0"),
+    ("loc", {"batch_size": 0}, "batch_size"),
+    ("loc", {"time_budget": 0}, "time_budget"),
+    ("loc", {"ema": 1.0}, "ema must be a number in 0..1"),
+    ("loc", {"input_size": (0, 64)}, "input_size"),
+    ("loc", {"widths": ()}, "widths"),
+    ("loc", {"augment": {"zoom": 1.5}}, "augment.zoom"),
+    ("loc", {"augment": {"on": "yes"}}, "augment.on must be true or false"),
+    ("loc", {"augment": {"zom": 0.1}}, "augment"),
+])
+def test_detector_and_localizer_bad_values_are_clear_input_errors(which, kw, match):
+    cls = _det() if which == "det" else _loc()
+    with pytest.raises(InputError, match=match) as e:
+        cls.from_dict(kw)
+    assert str(e.value).startswith(cls.label)
+    with pytest.raises(InputError, match=match):
+        cls(**kw)
+
+
+def test_detector_and_localizer_json_round_trip():
+    from napari_cnnvision.backends.localizer.settings import LocalizerAugment
+
+    D, L = _det(), _loc()
+    for s in (D(epochs=7, batch_size=2, learning_rate=5e-4, time_budget=90.0, val_every=3, seed=4,
+                augment=AugmentSettings(flips=False, gain=(0.8, 1.2), offset=0.0, zoom=0.1), checkpoint="run.ckpt"),
+              L(epochs=9, learning_rate=1e-3, time_budget=30.0, input_size=(128, 96), widths=(8, 16), box_weight=5.0,
+                augment=LocalizerAugment(turns=False, zoom=0.0, intensity=0.3))):
+        cls = type(s)
+        assert s != cls()
+        d = s.to_dict()
+        assert not {"patch_size", "pmin", "pmax", "lr"} & set(d)  # not used by these trainers: not saved
+        assert "learning_rate" in d and "time_budget" in d and isinstance(d["augment"], dict)
+        back = cls.from_json(s.to_json())
+        assert back == s and type(back.augment) is type(s.augment)
+
+
+def test_detector_and_localizer_nested_augment_keeps_the_trainers_defaults():
+    D, L = _det(), _loc()
+    a = D.from_dict({"augment": {"zoom": 0.3}}).augment
+    assert (a.zoom, a.gain, a.offset) == (0.3, (0.9, 1.1), 0.05)  # the detector's jitter, not the shared default
+    la = L.from_dict({"augment": {"turns": False}}).augment
+    assert (la.turns, la.on, la.zoom, la.shift) == (False, True, 0.2, 0.15)
+
+
+def test_detector_and_localizer_former_names_read():
+    from napari_cnnvision.backends.detection.train import DetTrainSettings
+
+    D, L = _det(), _loc()
+    # the shipped cards were written with lr, time_budget_min / time_budget_s and flat augment fields (untouched)
+    yolo = D.from_model_card(shipped_models_dir() / "bloodcells-yolo")
+    assert (yolo.learning_rate, yolo.epochs, yolo.time_budget, yolo.val_every) == (2e-3, 300, 3600, 2)
+    assert yolo.augment == AugmentSettings(flips=True, gain=(0.9, 1.1), offset=0.05, zoom=0.0)
+    frcnn = D.from_model_card(shipped_models_dir() / "bloodcells-frcnn")
+    assert (frcnn.learning_rate, frcnn.batch_size) == (1e-3, 4)
+    loc = L.from_model_card(shipped_models_dir() / "wbc-localizer")
+    assert (loc.learning_rate, loc.time_budget, loc.box_weight, loc.augment.turns, loc.augment.on) == (
+        1e-3, 3000.0, 50.0, False, True)
+    # the former constructor and the worker's former keys (the Train widget sends lr, time_budget_min / _s)
+    s = DetTrainSettings(lr=0.02, flips=False, gain=(1.0, 1.0), offset=0.0, time_budget_min=2)
+    assert (s.learning_rate, s.augment.flips, s.augment.gain, s.augment.offset, s.time_budget) == (
+        0.02, False, (1.0, 1.0), 0.0, 120)
+    ls = L.from_dict({"lr": 5e-3, "time_budget_s": 60, "augment": False, "zoom": 0.05})
+    assert (ls.learning_rate, ls.time_budget, ls.augment.on, ls.augment.zoom) == (5e-3, 60, False, 0.05)
+    with pytest.raises(InputError, match="detector training settings: learning_rate"):
+        DetTrainSettings(lr=-1)
+
+
+def test_the_detector_train_job_refuses_a_bad_setting_before_building(tmp_path):
+    from napari_cnnvision.backends.training.jobs import detector_train_job
+
+    with pytest.raises(InputError, match="detector training settings: batch_size"):
+        detector_train_job(train=[{}], val=[{}], classes=["a"], name="x", settings={"batch_size": 0},
+                           out_dir=tmp_path)
+    assert not list(tmp_path.iterdir())

@@ -177,6 +177,13 @@ class TrainSettings:
         data = json.loads(path.read_text())
         return cls.from_dict(data.get("settings", {}))
 
+    @classmethod
+    def from_model_card(cls, folder: str | Path):
+        """The settings recorded in a model folder's card (``model.json``: ``training.settings``),
+        as the detector and localizer trainers save them; former names are read too."""
+        data = json.loads((Path(folder) / "model.json").read_text())
+        return cls.from_dict((data.get("training") or {}).get("settings", {}))
+
 
 @dataclass
 class EpochTrainSettings(TrainSettings):

@@ -21,54 +21,14 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ...core.progress import NULL_PROGRESS, Progress
 from .metrics import localization_scores
-
-
-@dataclass
-class LocalizerTrainSettings:
-    epochs: int = 100
-    time_budget_s: float | None = None  # stop (and finish the cosine schedule) after this many seconds
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 2.0
-    box_weight: float = 20.0  # λ in CE + λ·MSE
-    label_smoothing: float = 0.05
-    balance: float = 0.5  # class-balanced sampling exponent (0: plain, 1: every class equally often)
-    class_weight_power: float = 0.5  # CE class weights count ** -power (with balance 0.5: ~1/count overall)
-    min_class_count: int = 5  # counts below this are raised to it for the weights (1-image classes)
-    input_size: tuple[int, int] = (256, 256)
-    widths: tuple[int, ...] = (24, 32, 64, 96, 128, 192)
-    convs_per_stage: int = 2
-    dropout: float = 0.2
-    augment: bool = True
-    turns: bool = True  # 90° turns besides the flips (only where the input's pixels keep their aspect ratio)
-    zoom: float = 0.2  # random zoom factor in 1 ± zoom
-    shift: float = 0.15  # random shift, fraction of the half image size
-    intensity: float = 0.15  # gain and offset jitter
-    ema: float = 0.99  # exponential moving average of the weights used for validation (0: off)
-    seed: int = 0
-
-    def __post_init__(self):
-        self.input_size = tuple(int(s) for s in self.input_size)
-        self.widths = tuple(int(w) for w in self.widths)
-        for k in ("epochs", "batch_size"):
-            if int(getattr(self, k)) < 1:
-                raise ValueError(f"{k} must be at least 1, got {getattr(self, k)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if not self.box_weight >= 0:
-            raise ValueError(f"box_weight (λ) must be >= 0, got {self.box_weight}")
-        if self.time_budget_s is not None and not self.time_budget_s > 0:
-            raise ValueError(f"time_budget_s must be positive, got {self.time_budget_s}")
-        if not 0 <= self.ema < 1:
-            raise ValueError(f"ema must lie in 0..1, got {self.ema}")
+from .settings import LocalizerAugment, LocalizerTrainSettings
 
 
 @dataclass
@@ -124,11 +84,17 @@ def class_balance(labels: np.ndarray, n_classes: int, settings: LocalizerTrainSe
     return p, w.astype(np.float32)
 
 
-def augment_batch(x, boxes, rng: np.random.Generator, settings: LocalizerTrainSettings):
+def augment_batch(x, boxes, rng: np.random.Generator, settings: LocalizerTrainSettings | LocalizerAugment):
     """Random flips / 90° turns, zoom + shift and intensity jitter of a batch ``(n, c, h, w)``
-    with its normalized ``cx, cy, w, h`` boxes, transformed alike (torch tensors in and out)."""
+    with its normalized ``cx, cy, w, h`` boxes, transformed alike (torch tensors in and out).
+
+    The localizer's own augmentation, batched in torch; the shared :mod:`..augment` is not used
+    here because the shipped ``wbc-localizer`` was trained with this one (kept as it is)."""
     import torch
     from torch.nn import functional as F
+
+    if isinstance(settings, LocalizerTrainSettings):
+        settings = settings.augment
 
     n, c, h, w = x.shape
     x = x.clone()
@@ -259,7 +225,8 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
 
     from .model import LocalizerConfig, build_localizer
 
-    s = settings or LocalizerTrainSettings()
+    s = settings if isinstance(settings, LocalizerTrainSettings) else LocalizerTrainSettings.from_dict(settings)
+    s.validate()  # after any change made since it was built
     n_classes = len(class_names)
     if len(train) == 0:
         raise ValueError("no training images")
@@ -275,7 +242,7 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
     if init_state is not None:
         model.load_state_dict(init_state)
     ema = _EMA(model, s.ema) if s.ema else None
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
     p_sample, cw = class_balance(train.labels, n_classes, s)
     class_weights = torch.from_numpy(cw)
     steps = max(1, int(math.ceil(len(train) / s.batch_size)))
@@ -289,8 +256,8 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
 
     def fraction() -> float:
         f = len(history) / s.epochs
-        if s.time_budget_s:
-            f = max(f, (time.monotonic() - t0) / s.time_budget_s)
+        if s.time_budget:
+            f = max(f, (time.monotonic() - t0) / s.time_budget)
         return f
 
     epoch = 0
@@ -306,11 +273,11 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
                 break
             frac = min(1.0, fraction() + k / steps / s.epochs)
             for g in opt.param_groups:
-                g["lr"] = s.lr * _lr_factor(frac, warm)
+                g["lr"] = s.learning_rate * _lr_factor(frac, warm)
             bi = idx[k * s.batch_size:(k + 1) * s.batch_size]
             x = torch.from_numpy(train.images[bi])
             b = torch.from_numpy(train.boxes[bi])
-            if s.augment:
+            if s.augment.on:
                 x, b = augment_batch(x, b, rng, s)
             losses = model(x, {"labels": torch.from_numpy(train.labels[bi]), "boxes": b},
                            class_weights=class_weights, label_smoothing=s.label_smoothing)
@@ -352,7 +319,7 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
             atomic_write_text(Path(out_dir) / "history.json", json.dumps(history, indent=1) + "\n")
         progress(min(1.0, fraction()), f"epoch {epoch}", **{k: v for k, v in row.items() if k != "epoch"},
                  epoch=epoch, best_epoch=best[1])
-        if s.time_budget_s and time.monotonic() - t0 >= s.time_budget_s:
+        if s.time_budget and time.monotonic() - t0 >= s.time_budget:
             break
     stopped = stopped or progress.stop_requested
     model = build_localizer(config)
@@ -361,7 +328,7 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
     return LocalizerTrainResult(model=model, config=config, class_names=list(class_names), epochs_run=len(history),
                                 best_epoch=best[1], seconds=time.monotonic() - t0, history=history,
                                 metrics=best[3], stopped=stopped,
-                                settings={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(s).items()})
+                                settings=json.loads(s.to_json()))
 
 
 def train_job(progress, images, boxes, labels, class_names, val_images=None, val_boxes=None, val_labels=None,
@@ -370,14 +337,10 @@ def train_job(progress, images, boxes, labels, class_names, val_images=None, val
     """Worker entry: train on images of any size with one pixel box ``(y0, x0, y1, x1)`` and class
     id each, keep the epoch best on the val images (the last without), and save the model folder
     ``out_dir/name`` (default: the per-user models folder, where the registry finds it).
-    ``settings``: a plain dict of :class:`LocalizerTrainSettings` fields."""
+    ``settings``: a plain dict of :class:`LocalizerTrainSettings` fields (former names too)."""
     from .io import DEFAULT_NORMALIZATION, save_model
 
-    known = set(LocalizerTrainSettings.__dataclass_fields__)
-    unknown = set(settings or {}) - known
-    if unknown:
-        raise ValueError(f"unknown localizer training settings {sorted(unknown)}")
-    s = LocalizerTrainSettings(**(settings or {}))
+    s = LocalizerTrainSettings.from_dict(settings)  # former names too; InputError naming a bad or unknown one
     norm = dict(normalization or DEFAULT_NORMALIZATION)
     train = prepare_set(list(images), boxes, labels, s.input_size, norm)
     val = (prepare_set(list(val_images), val_boxes, val_labels, s.input_size, norm)
@@ -400,5 +363,5 @@ def train_job(progress, images, boxes, labels, class_names, val_images=None, val
             "seconds": res.seconds, "metrics": m, "stopped": res.stopped}
 
 
-__all__ = ["train_job", "LocalizerTrainSettings", "LocalizationSet", "LocalizerTrainResult", "prepare_set",
+__all__ = ["train_job", "LocalizerTrainSettings", "LocalizerAugment", "LocalizationSet", "LocalizerTrainResult", "prepare_set",
            "train_localizer", "augment_batch", "class_balance", "evaluate_set", "selection_score"]

@@ -33,14 +33,17 @@ def detector_train_job(progress=NULL_PROGRESS, train=(), val=(), classes=(), nam
     """Train a detector on ``train`` / ``val`` samples and save it as ``out_dir/name`` (default: the
     user model folder, so the registry lists it at once). ``base``: a card payload (fine-tune,
     heads rebuilt for ``classes``) or None (a fresh network of ``config``, default :data:`FRESH_YOLO`).
-    ``settings``: :class:`~..detection.train.DetectorTrainSettings` fields (former names too). An existing model of that
-    name is refused, never overwritten."""
+    ``settings``: :class:`~..detection.train.DetectorTrainSettings` fields (former names too; a bad
+    value is an InputError naming it). An existing model of that name is refused, never overwritten."""
     from ...core.registry import ModelRegistry
     from ..detection.models import build_detector
     from ..detection.train import DetectorTrainSettings, train_detector
     from ..dispatch import card_from_payload
     from .naming import check_new_name
 
+    st = DetectorTrainSettings.from_dict(settings)  # InputError naming a bad field, before anything is built
+    if "warmup_steps" not in (settings or {}):
+        st.warmup_steps = max(1, min(100, st.epochs * math.ceil(len(train) / st.batch_size) // 10))
     registry = ModelRegistry(user_dir=out_dir) if out_dir else ModelRegistry()
     name = check_new_name(name, registry)
     classes = [str(c) for c in classes]
@@ -54,9 +57,6 @@ def detector_train_job(progress=NULL_PROGRESS, train=(), val=(), classes=(), nam
     else:
         cfg = {**FRESH_YOLO, **(config or {}), "classes": classes}
         model, rebuilt, base_name = build_detector(cfg), [], None
-    st = DetectorTrainSettings.from_dict(settings)  # InputError naming a bad field
-    if "warmup_steps" not in (settings or {}):
-        st.warmup_steps = max(1, min(100, st.epochs * math.ceil(len(train) / st.batch_size) // 10))
     fields = {"name": name, "description": f"YOLO-style detector trained in napari on {', '.join(classes)}",
               "normalization": normalization or {"type": "scale", "factor": 1 / 255},
               "training": {"data": data or {}, "base_model": base_name, "rebuilt_weights": rebuilt[:20],
