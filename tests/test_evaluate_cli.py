@@ -72,6 +72,7 @@ def test_evaluate_detect_perfect_and_swapped_class(shared_data, tmp_path, capsys
     rc, out, err = _evaluate(capsys, "detect", "--pred", str(swapped), "--truth", str(coco_truth))
     assert rc == 0, err
     assert "mAP@0.5" in out and "mAP@[.5:.95]" in out
+    assert "scores >= 0.50 only" in out and "--score-thresh 0.01" in out  # the hint when low scores are missing
     wbc_line = next(line for line in out.splitlines() if line.strip().startswith("WBC"))
     assert wbc_line.split()[-1] == "0.000"
 

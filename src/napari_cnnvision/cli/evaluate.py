@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 BOX_COLS = ("xmin", "ymin", "xmax", "ymax")
+LOW_SCORE = 0.01  # the score threshold of COCO-style mAP runs
 
 
 def add_parser(sub):
@@ -111,6 +112,8 @@ def detection_scores(pred_ds, truth_ds, max_dets: int = 100) -> dict:
         shapes.append(size if size is not None else (10 ** 6, 10 ** 6))
     m = coco_map(p_list, t_list, names, max_dets=max_dets, shapes=shapes)
     m["ap50"] = {c: v for c, v in m["ap50"].items() if c in truth_ds.class_names or not math.isnan(v)}
+    scores = [float(preds[k].scores.min()) for k in common if len(preds[k])]
+    m["min_score"] = min(scores) if scores else None
     m["missing_predictions"] = [truths[k].image for k in truths if k not in preds]
     m["extra_predictions"] = len([k for k in preds if k not in truths])
     return m
@@ -132,6 +135,9 @@ def run_detect(args) -> int:
     print(f"{m['n_images']} images, {m['n_truth']} true boxes, {m['n_pred']} predicted"
           + (f" ({len(miss)} ground-truth images have no prediction)" if miss else ""))
     print(f"mAP@0.5 {m['map50']:.3f}  mAP@[.5:.95] {m['map']:.3f}")
+    if m["min_score"] is not None and m["min_score"] > LOW_SCORE:
+        print(f"note: the predictions hold scores >= {m['min_score']:.2f} only, so AP misses the recall below "
+              f"that; for COCO mAP run detect with --score-thresh {LOW_SCORE}")
     print("AP@0.5 per class:")
     for c, v in m["ap50"].items():
         print(f"  {c:<16} {'-' if math.isnan(v) else f'{v:.3f}'}")
