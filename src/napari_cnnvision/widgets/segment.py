@@ -99,11 +99,11 @@ class SegmentWidget(JobWidget):
         self._card, self._thresholds = card, thr or {}
         self.block(err)
         backend = card.backend if card is not None else ""
-        uses_nms = backend != "unet"
+        uses_nms = backend not in ("unet", "bioimageio")  # watershed-based: no overlap threshold
         self.tta.enabled = backend != "stardist3d"  # flips/turns of 3D rays are not exact
         if not self.tta.enabled:
             self.tta.value = False
-        self.nms.visible = uses_nms  # the U-Net's watershed has no overlap threshold
+        self.nms.visible = uses_nms
         self.prob.label = "probability" if uses_nms else "seed probability"
         self._quiet = True
         try:
