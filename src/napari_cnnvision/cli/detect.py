@@ -16,9 +16,10 @@ the batch goes on (exit status 1 at the end).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
+
+from ._outputs import output_stems, same_file
 
 COCO_NAME = "detections.json"
 FORMATS = ("csv", "coco")
@@ -49,21 +50,6 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def output_stems(files: list[Path]) -> list[str]:
-    """Each input's stem, or its whole file name where stems repeat (``a.png``, ``a.tif``)."""
-    count: dict[str, int] = {}
-    for f in files:
-        count[f.stem.casefold()] = count.get(f.stem.casefold(), 0) + 1
-    return [f.stem if count[f.stem.casefold()] == 1 else f.name for f in files]
-
-
 def plan_outputs(files: list[Path], out: Path, formats) -> list[Path | None]:
     """The CSV path of each input (``None`` without ``csv``); refuses outputs that would
     overwrite an input and inputs whose base names clash in the COCO file."""
@@ -73,7 +59,7 @@ def plan_outputs(files: list[Path], out: Path, formats) -> list[Path | None]:
     outputs = [p for p in csvs if p is not None] + ([out / COCO_NAME] if "coco" in formats else [])
     for f in files:
         for o in outputs:
-            if _same_file(f, o) or f.resolve() == o.resolve():
+            if same_file(f, o) or f.resolve() == o.resolve():
                 raise ValueError(f"the output {o} would overwrite the input {f}; choose another --out folder")
     seen: dict[str, Path] = {}
     for f in files:

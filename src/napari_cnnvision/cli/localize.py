@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
 from pathlib import Path
+
+from ._outputs import same_file
 
 TABLE_NAME = "localizations.csv"
 COLUMNS = ["image", "class", "score", "xmin", "ymin", "xmax", "ymax"]
@@ -33,13 +34,6 @@ def add_parser(sub):
 
     add_cluster_arguments(p)
     p.set_defaults(func=run)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def rows_of(name: str, res) -> list[dict]:
@@ -91,7 +85,7 @@ def run(args) -> int:
         raise ValueError("no input images found")
     table = out / TABLE_NAME
     for f in files:
-        if _same_file(f, table) or _same_file(f, out):
+        if same_file(f, table) or same_file(f, out):
             raise ValueError(f"the output {table} would overwrite the input {f}; choose another --out folder")
     debug = getattr(args, "debug", False)
     rows: list[dict] = []

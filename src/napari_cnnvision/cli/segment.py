@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from ._outputs import output_stems
+
 
 class OutputConflict(ValueError):
     """The output names of a batch would overwrite an input or collide."""
@@ -58,14 +60,6 @@ def parse_tiles(text: str):
         return tuple(int(v) for v in t.split(","))
     except ValueError:
         raise ValueError(f"--tiles must be 'auto', 'none' or numbers like 2,2 (got {text!r})") from None
-
-
-def output_stems(files: list[Path]) -> list[str]:
-    """The output stem of each input: its stem, or its whole file name where stems repeat."""
-    count: dict[str, int] = {}
-    for f in files:
-        count[f.stem.casefold()] = count.get(f.stem.casefold(), 0) + 1
-    return [f.stem if count[f.stem.casefold()] == 1 else f.name for f in files]
 
 
 def _file_id(p: Path):

@@ -112,14 +112,15 @@ class LocalizeOutputs(Outputs):
     verb = "localized"
 
     def __init__(self, files, out, card, every: float = 2.0, **_):
-        from ..cli.localize import TABLE_NAME, _same_file
+        from ..cli._outputs import same_file
+        from ..cli.localize import TABLE_NAME
 
         super().__init__(files, out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} is a file, not a folder")
         self.table = out / TABLE_NAME
         for f in files:
-            if _same_file(f, self.table) or _same_file(f, out):
+            if same_file(f, self.table) or same_file(f, out):
                 raise ValueError(f"the output {self.table} would overwrite the input {f}; choose another --out folder")
         old: dict[str, list[dict]] = {}
         if self.table.is_file():
