@@ -20,7 +20,8 @@ from ...core.cache import LRUCache
 from ...core.io import staged_dir
 from ...core.registry import CorruptModel, ModelCard, ModelNotFound, write_card
 # the torch-file checks every model folder of the plugin shares (state_dict loading, error wording, cache key)
-from ..unet.io import _cache_key, _load_error_reason, _short, _state_dict
+from ..torch_weights import cpu_state_dict as _state_dict, folder_cache_key as _cache_key
+from ..torch_weights import load_error_reason as _load_error_reason, short_error as _short
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.pt"

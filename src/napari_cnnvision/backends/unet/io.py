@@ -17,13 +17,14 @@ import os
 import shutil
 import tempfile
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...core.cache import LRUCache
 from ...core.io import replace_dir
 from ...core.registry import CorruptModel, ModelCard, ModelNotFound, write_card
+from ..torch_weights import cpu_state_dict as _state_dict, folder_cache_key as _cache_key
+from ..torch_weights import load_error_reason as _load_error_reason, short_error as _short
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.pt"
@@ -44,13 +45,6 @@ class LoadedUNet:
     thresholds: dict
     folder: str
     key: tuple
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    text = str(exc).strip().splitlines()
-    text = text[0] if text else ""
-    text = text if len(text) <= limit else text[:limit] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _check_thresholds(thr, where) -> dict:
@@ -107,14 +101,6 @@ def thresholds_of(card: ModelCard) -> dict:
         return {}
     thr = read_config(card.path)["thresholds"]
     return {"prob": thr["seed"], **thr}
-
-
-def _state_dict(model_or_state) -> dict:
-    state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
-    if not isinstance(state, dict):
-        raise TypeError(f"expected a torch module or a state_dict, got {type(model_or_state).__name__}")
-    # contiguous CPU copies: no views into larger storages, no device tensors
-    return OrderedDict((k, v.detach().to("cpu").clone().contiguous()) for k, v in state.items())
 
 
 def save_model(
@@ -199,21 +185,6 @@ def _read_state_dict(path: Path, folder: Path) -> dict:
     return state
 
 
-def _load_error_reason(exc: BaseException) -> str:
-    import pickle
-
-    msg = str(exc)
-    if isinstance(exc, EOFError) or "unexpected EOF" in msg:
-        return "the file is empty or truncated"
-    if "zip archive" in msg or "central directory" in msg:
-        return "not a complete PyTorch file (truncated or damaged)"
-    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in msg:
-        detail = next((line.strip() for line in msg.splitlines() if "GLOBAL" in line or "global" in line), "")
-        return ("it is not a weights-only PyTorch state_dict: it holds other Python objects, which are never "
-                "loaded, or is not a PyTorch file at all" + (f" ({detail[:200]})" if detail else ""))
-    return f"damaged or not a PyTorch state_dict ({_short(exc)})"
-
-
 def _state_mismatch(expected: dict, got: dict) -> str:
     missing = [k for k in expected if k not in got]
     unexpected = [k for k in got if k not in expected]
@@ -227,15 +198,6 @@ def _state_mismatch(expected: dict, got: dict) -> str:
     if shapes:
         parts.append(f"{len(shapes)} with another shape (e.g. {shapes[0]})")
     return "; ".join(parts)
-
-
-def _cache_key(folder: Path) -> tuple:
-    cfg, w = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    try:
-        sc, sw = cfg.stat(), w.stat()
-    except FileNotFoundError:
-        return (str(folder.resolve()), None)
-    return (str(folder.resolve()), sc.st_mtime_ns, sw.st_mtime_ns, sw.st_size)
 
 
 def load_model(folder: str | Path, use_cache: bool = True) -> LoadedUNet:
