@@ -34,7 +34,7 @@ def _torchvision_coco() -> str:
     import torch
     from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 
-    from .stardist.predict import DOWNLOAD_TIMEOUT_S, ModelUnavailable
+    from ..core.registry import DOWNLOAD_TIMEOUT_S, ModelUnavailable
 
     weights = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
     old_timeout = socket.getdefaulttimeout()

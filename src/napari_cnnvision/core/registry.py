@@ -33,6 +33,14 @@ class CorruptModel(ValueError):
     """A model folder exists but its card or config cannot be read."""
 
 
+class ModelUnavailable(RuntimeError):
+    """A pretrained model is not cached and could not be downloaded."""
+
+
+#: seconds a pretrained model's download may stall before it counts as offline
+DOWNLOAD_TIMEOUT_S = 30
+
+
 @dataclass
 class ModelCard:
     name: str

@@ -67,7 +67,7 @@ def _error_class(kind: str):
 
         return getattr(registry, kind)
     if kind == "ModelUnavailable":
-        from ..backends.stardist.predict import ModelUnavailable
+        from ..core.registry import ModelUnavailable
 
         return ModelUnavailable
     return {"ValueError": ValueError, "RuntimeError": RuntimeError}[kind]

@@ -95,13 +95,13 @@ def _stamp(path: str | None):
 def load_pretrained_coco(name: str = COCO_NAME) -> Detector:
     """torchvision's COCO Faster R-CNN (ResNet50-FPN) through torchvision's own download and
     cache (``TORCH_HOME``); offline and not cached is a clear
-    :class:`~napari_cnnvision.backends.stardist.predict.ModelUnavailable`."""
+    :class:`~napari_cnnvision.core.registry.ModelUnavailable`."""
     import socket
 
     import torch
     from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights, fasterrcnn_resnet50_fpn
 
-    from ..stardist.predict import DOWNLOAD_TIMEOUT_S, ModelUnavailable
+    from ...core.registry import DOWNLOAD_TIMEOUT_S, ModelUnavailable
 
     weights = FasterRCNN_ResNet50_FPN_Weights.DEFAULT
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name

@@ -16,19 +16,15 @@ from ...core.axes import InputError
 from ...core.cache import LRUCache
 from ...core.normalize import resolve_normalization
 from ...core.progress import NULL_PROGRESS, Progress
-from ...core.registry import CorruptModel, ModelCard, ModelNotFound, ModelRegistry
+from ...core.registry import (DOWNLOAD_TIMEOUT_S, CorruptModel, ModelCard, ModelNotFound, ModelRegistry,
+                              ModelUnavailable)
 from ...core.results import SegmentationResult
 from ..common import FrameSegmentation, assemble_segmentation, describe_frame, image_key, model_job, prepare_input
 from ..frames import run_frames
 
 _MODELS = LRUCache(2)  # (source, path/name) -> model
 _RAW = LRUCache(4)  # (model, normalized frame, axes, tiling, tta) -> (prob, dist)
-DOWNLOAD_TIMEOUT_S = 30
 MAX_TILE_PIXELS = 1024 * 1024  # per 2D tile; 3D tiles get 128**3
-
-
-class ModelUnavailable(RuntimeError):
-    """A pretrained model is not cached and could not be downloaded."""
 
 
 def _stardist_classes():
