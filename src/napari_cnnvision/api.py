@@ -158,3 +158,106 @@ def export_dataset(items, out_dir, fmt: str, **kwargs):
     from .core.formats.export import export_dataset as _export
 
     return _export(items, out_dir, fmt, **kwargs)
+
+
+def train(task: str, images, annotations=None, base: str | ModelCard | None = None, *, name: str,
+          epochs: int | None = None, minutes: float | None = None, val_fraction: float = 0.2,
+          learning_rate: float | None = None, batch_size: int | None = None, patch_size: int | None = None,
+          flips: bool = True, turns: bool = True, intensity: bool = True, scale: bool = False,
+          upsampling: str | None = None, format: str | None = None, resume: bool = False,
+          settings: dict | None = None, progress=None, registry: ModelRegistry | None = None):
+    """Train (or fine-tune) a ``task`` model ("segment", "detect" or "localize") on your annotations
+    and register it as ``name`` in the user model folder; returns a
+    :class:`~napari_cnnvision.backends.training.outcome.TrainResult` (``.card`` the new model's card,
+    usable by name in :func:`segment` / :func:`detect` / :func:`localize` at once; ``.metrics`` the
+    final validation metrics). The same backend as the Train widget and ``napari-cnnvision train``.
+
+    ``images``: a folder of images with ``annotations`` a folder of label TIFFs of the same names
+    (segmentation; boxes of class "object" for detection) or an annotation file / folder (COCO, VOC,
+    YOLO, boxes CSV; ``format`` checks which); or an array (a list of arrays) with ``annotations``
+    its label image(s) (segmentation) or ``ImageAnnotations`` / ``{"boxes", "classes"[, "frames"]}``
+    (detection, localization); or a list of ``TrainPair`` (``annotations`` None). Arrays count as
+    partially annotated (the bounding box of what is annotated), folders as complete.
+    ``base``: the model to fine-tune (name, folder or card; ``None``: a fresh network). ``epochs``
+    or ``minutes`` (a time budget; the best model so far is kept when it is over); ``settings``:
+    further trainer settings (network size, steps). ``resume``: continue the interrupted run of
+    ``name``. The training runs in a compute worker process; ``progress`` gets its events, and its
+    stop request ends the run after the current epoch (the best model is kept).
+    A name that exists already is refused, never overwritten.
+    """
+    import time
+
+    from .backends.training.naming import check_new_name
+    from .backends.training.outcome import job_outcome
+    from .backends.training.plan import TrainOptions, plan
+
+    registry = registry or ModelRegistry()
+    name = check_new_name(name, registry)
+    card = base if isinstance(base, ModelCard) or base is None else registry.get(base)
+    pairs = _train_pairs(task, images, annotations, format)
+    opts = TrainOptions(epochs=epochs, minutes=minutes, learning_rate=learning_rate, val_fraction=val_fraction,
+                        batch_size=batch_size, patch_size=patch_size, flips=flips, turns=turns, intensity=intensity,
+                        scale=scale, upsampling=upsampling, resume=resume, extra=dict(settings or {}),
+                        command="napari_cnnvision.api.train", source="folders" if _is_path(images) else "arrays")
+    p = plan(task, pairs, card, opts, name=name, out_dir=registry.user_dir)
+    t0 = time.monotonic()
+
+    def stop_now() -> bool:
+        if progress is not None and progress.stop_requested:
+            return True
+        return p.stop_after is not None and time.monotonic() - t0 >= p.stop_after
+
+    def on_event(ev):
+        if progress is None:
+            return
+        frac = ev.fraction
+        if p.stop_after:
+            frac = min(1.0, max(frac or 0.0, (time.monotonic() - t0) / p.stop_after))
+        progress(frac, ev.message, **ev.metrics)
+
+    result = _worker_pool().run(p.job, p.kwargs, on_event=on_event, should_cancel=stop_now)
+    return job_outcome(result, name, task, card=ModelRegistry(user_dir=registry.user_dir).get(name))
+
+
+def _is_path(x) -> bool:
+    from pathlib import Path
+
+    return isinstance(x, (str, Path))
+
+
+def _train_pairs(task, images, annotations, fmt):
+    """:func:`train`'s inputs as a list of ``TrainPair``."""
+    import numpy as np
+
+    from .backends.training.folders import annotation_pairs, folder_pairs
+    from .backends.training.plan import TrainPair
+    from .core.axes import InputError
+
+    if _is_path(images):
+        from pathlib import Path
+
+        if annotations is None:
+            raise InputError("give the annotations: a folder of label TIFFs or an annotation file / folder")
+        a = Path(annotations)
+        if fmt == "masks" or (fmt is None and a.is_dir() and any(p.suffix.lower() in (".tif", ".tiff")
+                                                                  for p in a.iterdir())):
+            return folder_pairs(task, images, masks=a)
+        return annotation_pairs(task, images, a, fmt)
+    if isinstance(images, (list, tuple)) and images and all(isinstance(x, TrainPair) for x in images):
+        return list(images)
+    many = isinstance(images, (list, tuple))
+    ims = list(images) if many else [images]
+    anns = list(annotations) if many and isinstance(annotations, (list, tuple)) else [annotations]
+    if len(ims) != len(anns):
+        raise InputError(f"{len(ims)} images but {len(anns)} annotations")
+    pairs = []
+    for i, (im, an) in enumerate(zip(ims, anns)):
+        if an is None:
+            raise InputError(f"image {i + 1} has no annotation")
+        if task == "segment":
+            pairs.append(TrainPair(np.asarray(im), labels=np.asarray(an), name=f"array {i + 1}"))
+            continue
+        get = (lambda k, a=an: a.get(k)) if isinstance(an, dict) else (lambda k, a=an: getattr(a, k, None))
+        pairs.append(TrainPair(np.asarray(im), boxes=get("boxes"), classes=get("classes"),
+                               frames=get("frames") if isinstance(an, dict) else get("frame"), name=f"array {i + 1}"))
+    return pairs

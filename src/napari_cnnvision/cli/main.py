@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import detect
     from . import convert
     from . import models_cmd
+    from . import train
 
     p = argparse.ArgumentParser(
         prog="napari-cnnvision",
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(sub)
     localize.add_parser(sub)
     convert.add_parser(sub)
+    train.add_parser(sub)
     d = sub.add_parser("demo", help="segment the bundled nuclei sample and write results + a preview PNG")
     d.add_argument("--out", default="demo-output")
     d.add_argument("--model", default=None)

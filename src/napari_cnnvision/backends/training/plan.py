@@ -1,0 +1,451 @@
+"""What a training run needs, from plain arrays: the one place where the Train widget, the
+``train`` command and :func:`napari_cnnvision.api.train` turn image/annotation pairs, a base model
+and the user's choices into the compute worker's job request.
+
+:func:`segment_plan`, :func:`detect_plan` and :func:`localize_plan` take several
+:class:`TrainPair` s at once, an optional base :class:`~napari_cnnvision.core.registry.ModelCard`
+(``None``: a fresh network) and :class:`TrainOptions`; they return a :class:`TrainPlan`
+``(job, kwargs, summary, stop_after)``. The training sets come from :mod:`.segmentation`,
+:mod:`.detection` and :mod:`.localization` (partial annotation: only the valid regions count).
+Pairs of different sizes are zero-padded into one stack; the padding lies outside every valid
+region, so it never enters a training crop. :func:`folder_pairs` reads pairs from folders
+(``--images DIR --masks DIR`` or ``--annotations FILE_OR_DIR``).
+
+numpy only (no Qt, napari or framework); the trainers' settings classes are read for their
+field names (modules that import no framework).
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ...core.axes import InputError
+from .regions import Region
+
+TASKS = ("segment", "detect", "localize")
+#: task -> (fresh job, metric key in the job's epoch events, metric label)
+FRESH_JOB = {"segment": "unet.train", "detect": "yolo.train", "localize": "localizer.train"}
+#: task -> (learning rate of a fresh network, when fine-tuning)
+AUTO_LR = {"segment": (1e-3, 3e-4), "detect": (2e-3, 6e-4), "localize": (2e-3, 6e-4)}
+#: job -> "module:class" of its settings (modules without a framework import)
+SETTINGS_CLASS = {
+    "unet.train": "napari_cnnvision.backends.unet.train:UNetTrainSettings",
+    "stardist.train": "napari_cnnvision.backends.stardist.train:StarDistTrainSettings",
+    "yolo.train": "napari_cnnvision.backends.detection.train:DetectorTrainSettings",
+    "localizer.train": "napari_cnnvision.backends.localizer.settings:LocalizerTrainSettings",
+}
+#: epochs when a time budget decides the end
+MANY_EPOCHS = 10000
+#: the zoom of the "scale" augmentation (per axis, up to 1 + this either way)
+SCALE_ZOOM = 0.2
+_FALLBACK_UPSAMPLING = ("nearest", "bilinear", "transposed")
+
+
+class TrainPlan(NamedTuple):
+    """A training request: the worker ``job``, its ``kwargs``, a one-line ``summary`` of the split,
+    and ``stop_after``: seconds after which the caller asks the job to stop (a time budget for a
+    trainer whose settings have no ``time_budget`` of their own; ``None`` otherwise)."""
+
+    job: str
+    kwargs: dict
+    summary: str
+    stop_after: float | None = None
+
+
+@dataclass
+class TrainPair:
+    """One image and its annotation. Segmentation: ``labels`` (YX / TYX instance labels, 0 not
+    annotated); detection / localization: ``boxes`` (n, 4) ``(y0, x0, y1, x1)`` pixels, one class
+    name each and, for a stack, one ``frames`` index each. ``valid`` (optional) says where the
+    annotation is complete: a mask of the labels' shape, or a list of
+    :class:`~.regions.Region` (frame indices of this pair); ``None``: the bounding box of what is
+    annotated (``"all"``: the whole image, as for dataset files). ``name``: how the data summary
+    names it (e.g. ``"image 'cells' + labels 'my labels'"``)."""
+
+    image: np.ndarray
+    labels: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    classes: list | None = None
+    frames: np.ndarray | None = None
+    valid: object = None
+    name: str = ""
+
+
+@dataclass
+class TrainOptions:
+    """The user's choices; ``None`` means a default derived from the annotation (or the trainer's).
+
+    ``epochs`` or ``minutes`` (a time budget: training ends when it is over, the best model
+    kept); ``learning_rate`` ``None``: :data:`AUTO_LR`; augmentation ``flips`` (mirror flips),
+    ``turns`` (90° turns), ``intensity`` (gain/offset jitter), ``scale`` (random zoom);
+    ``upsampling`` for a fresh U-Net (one of :func:`upsampling_choices`); ``extra``: further
+    trainer settings merged last (network size, steps; a bad or unknown one is the trainer's
+    InputError naming it); ``config``: a fresh detector's architecture."""
+
+    epochs: int | None = None
+    minutes: float | None = None
+    learning_rate: float | None = None
+    val_fraction: float = 0.2
+    batch_size: int | None = None
+    patch_size: int | None = None
+    flips: bool = True
+    turns: bool = True
+    intensity: bool = True
+    scale: bool = False
+    upsampling: str | None = None
+    resume: bool = False
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+    config: dict | None = None
+    command: str = "napari-cnnvision Train widget"
+    source: str = "napari layers"
+
+    def check(self) -> None:
+        if self.epochs is not None and self.minutes is not None:
+            raise InputError("give either a number of epochs or a time budget in minutes, not both")
+        if self.epochs is not None and (not isinstance(self.epochs, (int, np.integer)) or self.epochs < 1):
+            raise InputError(f"epochs must be a whole number >= 1, got {self.epochs!r}")
+        if self.minutes is not None and not (isinstance(self.minutes, (int, float)) and self.minutes > 0):
+            raise InputError(f"minutes must be a number > 0, got {self.minutes!r}")
+        if self.learning_rate is not None and not 0 < float(self.learning_rate) < 1:
+            raise InputError(f"the learning rate must lie between 0 and 1, got {self.learning_rate}")
+        if not 0 < float(self.val_fraction) < 1:
+            raise InputError(f"the validation fraction must lie between 0 and 1, got {self.val_fraction}")
+
+
+# -- choices --------------------------------------------------------------------------------------
+def upsampling_choices() -> tuple[str, ...]:
+    """The U-Net's upsampling choices, ``UPSAMPLING`` of :mod:`..unet.model`, read from its source
+    (importing it would import PyTorch)."""
+    try:
+        spec = importlib.util.find_spec("napari_cnnvision.backends.unet.model")
+        tree = ast.parse(Path(spec.origin).read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "UPSAMPLING" for t in node.targets):
+                return tuple(str(v) for v in ast.literal_eval(node.value))
+    except (OSError, SyntaxError, ValueError, AttributeError, TypeError):
+        pass
+    return _FALLBACK_UPSAMPLING
+
+
+def train_job_of(task: str, base) -> str:
+    """The worker job that trains ``base`` (a ModelCard) for ``task``; ``None``: a fresh network."""
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; one of {', '.join(TASKS)}")
+    if base is None:
+        return FRESH_JOB[task]
+    from ..dispatch import job_for
+
+    job = job_for(base, "train", task)
+    if not base.path:
+        raise InputError(f"model {base.name!r} is not downloaded yet; use it once (or `napari-cnnvision models`) "
+                         "before fine-tuning it")
+    return job
+
+
+def settings_fields(job: str) -> set[str]:
+    """The field names of ``job``'s settings class (empty when unknown)."""
+    target = SETTINGS_CLASS.get(job)
+    if target is None:
+        return set()
+    module, cls = target.split(":")
+    try:
+        return {f.name for f in fields(getattr(importlib.import_module(module), cls))}
+    except (ImportError, AttributeError):  # pragma: no cover - a trainer being rewritten
+        return set()
+
+
+def augment_dict(opts: TrainOptions, job: str) -> dict:
+    """The augmentation choices as the trainer's ``augment`` settings."""
+    if job == "localizer.train":  # its own batched augmentation (LocalizerAugment)
+        return {"on": bool(opts.flips or opts.turns or opts.intensity or opts.scale), "turns": bool(opts.turns),
+                **({} if opts.scale else {"zoom": 0.0, "shift": 0.0}), **({} if opts.intensity else {"intensity": 0.0})}
+    from ..augment import AugmentSettings
+
+    names = {f.name for f in fields(AugmentSettings)}
+    d = {"flips": bool(opts.flips or (opts.turns and "turns" not in names)), "zoom": SCALE_ZOOM if opts.scale else 0.0}
+    if "turns" in names:
+        d["turns"] = bool(opts.turns)
+    if not opts.intensity:
+        d.update(gain=(1.0, 1.0), offset=0.0)
+    return d
+
+
+def _settings(task: str, job: str, opts: TrainOptions, defaults: dict, fine_tune: bool) -> tuple[dict, float | None]:
+    """The trainer's settings dict and the caller's stop time (or None)."""
+    known = settings_fields(job)
+    s = {k: v for k, v in defaults.items() if k in known}
+    s["learning_rate"] = float(opts.learning_rate) if opts.learning_rate is not None else AUTO_LR[task][int(fine_tune)]
+    if opts.epochs is not None:
+        s["epochs"] = int(opts.epochs)
+    if opts.batch_size is not None:
+        s["batch_size"] = int(opts.batch_size)
+    if opts.patch_size is not None and "patch_size" in known and job != "yolo.train" and job != "localizer.train":
+        s["patch_size"] = int(opts.patch_size)
+    s["augment"] = augment_dict(opts, job)
+    if opts.upsampling is not None:
+        if fine_tune or job != "unet.train":
+            raise InputError("the upsampling is chosen for a fresh U-Net only (a base model keeps its own)")
+        if opts.upsampling not in upsampling_choices():
+            raise InputError(f"upsampling must be one of {', '.join(upsampling_choices())}, got {opts.upsampling!r}")
+        s["upsampling"] = opts.upsampling
+    stop_after = None
+    if opts.minutes is not None:
+        s["epochs"] = MANY_EPOCHS
+        if "time_budget" in known:
+            s["time_budget"] = float(opts.minutes) * 60
+        else:
+            stop_after = float(opts.minutes) * 60
+    if opts.seed and "seed" in known:
+        s["seed"] = int(opts.seed)
+    s.update({k: v for k, v in opts.extra.items() if k != "config"})
+    return s, stop_after
+
+
+# -- stacking pairs -------------------------------------------------------------------------------
+def _frames_of(pair: TrainPair, stacked: bool) -> list[np.ndarray]:
+    img = np.asarray(pair.image)
+    return list(img) if stacked else [img]
+
+
+def _pad_stack(frames: list[np.ndarray], fill=0) -> np.ndarray:
+    """Frames of (maybe) different heights/widths -> one stack, zero-padded at the bottom/right."""
+    h = max(f.shape[0] for f in frames)
+    w = max(f.shape[1] for f in frames)
+    dtype = np.result_type(*[f.dtype for f in frames])
+    out = np.full((len(frames), h, w) + frames[0].shape[2:], fill, dtype)
+    for i, f in enumerate(frames):
+        out[i, :f.shape[0], :f.shape[1]] = f
+    return out
+
+
+def _check_pairs(pairs) -> list[TrainPair]:
+    pairs = list(pairs)
+    if not pairs:
+        raise InputError("no training data: give at least one image with its annotation")
+    return pairs
+
+
+def _same_channels(frames: list[np.ndarray], what: str) -> None:
+    chans = {1 if f.ndim == 2 else f.shape[-1] for f in frames}
+    if len(chans) > 1:
+        raise InputError(f"the {what} mix channel counts ({', '.join(map(str, sorted(chans)))}); give images "
+                         "with the same number of channels")
+
+
+def _describe(pairs: list[TrainPair], opts: TrainOptions) -> str:
+    names = [p.name or f"image {np.asarray(p.image).shape}" for p in pairs]
+    shown = "; ".join(names[:5]) + (f"; ... ({len(names)} pairs)" if len(names) > 5 else "")
+    return f"{opts.source}: {shown}"
+
+
+# -- segmentation ---------------------------------------------------------------------------------
+def segmentation_data(pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Several pairs as one (T, H, W[, C]) image stack, its labels and (maybe) its valid mask."""
+    from .segmentation import _frames
+
+    images, labels, valids, any_valid = [], [], [], False
+    for i, p in enumerate(_check_pairs(pairs)):
+        if p.labels is None:
+            raise InputError(f"pair {i + 1}: segmentation needs a label image")
+        where = f"{p.name}: " if p.name else ""
+        try:
+            img, lab = _frames(p.image, p.labels)
+        except InputError as e:
+            raise InputError(f"{where}{e}") from None
+        if isinstance(p.valid, str) and p.valid == "all":
+            v = np.ones(lab.shape, bool)
+            any_valid = True
+        elif p.valid is not None:
+            v = np.asarray(p.valid)
+            v = v[None] if v.ndim == 2 else v
+            if v.shape != lab.shape:
+                raise InputError(f"{where}the 'fully annotated' mask has shape {np.shape(p.valid)}, the annotation "
+                                 f"{np.shape(p.labels)}")
+            v = v != 0
+            any_valid = True
+        else:
+            v = None
+        images.extend(list(img))
+        labels.extend(list(lab))
+        valids.append((v, lab))
+    _same_channels(images, "images")
+    if any_valid:  # pairs without a mask: the bounding box of their labels per frame
+        from .regions import bbox_region
+
+        masks = []
+        for v, lab in valids:
+            if v is None:
+                v = np.zeros(lab.shape, bool)
+                for t in range(len(lab)):
+                    r = bbox_region(lab[t] > 0)
+                    if r is not None:
+                        v[t][r.slices] = True
+            masks.extend(list(v))
+        valid = _pad_stack(masks, False)
+    else:
+        valid = None
+    return _pad_stack(images), _pad_stack([lab.astype(np.int32) for lab in labels]), valid
+
+
+def segment_plan(pairs, base=None, options: TrainOptions | None = None, name: str = "",
+                 out_dir=None) -> TrainPlan:
+    """The training request of a segmentation model (fresh U-Net, or fine-tuning ``base``:
+    a U-Net or a StarDist model)."""
+    from .segmentation import segmentation_set
+
+    opts = options or TrainOptions()
+    opts.check()
+    job = train_job_of("segment", base)
+    pairs = _check_pairs(pairs)
+    image, labels, valid = segmentation_data(pairs)
+    ts = segmentation_set(image if len(image) > 1 else image[0], labels if len(labels) > 1 else labels[0],
+                          valid=None if valid is None else (valid if len(valid) > 1 else valid[0]),
+                          val_fraction=float(opts.val_fraction), seed=int(opts.seed))
+    settings, stop_after = _settings("segment", job, opts, ts.defaults, base is not None)
+    summary = ts.summary()
+    data = f"{_describe(pairs, opts)} ({ts.n_objects} objects); {summary}"
+    kwargs = {"images": ts.images, "masks": ts.masks, "val_images": ts.val_images, "val_masks": ts.val_masks,
+              "settings": settings, "init_folder": base.path if base is not None else None, "data": data,
+              "command": opts.command, "name": name}
+    if out_dir is not None:
+        kwargs["out_dir"] = str(out_dir)
+    if opts.resume:
+        kwargs["resume"] = True
+    return TrainPlan(job, kwargs, summary, stop_after)
+
+
+# -- detection / localization -----------------------------------------------------------------------
+def _box_data(pairs, task: str):
+    """Several pairs as one stack, boxes, classes, frame per box and valid regions (or None)."""
+    frames, boxes, classes, fr, regions, any_valid = [], [], [], [], [], False
+    for i, p in enumerate(_check_pairs(pairs)):
+        where = f"{p.name}: " if p.name else f"pair {i + 1}: "
+        if p.boxes is None or p.classes is None:
+            raise InputError(f"{where}{task} training needs boxes with class names")
+        img = np.asarray(p.image)
+        b = np.asarray(p.boxes, np.float64).reshape(-1, 4)
+        if len(b) == 0:
+            raise InputError(f"{where}no boxes: draw some rectangles first")
+        if len(p.classes) != len(b):
+            raise InputError(f"{where}{len(b)} boxes but {len(p.classes)} class names")
+        stacked = p.frames is not None
+        if stacked and (img.ndim < 3 or (img.ndim == 3 and img.shape[-1] in (3, 4))):
+            raise InputError(f"{where}boxes have frame indices but the image (shape {img.shape}) is not a stack")
+        own = _frames_of(p, stacked)
+        f = np.asarray(p.frames, np.int64).reshape(-1) if stacked else np.zeros(len(b), np.int64)
+        if len(f) != len(b) or f.min() < 0 or f.max() >= len(own):
+            raise InputError(f"{where}boxes lie in frames {sorted(set(f.tolist()))[:10]}, the image has {len(own)}")
+        h, w = own[0].shape[:2]
+        if (b[:, 2] <= b[:, 0]).any() or (b[:, 3] <= b[:, 1]).any():
+            raise InputError(f"{where}some boxes have zero width or height")
+        if (b[:, :2] < -0.5).any() or (b[:, 2] > h + 0.5).any() or (b[:, 3] > w + 0.5).any():
+            raise InputError(f"{where}some boxes lie outside the image ({w}x{h} pixels)")
+        off = len(frames)
+        if isinstance(p.valid, str) and p.valid == "all":
+            regions.extend(Region(off + t, 0, 0, h, w) for t in sorted(set(f.tolist())))
+            any_valid = True
+        elif p.valid is not None:
+            regions.extend(Region(off + r.frame, r.y0, r.x0, r.y1, r.x1) for r in p.valid)
+            any_valid = True
+        else:
+            for t in sorted(set(f.tolist())):
+                s = b[f == t]
+                regions.append(Region(off + t, int(np.floor(s[:, 0].min())), int(np.floor(s[:, 1].min())),
+                                      int(np.ceil(s[:, 2].max())), int(np.ceil(s[:, 3].max()))))
+        frames.extend(own)
+        boxes.append(b)
+        classes.extend(str(c) for c in p.classes)
+        fr.append(f + off)
+    return frames, np.concatenate(boxes), classes, np.concatenate(fr), regions if any_valid else None
+
+
+def _rgb_frames(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Gray and colour frames mixed: all as 3 channels."""
+    if len({f.ndim for f in frames}) == 1 and len({f.shape[2:] for f in frames}) == 1:
+        return frames
+    out = []
+    for f in frames:
+        x = f if f.ndim == 3 else f[..., None]
+        out.append(np.repeat(x[..., :1], 3, axis=-1) if x.shape[-1] == 1 else x[..., :3])
+    return out
+
+
+def detect_plan(pairs, base=None, options: TrainOptions | None = None, name: str = "", out_dir=None) -> TrainPlan:
+    """The training request of a detector (fresh YOLO-style network, or fine-tuning ``base``;
+    its class head is rebuilt for the pairs' class set)."""
+    from ..dispatch import card_payload
+    from .detection import detection_set
+
+    opts = options or TrainOptions()
+    opts.check()
+    job = train_job_of("detect", base)
+    pairs = _check_pairs(pairs)
+    frames, boxes, classes, fr, regions = _box_data(pairs, "detection")
+    stack = _pad_stack(_rgb_frames(frames))
+    dset = detection_set(stack, boxes, classes, frames=fr, valid_regions=regions,
+                         val_fraction=float(opts.val_fraction), seed=int(opts.seed))
+    settings, stop_after = _settings("detect", job, opts, dset.defaults, base is not None)
+    summary = dset.summary()
+    data = {"source": _describe(pairs, opts), "n_images": len(frames), "n_boxes": int(len(boxes)),
+            "summary": summary, "dropped_at_split": dset.dropped, "command": opts.command}
+    if len(pairs) == 1 and pairs[0].name:
+        data["pair"] = pairs[0].name
+    kwargs = {"train": dset.train, "val": dset.val, "classes": dset.classes, "settings": settings,
+              "base": card_payload(base) if base is not None else None,
+              "config": opts.config if opts.config is not None else opts.extra.get("config"),
+              "normalization": dset.normalization, "data": data, "name": name}
+    if out_dir is not None:
+        kwargs["out_dir"] = str(out_dir)
+    if opts.resume:
+        kwargs["resume"] = True
+    return TrainPlan(job, kwargs, summary, stop_after)
+
+
+def localize_plan(pairs, base=None, options: TrainOptions | None = None, name: str = "",
+                  out_dir=None) -> TrainPlan:
+    """The training request of a localizer (one box and class per image / frame; a fresh network:
+    the localizer trains from scratch here)."""
+    from .localization import localization_set
+
+    opts = options or TrainOptions()
+    opts.check()
+    if base is not None:
+        train_job_of("localize", base)  # a model of another task is refused by name
+        raise InputError(f"the localizer trains fresh only; leave out the base model ({base.name!r})")
+    job = FRESH_JOB["localize"]
+    pairs = _check_pairs(pairs)
+    frames, boxes, classes, fr, _ = _box_data(pairs, "localization")
+    if len({f.shape for f in frames}) > 1:
+        raise InputError("localization images must all have one size (got "
+                         f"{', '.join(str(s) for s in sorted({f.shape for f in frames})[:4])})")
+    ls = localization_set(np.stack(frames), boxes, classes, fr, val_fraction=float(opts.val_fraction),
+                          seed=int(opts.seed))
+    settings, stop_after = _settings("localize", job, opts, ls.defaults, False)
+    summary = ls.summary()
+    data = f"{_describe(pairs, opts)} ({len(boxes)} frames annotated); {summary}"
+    kwargs = {"images": ls.images, "boxes": ls.boxes, "labels": ls.labels, "class_names": ls.classes,
+              "val_images": ls.val_images, "val_boxes": ls.val_boxes, "val_labels": ls.val_labels,
+              "settings": settings, "data": data, "name": name}
+    if out_dir is not None:
+        kwargs["out_dir"] = str(out_dir)
+    if opts.resume:
+        kwargs["resume"] = True
+    return TrainPlan(job, kwargs, summary, stop_after)
+
+
+PLANS = {"segment": segment_plan, "detect": detect_plan, "localize": localize_plan}
+
+
+def plan(task: str, pairs, base=None, options: TrainOptions | None = None, name: str = "",
+         out_dir=None) -> TrainPlan:
+    """:func:`segment_plan`, :func:`detect_plan` or :func:`localize_plan` by ``task``."""
+    if task not in PLANS:
+        raise InputError(f"unknown task {task!r}; one of {', '.join(TASKS)}")
+    return PLANS[task](pairs, base, options, name=name, out_dir=out_dir)
