@@ -198,6 +198,7 @@ def train_unet(
     *,
     data: str | None = None,
     command: str | None = None,
+    resume: bool = False,
 ) -> UNetTrainResult:
     """Train a U-Net into ``out_dir/name`` (config.json, weights.pt, model.json, training.json).
 
@@ -206,6 +207,11 @@ def train_unet(
     ``progress`` gets one event per epoch (``epoch``, ``loss``, ``val_loss``, ``val_ap50``,
     ``seconds``); a stop request ends training after the current epoch and keeps the best
     weights so far. ``data`` and ``command`` are recorded in the model card.
+
+    A checkpoint is written after every epoch into ``out_dir/.training/name``
+    (:mod:`..checkpoint`) and removed once the model is saved; ``resume`` continues the
+    interrupted run of that name from its last epoch (InputError when there is none, or when
+    the architecture, settings or data differ).
     """
     s = settings or UNetTrainSettings()
     s.validate()
@@ -272,35 +278,62 @@ def train_unet(
     history: dict[str, list[float]] = {"loss": [], "val_loss": [], "val_ap50": [], "lr": []}
     best = (-1.0, float("inf"))
     best_state, best_epoch, stopped = None, 0, False
-    for epoch in range(1, s.epochs + 1):
-        model.train()
-        run = 0.0
-        for _ in range(s.steps_per_epoch):
-            xb, yb = sampler.sample(s.batch_size)
-            xb, yb = torch.from_numpy(xb).to(dev), torch.from_numpy(yb).to(dev)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            run += float(loss.detach())
-        probs, val_loss = validate()
-        preds = [instances_from_probs(p, 0.5, s.fg_thresh, s.min_size) for p in probs]
-        ap50 = _ap(Yv, preds)[0]
-        loss_avg = run / s.steps_per_epoch
-        for k, v in (("loss", loss_avg), ("val_loss", val_loss), ("val_ap50", ap50),
-                     ("lr", opt.param_groups[0]["lr"])):
-            history[k].append(float(v))
-        if (ap50, -val_loss) > (best[0], -best[1]):
-            best = (ap50, val_loss)
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            best_epoch = epoch
-        progress(epoch / s.epochs, f"epoch {epoch}/{s.epochs}", epoch=epoch, loss=loss_avg, val_loss=val_loss,
-                 val_ap50=ap50, best_epoch=best_epoch, seconds=time.time() - t0)
-        if progress.stop_requested:
-            stopped = True
-            break
+    from ..checkpoint import RunCheckpoints, fingerprint, rng_state, run_dir, set_rng_state
+
+    ckpts = RunCheckpoints(run_dir(out_dir, name), name, {
+        "kind": "unet", "architecture": config.to_dict(), "channels": n_ch, "epochs": s.epochs,
+        "base": str(Path(init_folder).resolve()) if init_folder is not None else None,
+        "settings": s.to_dict(), "data": fingerprint(images, masks, val_images, val_masks)}, progress)
+    ck = ckpts.begin(resume)
+    start = 1
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if sched is not None and ck.get("scheduler"):
+            sched.load_state_dict(ck["scheduler"])
+        history = {k: [float(v) for v in vals] for k, vals in ck["history"].items()}
+        best, best_epoch = (float(ck["best_metric"][0]), float(ck["best_metric"][1])), int(ck["best_epoch"])
+        best_state, start = ck["best_state"], int(ck["epoch"]) + 1
+        set_rng_state(rng, ck["rng"])
+        torch.set_rng_state(ck["torch_rng"])
+        t0 = time.time() - float(ck["seconds"])
+    try:
+        for epoch in range(start, s.epochs + 1):
+            model.train()
+            run = 0.0
+            for _ in range(s.steps_per_epoch):
+                xb, yb = sampler.sample(s.batch_size)
+                xb, yb = torch.from_numpy(xb).to(dev), torch.from_numpy(yb).to(dev)
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(xb), yb)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                run += float(loss.detach())
+            probs, val_loss = validate()
+            preds = [instances_from_probs(p, 0.5, s.fg_thresh, s.min_size) for p in probs]
+            ap50 = _ap(Yv, preds)[0]
+            loss_avg = run / s.steps_per_epoch
+            for k, v in (("loss", loss_avg), ("val_loss", val_loss), ("val_ap50", ap50),
+                         ("lr", opt.param_groups[0]["lr"])):
+                history[k].append(float(v))
+            if (ap50, -val_loss) > (best[0], -best[1]):
+                best = (ap50, val_loss)
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                best_epoch = epoch
+            ckpts.save({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict() if sched is not None else None, "history": history,
+                        "best_metric": list(best), "best_epoch": best_epoch, "best_state": best_state,
+                        "rng": rng_state(rng), "torch_rng": torch.get_rng_state(), "seconds": time.time() - t0})
+            progress(epoch / s.epochs, f"epoch {epoch}/{s.epochs}", epoch=epoch, loss=loss_avg, val_loss=val_loss,
+                     val_ap50=ap50, best_epoch=best_epoch, seconds=time.time() - t0)
+            if progress.stop_requested:
+                stopped = True
+                break
+    except BaseException:
+        ckpts.release()  # an error or Ctrl-C: the checkpoint stays, to resume from
+        raise
     epochs_run = len(history["loss"])
     model.load_state_dict(best_state)
     model.eval()
@@ -328,29 +361,36 @@ def train_unet(
         "seconds": round(seconds, 1), "epochs": epochs_run, "best_epoch": best_epoch, "stopped_early": stopped,
         "steps_per_epoch": s.steps_per_epoch, "batch_size": s.batch_size, "patch_size": patch,
         "init_folder": str(init_folder) if init_folder is not None else None, "settings": settings_d,
+        **ckpts.record(),
     }
     folder = save_model(Path(out_dir) / name, model, config, name=name, pmin=s.pmin, pmax=s.pmax,
                         thresholds=thresholds, training=training, metrics=metrics,
                         extra_files={"training.json": json.dumps(
                             {"history": history, "seed_scores": {str(k): v for k, v in scores.items()},
                              "settings": settings_d, "seconds": seconds}, indent=1) + "\n"})
+    ckpts.finish()  # registered: the run's checkpoint is no longer needed
     progress(1.0, f"saved {folder} (val AP@0.5 {metrics['val']['ap@0.5']:.3f})", **metrics["val"])
     return UNetTrainResult(str(folder), epochs_run, best_epoch, seconds, history, thresholds, metrics,
                            stopped, settings_d)
 
 
 def train_job(progress, images, masks, val_images, val_masks, out_dir=None, name: str = "unet",
-              settings: dict | None = None, init_folder=None, basedir=None, data=None, command=None):
+              settings: dict | None = None, init_folder=None, basedir=None, data=None, command=None,
+              resume: bool = False):
     """Worker entry: ``settings`` as a plain dict of :class:`UNetTrainSettings` fields.
 
     ``out_dir`` (or ``basedir``) defaults to the per-user models folder, where the
-    registry finds the new model.
+    registry finds the new model. ``resume`` continues the interrupted run ``name`` (with its
+    settings when ``settings`` is None).
     """
-    s = UNetTrainSettings.from_dict(settings)
+    from ..checkpoint import guarded_run, resume_settings
+
     out = out_dir or basedir
     if out is None:
         from ...core.registry import ModelRegistry
 
         out = ModelRegistry().user_dir
-    return train_unet(list(images), list(masks), list(val_images), list(val_masks), out, name, s,
-                      init_folder=init_folder, progress=progress, data=data, command=command)
+    s = UNetTrainSettings.from_dict(resume_settings(out, name, settings, resume))
+    with guarded_run(out, name):
+        return train_unet(list(images), list(masks), list(val_images), list(val_masks), out, name, s,
+                          init_folder=init_folder, progress=progress, data=data, command=command, resume=resume)

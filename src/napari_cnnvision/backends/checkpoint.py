@@ -1,0 +1,354 @@
+"""Checkpoints of the PyTorch trainings, so that an interrupted run can be resumed.
+
+A run named ``name`` keeps its checkpoint in :func:`run_dir` ``= <user_dir>/.training/<name>/`` (a dot
+folder: the model registry never lists it): ``checkpoint.pt`` (model, optimizer and scheduler state,
+the epoch, the history, the best metric and weights, random states, the request as JSON) and
+``run.json`` (the request, the epoch saved, the process writing it). Both are written atomically
+(temp file + rename, :mod:`..core.io`), so a kill or a full disk during a save leaves the previous
+complete checkpoint. When the run ends normally or by Stop, the trainer registers the model and
+removes the folder; a killed worker leaves it, and :func:`interrupted_runs` lists it.
+
+A checkpoint is read with ``torch.load(weights_only=True)``: a file that holds other Python objects is
+refused, never run. Resuming compares the request of the new call with the stored one
+(:func:`check_resumable`): another kind of model, class set, architecture, base model, settings or
+training data is refused with an :class:`~..core.axes.InputError` naming what differs.
+
+No torch import at module level.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..core.axes import InputError
+from ..core.io import atomic_write_text, atomic_write_with
+from ..core.progress import NULL_PROGRESS, Progress
+
+TRAINING_DIR = ".training"
+CHECKPOINT_NAME = "checkpoint.pt"
+INFO_NAME = "run.json"
+FORMAT = "napari-cnnvision training checkpoint"
+VERSION = 1
+#: settings that may differ between a run and its resumption (they do not change what is trained)
+RESUME_FREE_SETTINGS = ("resume", "checkpoint", "device")
+
+
+def run_dir(user_dir: str | Path, name: str) -> Path:
+    """The folder of the training run ``name``: ``<user_dir>/.training/<name>/``."""
+    return Path(user_dir) / TRAINING_DIR / str(name)
+
+
+def _info(folder: Path) -> dict | None:
+    try:
+        d = json.loads((folder / INFO_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def _alive(info: dict | None) -> bool:
+    """True while the process that writes the run is training it (on this machine)."""
+    if not info or not info.get("active") or info.get("host") != socket.gethostname():
+        return False
+    try:
+        pid = int(info.get("pid"))
+    except (TypeError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+def interrupted_runs(user_dir: str | Path) -> list[str]:
+    """Names of the runs in ``user_dir`` that left a checkpoint and are not training now (a
+    killed worker, a crash, an error), sorted."""
+    root = Path(user_dir) / TRAINING_DIR
+    try:
+        folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(p.name for p in folders if (p / CHECKPOINT_NAME).is_file() and not _alive(_info(p)))
+
+
+def run_info(user_dir: str | Path, name: str) -> dict | None:
+    """``run.json`` of the run ``name`` (``kind``, ``epoch``, ``epochs``, ``saved``, ``request``...),
+    or None when there is none."""
+    return _info(run_dir(user_dir, name))
+
+
+def discard_run(user_dir: str | Path, name: str) -> None:
+    """Remove the run folder of ``name`` (nothing when there is none)."""
+    remove_run(run_dir(user_dir, name))
+
+
+def remove_run(folder: str | Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def release_run(folder: str | Path) -> None:
+    """Mark the run in ``folder`` as not training now (an error ended it; its checkpoint stays)."""
+    folder = Path(folder)
+    info = _info(folder)
+    if info and info.get("active"):
+        try:
+            atomic_write_text(folder / INFO_NAME, json.dumps({**info, "active": False}, indent=1) + "\n")
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def guarded_run(user_dir: str | Path, name: str):
+    """``with guarded_run(user_dir, name): train(...)``: an error (or Ctrl-C) leaves the run's
+    checkpoint, marked as not training now, so that :func:`interrupted_runs` lists it at once."""
+    try:
+        yield
+    except BaseException:
+        release_run(run_dir(user_dir, name))
+        raise
+
+
+def resume_settings(user_dir: str | Path, name: str, settings: dict | None, resume: bool) -> dict | None:
+    """The settings a job trains with: ``settings``, or on a resumption without any, those of the
+    interrupted run (None when there is no such run: resuming then says so)."""
+    if not resume or settings is not None:
+        return settings
+    info = run_info(user_dir, name)
+    got = (info or {}).get("request", {}).get("settings")
+    return dict(got) if isinstance(got, dict) else None
+
+
+# --- the request and its comparison -----------------------------------------------------------
+def fingerprint(*items) -> str:
+    """A short hash of arrays (nested in lists, tuples and dicts) and plain values: the training
+    data a run was given, to tell when a resumption gets other data."""
+    h = hashlib.sha1()
+
+    def feed(x):
+        if isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=str):
+                h.update(str(k).encode())
+                feed(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(f"[{len(x)}".encode())
+            for v in x:
+                feed(v)
+            h.update(b"]")
+        elif isinstance(x, np.ndarray) or hasattr(x, "__array__"):
+            a = np.ascontiguousarray(np.asarray(x))
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.view(np.uint8).reshape(-1) if a.size else b"")
+        else:
+            h.update(repr(x).encode())
+
+    for item in items:
+        feed(item)
+    return h.hexdigest()[:20]
+
+
+def _plain(x):
+    return json.loads(json.dumps(x, sort_keys=True, default=str))
+
+
+def _short(v, limit: int = 80) -> str:
+    t = json.dumps(v, default=str)
+    return t if len(t) <= limit else t[:limit] + "..."
+
+
+#: what is compared, in this order, and how a difference is named
+_CHECKS = (("kind", "another kind of model"), ("classes", "another class set"),
+           ("architecture", "another architecture"), ("channels", "images with another number of channels"),
+           ("base", "another base model"), ("settings", "other settings"), ("data", "other training data"))
+
+
+def check_resumable(stored: dict, now: dict, name: str) -> None:
+    """InputError when ``now`` (the new call's request) cannot continue the run of ``stored``."""
+    stored, now = _plain(stored), _plain(now)
+    for key, what in _CHECKS:
+        a, b = stored.get(key), now.get(key)
+        if key == "settings" and isinstance(a, dict) and isinstance(b, dict):
+            keys = sorted((set(a) | set(b)) - set(RESUME_FREE_SETTINGS))
+            diff = [k for k in keys if a.get(k) != b.get(k)]
+            if diff:
+                shown = "; ".join(f"{k}: {_short(a.get(k), 40)} then, {_short(b.get(k), 40)} now" for k in diff[:4])
+                raise InputError(f"cannot resume the training run {name!r} with {what} ({shown}"
+                                 f"{'; ...' if len(diff) > 4 else ''}); resume with the settings of the "
+                                 "interrupted run (or none), or start a new run")
+            continue
+        if a != b:
+            detail = "" if key == "data" else f": {_short(a)} then, {_short(b)} now"
+            hint = ("resume with the same images and annotations" if key == "data"
+                    else "resume with what the interrupted run used")
+            raise InputError(f"cannot resume the training run {name!r} with {what}{detail}; {hint}, "
+                             "or start a new run (that replaces the interrupted one)")
+
+
+# --- reading and writing ----------------------------------------------------------------------
+def save_checkpoint(path: str | Path, state: dict, request: dict) -> Path:
+    """Write ``state`` (tensors, numbers, text, lists and dicts of them) and the ``request`` as one
+    file, atomically: an error (a full disk) leaves the previous file as it was."""
+    import torch
+
+    full = {**state, "format": FORMAT, "version": VERSION, "request": json.dumps(_plain(request), sort_keys=True)}
+    return atomic_write_with(Path(path), lambda tmp: torch.save(full, tmp))
+
+
+def load_checkpoint(path: str | Path, what: str | None = None) -> dict:
+    """The state saved by :func:`save_checkpoint` (``request`` as a dict), read weights-only;
+    InputError for a missing, damaged or untrusted file (one that pickles other objects)."""
+    import torch
+
+    from .torch_weights import load_error_reason
+
+    path = Path(path)
+    what = what or f"the checkpoint {path}"
+    if not path.is_file():
+        raise InputError(f"{what} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read it is reported the same way
+        raise InputError(f"{what} cannot be read: {load_error_reason(exc)}; it is not used (start a new run)") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise InputError(f"{what} is not a training checkpoint of napari-cnnvision; it is not used (start a new run)")
+    try:
+        state["request"] = json.loads(state.get("request") or "{}")
+    except ValueError:
+        raise InputError(f"{what} is damaged (its request is not JSON); start a new run") from None
+    return state
+
+
+def rng_state(rng: np.random.Generator) -> dict:
+    """A numpy generator's state as plain values (for a checkpoint)."""
+    return _plain(rng.bit_generator.state)
+
+
+def set_rng_state(rng: np.random.Generator, state: dict | None) -> None:
+    if state:
+        rng.bit_generator.state = state
+
+
+def disk_message(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full"
+    return f"{exc.strerror or exc}"
+
+
+class RunCheckpoints:
+    """The checkpoints of one training run (see the module notes).
+
+    ``begin(resume)`` returns the saved state to continue from (after checking the request), or
+    None for a fresh run (an earlier run of that name is discarded); ``save(state)`` writes one
+    after an epoch and, when the disk is full (any OSError), keeps the previous checkpoint, reports
+    it through ``progress`` and returns False (the training goes on: the model in memory is fine,
+    and the disk may have room again for the next epoch or the final save); ``finish()`` removes
+    the folder once the model is registered.
+    """
+
+    def __init__(self, folder: str | Path, name: str, request: dict, progress: Progress = NULL_PROGRESS,
+                 file: str | Path | None = None):
+        self.folder = Path(folder)
+        self.name = name
+        self.request = _plain(request)
+        self.progress = progress
+        self.file = Path(file) if file is not None else self.folder / CHECKPOINT_NAME
+        self.info_path = self.folder / INFO_NAME if file is None else self.file.with_name(self.file.name + ".json")
+        self.warnings: list[str] = []
+        self.saved_epoch: int | None = None
+        self.resumed_from: int | None = None
+
+    def begin(self, resume: bool) -> dict | None:
+        if not resume:
+            if self.file.exists() or self.info_path.exists():
+                info = self._read_info()
+                if _alive(info) and info.get("pid") != os.getpid():
+                    raise InputError(f"the training run {self.name!r} is running now (process {info.get('pid')}); "
+                                     "wait for it, stop it, or choose another name")
+                self.progress(None, f"starting anew: the interrupted run {self.name!r} is replaced")
+                self.file.unlink(missing_ok=True)
+                self.info_path.unlink(missing_ok=True)
+            return None
+        info = self._read_info()
+        if not self.file.is_file() and self.info_path.parent != self.folder:
+            raise InputError(f"there is no checkpoint {self.file} to resume from; start a new run instead")
+        if not self.file.is_file():
+            parent = self.folder.parent.parent
+            others = interrupted_runs(parent)
+            listed = f"interrupted runs there: {', '.join(others)}" if others else "there are none"
+            raise InputError(f"there is no interrupted training run named {self.name!r} to resume in {parent} "
+                             f"({listed}); start a new run instead")
+        if _alive(info) and info.get("pid") != os.getpid():
+            raise InputError(f"the training run {self.name!r} is running now (process {info.get('pid')}); "
+                             "it cannot be resumed twice")
+        state = load_checkpoint(self.file, f"the checkpoint of the interrupted run {self.name!r} ({self.file})")
+        check_resumable(state["request"], self.request, self.name)
+        self.resumed_from = self.saved_epoch = int(state.get("epoch", 0))
+        self.progress(None, f"resuming {self.name!r} after epoch {self.resumed_from}")
+        return state
+
+    def save(self, state: dict) -> bool:
+        epoch = int(state.get("epoch", 0))
+        try:
+            save_checkpoint(self.file, state, self.request)
+            info = {"name": self.name, "kind": self.request.get("kind"), "epoch": epoch,
+                    "epochs": self.request.get("epochs"), "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "pid": os.getpid(), "host": socket.gethostname(), "active": True, "request": self.request}
+            atomic_write_text(self.info_path, json.dumps(info, indent=1) + "\n")
+        except OSError as exc:
+            kept = (f"the checkpoint of epoch {self.saved_epoch} is kept" if self.saved_epoch
+                    else "no earlier checkpoint")
+            msg = (f"could not save the checkpoint of epoch {epoch} ({disk_message(exc)}): {kept}; "
+                   "training goes on (free disk space, or the model cannot be saved at the end)")
+            self.warnings.append(msg)
+            self.progress(None, msg, checkpoint_error=msg)
+            return False
+        self.saved_epoch = epoch
+        return True
+
+    def release(self) -> None:
+        """Mark the run as not training now (an error ended it; the checkpoint stays to resume)."""
+        info = self._read_info()
+        if info and info.get("active"):
+            try:
+                atomic_write_text(self.info_path, json.dumps({**info, "active": False}, indent=1) + "\n")
+            except OSError:
+                pass
+
+    def finish(self) -> None:
+        """The model is registered: remove the run's checkpoint (and its folder, if it is ours)."""
+        if self.info_path.parent == self.folder and self.file.parent == self.folder:
+            remove_run(self.folder)
+        else:
+            self.file.unlink(missing_ok=True)
+            self.info_path.unlink(missing_ok=True)
+
+    def _read_info(self) -> dict | None:
+        try:
+            d = json.loads(self.info_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return d if isinstance(d, dict) else None
+
+    def record(self) -> dict:
+        """What a model card notes about the run's checkpoints."""
+        out = {}
+        if self.resumed_from is not None:
+            out["resumed_after_epoch"] = self.resumed_from
+        if self.warnings:
+            out["checkpoint_warnings"] = self.warnings[-3:]
+        return out
