@@ -214,25 +214,24 @@ def _lr_factor(step: int, frac: float, s: DetectorTrainSettings) -> float:
     return s.min_lr_fraction + (1 - s.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-def _save_checkpoint(path: Path, state: dict):
-    import torch
-
-    from ...core.io import atomic_write_with
-
-    atomic_write_with(path, lambda tmp: torch.save(state, tmp))
-
-
 def train_detector(model, config: dict, train: list[dict], val: list[dict], out_folder=None,
                    settings: DetectorTrainSettings | dict | None = None, progress: Progress = NULL_PROGRESS,
-                   card_fields: dict | None = None) -> DetTrainResult:
+                   card_fields: dict | None = None, resume: bool | None = None) -> DetTrainResult:
     """Train ``model`` (built from ``config``) and, if ``out_folder`` is given, save it there.
 
     The card gets the settings, the training time and the validation mAP@0.5 / per-class AP
     of the chosen epoch; ``card_fields`` adds to it (``training`` entries such as data,
     command and hardware are merged).
+
+    A checkpoint is written after every epoch: to ``settings.checkpoint`` or, without one, into
+    the run folder of ``out_folder`` (``<its parent>/.training/<its name>``, :mod:`..checkpoint`),
+    which is removed once the model is saved. ``resume`` (default ``settings.resume``) continues
+    the interrupted run from its last epoch; InputError when there is none, or when the classes,
+    architecture, base model, settings or samples differ.
     """
     import torch
 
+    from ..checkpoint import RunCheckpoints, fingerprint, run_dir
     from .models import save_detector
 
     s = settings if isinstance(settings, DetectorTrainSettings) else DetectorTrainSettings.from_dict(settings)
@@ -251,80 +250,92 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
                             weight_decay=s.weight_decay)
     history = {"train_loss": [], "val_loss": [], "val_map": [], "lr": [], "seconds": []}
     best_map, best_epoch, best_state, start_epoch, step, elapsed0 = -1.0, 0, None, 1, 0, 0.0
-    ckpt = Path(s.checkpoint) if s.checkpoint else None
-    if ckpt is not None and s.resume and ckpt.is_file():
-        c = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model.load_state_dict(c["model"])
-        opt.load_state_dict(c["optimizer"])
-        history, best_map, best_epoch = c["history"], float(c["best_map"]), int(c["best_epoch"])
-        best_state, start_epoch, step, elapsed0 = c["best_state"], int(c["epoch"]) + 1, int(c["step"]), float(c["elapsed"])
-        progress(None, f"resumed from {ckpt} after epoch {start_epoch - 1}")
+    ckpts = None
+    if s.checkpoint or out_folder is not None:
+        folder = Path(out_folder) if out_folder is not None else Path(s.checkpoint)
+        base = ((card_fields or {}).get("training") or {}).get("base_model")
+        ckpts = RunCheckpoints(run_dir(folder.parent, folder.name), folder.name, {
+            "kind": "detector", "classes": classes, "architecture": {k: v for k, v in config.items() if k != "classes"},
+            "base": base, "epochs": s.epochs, "settings": s.to_dict(), "data": fingerprint(train, val)},
+            progress, file=s.checkpoint)
+        c = ckpts.begin(s.resume if resume is None else bool(resume))
+        if c is not None:
+            model.load_state_dict(c["model"])
+            opt.load_state_dict(c["optimizer"])
+            history = {kk: [float(v) for v in vals] for kk, vals in c["history"].items()}
+            best_map, best_epoch, best_state = float(c["best_metric"]), int(c["best_epoch"]), c["best_state"]
+            start_epoch, step, elapsed0 = int(c["epoch"]) + 1, int(c["step"]), float(c["seconds"])
     t0 = time.time() - elapsed0
     budget = s.time_budget or None
     steps_per_epoch = math.ceil(len(train) / s.batch_size)
     total_steps = s.epochs * steps_per_epoch
     stopped, epoch_seconds = False, []
-    for epoch in range(start_epoch, s.epochs + 1):
-        te = time.time()
-        rng = np.random.default_rng([s.seed, epoch])  # per epoch: a resumed run draws the same
-        torch.manual_seed(s.seed * 100003 + epoch)
-        order = rng.permutation(len(train))
-        model.train()
-        run, n_run = 0.0, 0
-        for b in range(steps_per_epoch):
-            idx = order[b * s.batch_size:(b + 1) * s.batch_size]
-            imgs, tgs = [], []
-            for i in idx:
-                x, boxes, labels = _augment(train[i], rng, s)
-                imgs.append(_tensor(x, device))
-                tgs.append(_target(boxes, labels, device))
-            frac = step / total_steps
-            if budget:
-                frac = max(frac, (time.time() - t0) / budget)
-            for g in opt.param_groups:
-                g["lr"] = s.learning_rate * _lr_factor(step, frac, s)
-            losses = model(imgs, tgs)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss is not finite at epoch {epoch} ({ {k2: float(v) for k2, v in losses.items()} })")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if s.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            opt.step()
-            step += 1
-            run += float(loss.detach()) * len(idx)
-            n_run += len(idx)
+    try:
+        for epoch in range(start_epoch, s.epochs + 1):
+            te = time.time()
+            rng = np.random.default_rng([s.seed, epoch])  # per epoch: a resumed run draws the same
+            torch.manual_seed(s.seed * 100003 + epoch)
+            order = rng.permutation(len(train))
+            model.train()
+            run, n_run = 0.0, 0
+            for b in range(steps_per_epoch):
+                idx = order[b * s.batch_size:(b + 1) * s.batch_size]
+                imgs, tgs = [], []
+                for i in idx:
+                    x, boxes, labels = _augment(train[i], rng, s)
+                    imgs.append(_tensor(x, device))
+                    tgs.append(_target(boxes, labels, device))
+                frac = step / total_steps
+                if budget:
+                    frac = max(frac, (time.time() - t0) / budget)
+                for g in opt.param_groups:
+                    g["lr"] = s.learning_rate * _lr_factor(step, frac, s)
+                losses = model(imgs, tgs)
+                loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the training loss is not finite at epoch {epoch} ({ {k2: float(v) for k2, v in losses.items()} })")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if s.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+                opt.step()
+                step += 1
+                run += float(loss.detach()) * len(idx)
+                n_run += len(idx)
+                if progress.stop_requested:
+                    break
+            do_val = epoch % s.val_every == 0 or epoch == s.epochs or progress.stop_requested
+            vl, vm = float("nan"), float("nan")
+            if do_val:
+                vl = val_loss(model, val, device)
+                vm = val_map(model, val, k, device, s.val_score_thresh)["map"]
+                if vm > best_map:
+                    best_map, best_epoch = vm, epoch
+                    best_state = {kk: v.detach().cpu().clone() for kk, v in model.state_dict().items()}
+            elapsed = time.time() - t0
+            for key, v in (("train_loss", run / max(n_run, 1)), ("val_loss", vl), ("val_map", vm),
+                           ("lr", opt.param_groups[0]["lr"]), ("seconds", elapsed)):
+                history[key].append(float(v))
+            epoch_seconds.append(time.time() - te)
+            if ckpts is not None:
+                ckpts.save({"model": {kk: v.detach().cpu() for kk, v in model.state_dict().items()},
+                            "optimizer": opt.state_dict(), "scheduler": None, "epoch": epoch, "step": step,
+                            "best_state": best_state, "best_metric": best_map, "best_epoch": best_epoch,
+                            "history": history, "seconds": elapsed})
+            frac_done = epoch / s.epochs if not budget else max(epoch / s.epochs, elapsed / budget)
+            progress(min(frac_done, 1.0), f"epoch {epoch}/{s.epochs}", epoch=epoch,
+                     train_loss=history["train_loss"][-1], val_loss=vl, val_map=vm, best_epoch=best_epoch,
+                     seconds=elapsed)
             if progress.stop_requested:
+                stopped = True
                 break
-        do_val = epoch % s.val_every == 0 or epoch == s.epochs or progress.stop_requested
-        vl, vm = float("nan"), float("nan")
-        if do_val:
-            vl = val_loss(model, val, device)
-            vm = val_map(model, val, k, device, s.val_score_thresh)["map"]
-            if vm > best_map:
-                best_map, best_epoch = vm, epoch
-                best_state = {kk: v.detach().cpu().clone() for kk, v in model.state_dict().items()}
-        elapsed = time.time() - t0
-        for key, v in (("train_loss", run / max(n_run, 1)), ("val_loss", vl), ("val_map", vm),
-                       ("lr", opt.param_groups[0]["lr"]), ("seconds", elapsed)):
-            history[key].append(float(v))
-        epoch_seconds.append(time.time() - te)
-        if ckpt is not None:
-            _save_checkpoint(ckpt, {"model": {kk: v.detach().cpu() for kk, v in model.state_dict().items()},
-                                    "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
-                                    "best_state": best_state, "best_map": best_map, "best_epoch": best_epoch,
-                                    "history": history, "elapsed": elapsed})
-        frac_done = epoch / s.epochs if not budget else max(epoch / s.epochs, elapsed / budget)
-        progress(min(frac_done, 1.0), f"epoch {epoch}/{s.epochs}", epoch=epoch,
-                 train_loss=history["train_loss"][-1], val_loss=vl, val_map=vm, best_epoch=best_epoch,
-                 seconds=elapsed)
-        if progress.stop_requested:
-            stopped = True
-            break
-        if budget and elapsed + float(np.median(epoch_seconds[-3:])) > budget:
-            stopped = True
-            break
+            if budget and elapsed + float(np.median(epoch_seconds[-3:])) > budget:
+                stopped = True
+                break
+    except BaseException:
+        if ckpts is not None:
+            ckpts.release()  # an error or Ctrl-C: the checkpoint stays, to resume from
+        raise
     if best_state is None:  # stopped before any validation
         best_state = {kk: v.detach().cpu().clone() for kk, v in model.state_dict().items()}
     model.load_state_dict(best_state)
@@ -340,10 +351,13 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
         fields = dict(card_fields or {})
         training = {"epochs": len(history["train_loss"]), "best_epoch": best_epoch, "seconds": round(seconds, 1),
                     "stopped_early": stopped, "settings": settings_d, "history": history,
-                    "n_train": len(train), "n_val": len(val), **fields.pop("training", {})}
+                    "n_train": len(train), "n_val": len(val), **(ckpts.record() if ckpts else {}),
+                    **fields.pop("training", {})}
         fields["metrics"] = {**metrics, **fields.get("metrics", {})}
         model.cpu()
         folder = str(save_detector(model, config, out_folder, {**fields, "training": training}))
+        if ckpts is not None:
+            ckpts.finish()  # registered: the run's checkpoint is no longer needed
         progress(1.0, f"saved {folder} (val mAP@0.5 {result['map']:.3f})", val_map=result["map"])
     return DetTrainResult(folder, len(history["train_loss"]), best_epoch, seconds, history, metrics, stopped,
                           settings_d)

@@ -29,22 +29,27 @@ def _with_classes(base_folder, classes: list[str]):
 
 def detector_train_job(progress=NULL_PROGRESS, train=(), val=(), classes=(), name: str = "detector",
                        base=None, config: dict | None = None, settings: dict | None = None,
-                       normalization: dict | None = None, data: dict | None = None, out_dir=None):
+                       normalization: dict | None = None, data: dict | None = None, out_dir=None,
+                       resume: bool = False):
     """Train a detector on ``train`` / ``val`` samples and save it as ``out_dir/name`` (default: the
     user model folder, so the registry lists it at once). ``base``: a card payload (fine-tune,
     heads rebuilt for ``classes``) or None (a fresh network of ``config``, default :data:`FRESH_YOLO`).
     ``settings``: :class:`~..detection.train.DetectorTrainSettings` fields (former names too; a bad
-    value is an InputError naming it). An existing model of that name is refused, never overwritten."""
+    value is an InputError naming it). An existing model of that name is refused, never overwritten.
+    A checkpoint is written after every epoch (:mod:`..checkpoint`); ``resume`` continues the
+    interrupted run ``name`` (with its settings when ``settings`` is None)."""
     from ...core.registry import ModelRegistry
+    from ..checkpoint import guarded_run, resume_settings
     from ..detection.models import build_detector
     from ..detection.train import DetectorTrainSettings, train_detector
     from ..dispatch import card_from_payload
     from .naming import check_new_name
 
+    registry = ModelRegistry(user_dir=out_dir) if out_dir else ModelRegistry()
+    settings = resume_settings(registry.user_dir, str(name or "").strip(), settings, resume)
     st = DetectorTrainSettings.from_dict(settings)  # InputError naming a bad field, before anything is built
     if "warmup_steps" not in (settings or {}):
         st.warmup_steps = max(1, min(100, st.epochs * math.ceil(len(train) / st.batch_size) // 10))
-    registry = ModelRegistry(user_dir=out_dir) if out_dir else ModelRegistry()
     name = check_new_name(name, registry)
     classes = [str(c) for c in classes]
     if base is not None:
@@ -61,4 +66,6 @@ def detector_train_job(progress=NULL_PROGRESS, train=(), val=(), classes=(), nam
               "normalization": normalization or {"type": "scale", "factor": 1 / 255},
               "training": {"data": data or {}, "base_model": base_name, "rebuilt_weights": rebuilt[:20],
                            "command": "napari-cnnvision Train widget"}}
-    return train_detector(model, cfg, list(train), list(val), Path(registry.user_dir) / name, st, progress, fields)
+    with guarded_run(registry.user_dir, name):
+        return train_detector(model, cfg, list(train), list(val), Path(registry.user_dir) / name, st, progress,
+                              fields, resume=resume)
