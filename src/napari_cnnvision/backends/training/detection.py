@@ -47,6 +47,10 @@ def _as_rgb(frame: np.ndarray) -> tuple[np.ndarray, dict]:
     return y.astype(np.float32), {"type": "percentile", "pmin": PERCENTILES[0], "pmax": PERCENTILES[1]}
 
 
+def _missing(c) -> bool:
+    return c is None or str(c).strip() in ("", "nan", "None", "<NA>")
+
+
 def _check(image, boxes, classes, frames):
     image = np.asarray(image)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -54,21 +58,56 @@ def _check(image, boxes, classes, frames):
         raise InputError(f"{len(boxes)} boxes but {len(classes)} class names")
     if not len(boxes):
         raise InputError("the box layer is empty: draw some rectangles first")
-    if any(c is None or str(c).strip() in ("", "nan", "None") for c in classes):
-        raise InputError("every box needs a class name (the Shapes layer's 'class' feature)")
+    missing = [i for i, c in enumerate(classes) if _missing(c)]
+    if missing:
+        raise InputError(f"{len(missing)} of {len(boxes)} boxes have no class name (first: box {missing[0]}); "
+                         "every box needs one (the Shapes layer's 'class' feature)")
+    if not np.isfinite(boxes).all():
+        raise InputError("some boxes have NaN or infinite coordinates")
     stacked = frames is not None
-    spatial = image.shape[1:3] if stacked else image.shape[:2]
     if image.ndim - (1 if stacked else 0) not in (2, 3):
         raise InputError(f"the image must be YX, YXC (or a stack of them), got shape {image.shape}")
+    if not stacked and image.ndim == 3 and image.shape[-1] > 4:
+        raise InputError(f"the image (shape {image.shape}) is a stack of {image.shape[0]} frames: give each box "
+                         "its frame (boxes drawn on the stack's frames)")
+    if not image.size:
+        raise InputError(f"the image is empty (shape {image.shape})")
+    spatial = image.shape[1:3] if stacked else image.shape[:2]
     fr = np.zeros(len(boxes), np.int64) if not stacked else np.asarray(frames, np.int64).reshape(-1)
+    if len(fr) != len(boxes):
+        raise InputError(f"{len(boxes)} boxes but {len(fr)} frame indices")
     if stacked and (fr.min() < 0 or fr.max() >= image.shape[0]):
         raise InputError(f"boxes lie in frames {sorted(set(fr.tolist()))}, the image has {image.shape[0]}")
     h, w = spatial
-    if (boxes[:, 2] <= boxes[:, 0]).any() or (boxes[:, 3] <= boxes[:, 1]).any():
-        raise InputError("some boxes have zero width or height")
-    if (boxes[:, :2] < -0.5).any() or (boxes[:, 2] > h + 0.5).any() or (boxes[:, 3] > w + 0.5).any():
-        raise InputError(f"some boxes lie outside the image ({w}x{h} pixels)")
-    return image if stacked else image[None], np.clip(boxes, 0, [h, w, h, w]), fr
+    flat = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    if flat.any():
+        raise InputError(f"{int(flat.sum())} box(es) have zero width or height (first: box "
+                         f"{int(np.flatnonzero(flat)[0])}); delete or redraw them")
+    out = (boxes[:, :2] < -0.5).any(1) | (boxes[:, 2] > h + 0.5) | (boxes[:, 3] > w + 0.5)
+    if out.any():
+        raise InputError(f"{int(out.sum())} box(es) lie outside the image ({w}x{h} pixels; first: box "
+                         f"{int(np.flatnonzero(out)[0])}); move or delete them")
+    stack = image if stacked else image[None]
+    if stack.dtype.kind == "f" and not np.isfinite(stack[np.unique(fr)]).all():
+        raise InputError("the image holds NaN or infinite values; replace them before training")
+    return stack, np.clip(boxes, 0, [h, w, h, w]), fr
+
+
+def _check_regions(regions: list[Region], stack: np.ndarray) -> list[Region]:
+    """The "fully annotated" regions clipped to the image; InputError for one outside it."""
+    n, h, w = stack.shape[:3]
+    out = []
+    for r in regions:
+        if not 0 <= r.frame < n:
+            raise InputError(f"a 'fully annotated' region lies in frame {r.frame}, the image has {n}")
+        c = Region(r.frame, max(r.y0, 0), max(r.x0, 0), min(r.y1, h), min(r.x1, w))
+        if c.y1 - c.y0 < 1 or c.x1 - c.x0 < 1:
+            raise InputError(f"a 'fully annotated' region ({r.y0}, {r.x0})..({r.y1}, {r.x1}) lies outside the "
+                             f"image ({w}x{h} pixels) or is empty")
+        out.append(c)
+    if not out:
+        raise InputError("the 'fully annotated' layer has no regions")
+    return out
 
 
 def detection_set(image, boxes, classes, frames=None, valid_regions: list[Region] | None = None,
@@ -81,9 +120,12 @@ def detection_set(image, boxes, classes, frames=None, valid_regions: list[Region
     their area on its side (clipped to it); the slivers are dropped and counted.
     """
     stack, b, fr = _check(image, boxes, classes, frames)
-    names = list(dict.fromkeys(str(c) for c in classes))
-    cls = np.array([names.index(str(c)) + 1 for c in classes], np.int64)
-    if valid_regions is None:
+    classes = [str(c).strip() for c in classes]  # "WBC " is "WBC"
+    names = list(dict.fromkeys(classes))
+    cls = np.array([names.index(c) + 1 for c in classes], np.int64)
+    if valid_regions is not None:
+        valid_regions = _check_regions(list(valid_regions), stack)
+    else:
         valid_regions = []
         for t in sorted(set(fr.tolist())):
             s = b[fr == t]

@@ -43,6 +43,9 @@ def _frames(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
         raise InputError(f"the annotation must be 2-D (YX) or a stack of frames (TYX), got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise InputError(f"the annotation must hold integer labels, got {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise InputError(f"the annotation holds negative labels (down to {labels.min()}); labels are 0 "
+                         "(background) or a positive object id")
     if image.shape[:labels.ndim] != labels.shape or image.ndim - labels.ndim not in (0, 1) or (
             image.ndim > labels.ndim and image.shape[-1] > 4):
         raise InputError(f"the image (shape {image.shape}) and the annotation (shape {labels.shape}) differ "
@@ -77,10 +80,16 @@ def segmentation_set(image, labels, valid=None, val_fraction: float = 0.2, seed:
     ``multiple``: the network's size multiple (patch sizes are multiples).
     """
     img, lab = _frames(image, labels)
+    if not (lab > 0).any():
+        raise InputError("the annotation layer is empty: paint some objects first")
+    if valid is not None and np.shape(valid) != np.shape(labels):
+        raise InputError(f"the 'fully annotated' mask has shape {np.shape(valid)}, the annotation "
+                         f"{np.shape(labels)}; they must cover the same pixels")
     regions = valid_regions(lab > 0, None if valid is None else (np.asarray(valid)[None] if np.ndim(valid) == 2
                                                                    else np.asarray(valid)))
-    if not regions or not (lab > 0).any():
-        raise InputError("the annotation layer is empty: paint some objects first")
+    if not regions:
+        raise InputError("the 'fully annotated' mask is empty: mark where the annotation is complete "
+                         "(or leave it out to use the annotation's bounding box)")
     counts = [int(np.count_nonzero(np.unique(lab[r.frame][r.slices]))) for r in regions]
     train_r, val_r = split_regions(regions, counts, val_fraction, seed)
 
@@ -93,6 +102,11 @@ def segmentation_set(image, labels, valid=None, val_fraction: float = 0.2, seed:
 
     ims, mks = crops(train_r)
     vims, vmks = crops(val_r)
+    bad = [r for r, c in zip(train_r + val_r, ims + vims) if c.dtype.kind == "f" and not np.isfinite(c).all()]
+    if bad:
+        raise InputError(f"the image holds NaN or infinite values in the annotated region (frame {bad[0].frame}, "
+                         f"rows {bad[0].y0}..{bad[0].y1 - 1}, columns {bad[0].x0}..{bad[0].x1 - 1}); "
+                         "replace them before training")
     if not any((m > 0).any() for m in mks):
         raise InputError("no annotated object lies in the training part; annotate more objects")
     if not any((m > 0).any() for m in vmks):
