@@ -110,7 +110,7 @@ def test_train_detector_from_shapes_with_a_class_feature(make_napari_viewer, qtb
     assert "saved model 'blob-boxes' (2 epoch(s)" in w.status.value, w.status.value
     assert w.plot.epochs == [1, 2]
     card = w.registry.get("blob-boxes")
-    assert card.task == "detect" and card.classes == ["big", "small"] and card.training["data"]["boxes"] == "boxes"
+    assert card.task == "detect" and card.classes == ["big", "small"] and "'boxes'" in card.training["data"]["pair"]
     assert "blob-boxes" in [c[1] if isinstance(c, tuple) else c for c in det.picker.model.choices]
 
 
@@ -156,3 +156,102 @@ def test_train_localizer_from_a_stack_with_one_rectangle_per_frame(make_napari_v
     assert w.plot.epochs == [1, 2] and np.isfinite(w.plot.metric).all()
     card = w.registry.get("localizer-frames")
     assert card.task == "localize" and card.classes == ["small", "big"] and "'one per frame'" in card.training["data"]
+
+
+def test_every_annotation_layer_with_its_image_a_stardist_base_and_the_choices_reach_the_plan(make_napari_viewer):
+    from napari_cnnvision.backends.augment import AugmentSettings
+    from napari_cnnvision.widgets.train import ALL_PAIRS
+
+    viewer = make_napari_viewer()
+    img, full = disks(CENTRES)
+    img2, full2 = disks([(20, 20), (50, 60), (70, 20)], shape=(96, 112))
+    viewer.add_image(img, name="cells")
+    viewer.add_image(img2, name="second")
+    viewer.add_labels(np.where(np.isin(full, [1, 2]), full, 0), name="cells labels")  # by name
+    viewer.add_labels(full2, name="second [nuclei-unet]", metadata={RESULT_KEY: {"source": "second"}})  # a result
+    viewer.add_labels(np.zeros((50, 50), np.int32), name="scratch")  # empty: left out
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")
+    assert "nuclei-stardist" in w.base.choices and "nuclei-unet" in w.base.choices
+    assert not w.upsampling.native.isHidden()  # a fresh U-Net: its upsampling is offered
+    w.upsampling.value = w.upsampling.choices[-1]
+    w.intensity.value = False
+    w.scale.value = True
+    w.pairs.value = ALL_PAIRS
+    assert w.image.native.isHidden() and w.target.native.isHidden()
+    p = w.training_plan("two-pairs")
+    assert p.job == "unet.train" and "'cells labels'" in p.kwargs["data"] and "'second [nuclei-unet]'" in p.kwargs["data"]
+    assert len(p.kwargs["images"]) + len(p.kwargs["val_images"]) >= 2 and w._unpaired == ["scratch (empty)"]
+    s = p.kwargs["settings"]
+    aug = AugmentSettings(**s["augment"])
+    assert s["upsampling"] == w.upsampling.choices[-1] and tuple(aug.gain) == (1.0, 1.0) and aug.zoom > 0
+    w.base.value = "nuclei-stardist"  # StarDist fine-tuning: its own trainer, the same request
+    assert w.upsampling.native.isHidden()
+    p = w.training_plan("he")
+    assert p.job == "stardist.train" and p.kwargs["init_folder"] == w.registry.get("nuclei-stardist").path
+    assert "upsampling" not in p.kwargs["settings"] and p.kwargs["settings"]["learning_rate"] == 3e-4
+
+
+LEFT = __import__("qtpy.QtCore", fromlist=["Qt"]).Qt.MouseButton.LeftButton
+
+
+def _toy_running(w, qtbot, result):
+    w.runner.start("toy.train", {"epochs": 100000, "seconds": 100000.0}, on_done=result.append)
+    w.stop_btn.enabled = True
+    qtbot.waitUntil(lambda: w.runner._worker is not None, timeout=10000)
+    qtbot.wait(1500)  # the job has started in its worker
+
+
+def test_closing_while_training_asks_first_then_stops_cleanly(make_napari_viewer, qtbot, monkeypatch):
+    from qtpy.QtGui import QCloseEvent
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    dock = viewer.window.add_dock_widget(w, name="Train")
+    qtbot.wait(50)
+    button = dock.titleBarWidget().close_button
+    answers = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: answers.pop(0))
+    result = []
+    _toy_running(w, qtbot, result)
+    # napari's window: "No" keeps it open and the training going
+    answers.append(QMessageBox.StandardButton.No)
+    ev = QCloseEvent()
+    assert w.close_guard.eventFilter(viewer.window._qt_window, ev) is True and not ev.isAccepted()
+    assert w.close_guard.asked == 1 and w.runner.running
+    # the dock's close button: "No" keeps the dock, "Yes" stops after the epoch (the model is kept) and closes
+    answers.append(QMessageBox.StandardButton.No)
+    qtbot.mouseClick(button, LEFT)
+    assert w.close_guard.asked == 2 and w.runner.running and w.native.parent() is not None
+    answers.append(QMessageBox.StandardButton.Yes)
+    qtbot.mouseClick(button, LEFT)
+    assert w.close_guard.asked == 3 and not w.runner.running
+    assert result and result[0]["stopped"] and 1 <= result[0]["epochs"] < 100000  # a cooperative stop, not a kill
+    qtbot.waitUntil(lambda: "Train" not in viewer.window.dock_widgets, timeout=5000)
+    # nothing running: closing asks nothing
+    assert w.close_guard.eventFilter(viewer.window._qt_window, QCloseEvent()) is False and w.close_guard.asked == 3
+
+
+def test_an_interrupted_run_offers_resume_with_the_same_name(make_napari_viewer, monkeypatch):
+    import json
+
+    viewer = make_napari_viewer()
+    img, full = disks(CENTRES)
+    viewer.add_image(img, name="cells")
+    viewer.add_labels(full, name="labels")
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")
+    assert w.resume_btn.native.isHidden()
+    run = w.registry.user_dir / ".training" / "cut-short"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"x")
+    (run / "run.json").write_text(json.dumps({"active": False, "epoch": 3}))
+    w.reset_choices()
+    assert not w.resume_btn.native.isHidden() and w.resume_run.value == "cut-short"
+    started = []
+    monkeypatch.setattr(w.runner, "start", lambda job, kwargs, **kw: started.append((job, kwargs)))
+    w.resume_btn.clicked.emit()
+    assert started and started[0][1]["resume"] is True and started[0][1]["name"] == "cut-short"
+    w.run_btn.clicked.emit()  # a plain Train never resumes
+    assert "resume" not in started[-1][1]

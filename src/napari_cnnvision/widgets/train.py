@@ -2,18 +2,22 @@
 
 Segmentation: an Image + a Labels layer (painted, or a Segment result corrected by hand);
 detection: an Image + a Shapes layer of rectangles with a ``class`` feature (or a Detect result
-corrected by hand). Partial annotation is the normal case: only the valid region (the bounding
-box of the annotation per frame, or the rectangles of an optional "fully annotated" Shapes
-layer) is used (:mod:`..backends.training`). The job runs in the compute worker's training
-process; a live plot shows the losses and the validation metric per epoch; Stop ends after the
-current epoch and keeps the best model, which is registered and listed in the other widgets.
+corrected by hand); localization: a stack with one rectangle per frame. "pairs" takes the chosen
+pair, or every annotation layer with its image (a result layer knows its image; else the image
+whose name the layer's begins with). Partial annotation is the normal case: only the valid region
+(the bounding box of the annotation per frame, or the rectangles of an optional "fully annotated"
+Shapes layer) is used. The widget reads the layers (:mod:`._train_layers`); the training request
+is built by :mod:`..backends.training.plan`, as for the ``train`` command and ``api.train``. The
+job runs in the compute worker's training process; a live plot shows the losses and the
+validation metric per epoch; Stop ends after the current epoch and keeps the best model, which
+is registered and listed in the other widgets. Closing the widget or napari while a training
+runs asks first, then stops it the same way. An interrupted run can be resumed.
 """
 from __future__ import annotations
 
 import time
 
-import numpy as np
-from magicgui.widgets import ComboBox, FloatSpinBox, LineEdit, PushButton, SpinBox, create_widget
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, PushButton, SpinBox, create_widget
 
 from ..core.axes import InputError
 from ..core.registry import ModelRegistry
@@ -24,12 +28,12 @@ from ._loss_plot import LossPlot
 __all__ = ["TrainWidget", "refresh_model_lists", "FRESH", "TRAINABLE"]
 FRESH = "(fresh network)"
 NO_REGION = "(the annotation's bounding box)"
+ONE_PAIR, ALL_PAIRS = "this image + annotation", "every annotation layer with its image"
 #: task -> (annotation layer type, backends that train from layers here, fresh backend, metric label)
-TRAINABLE = {"segment": ("Labels", ("unet",), "unet", "AP@0.5"),
+TRAINABLE = {"segment": ("Labels", ("unet", "stardist2d"), "unet", "AP@0.5"),
              "detect": ("Shapes", ("yolo",), "yolo", "mAP@0.5"),
              "localize": ("Shapes", (), "localizer", "accuracy")}  # the localizer trains fresh only
 WIDGET_OF = {"segment": "Segment", "detect": "Detect", "localize": "Localize"}
-AUTO_LR = {"segment": (1e-3, 3e-4), "detect": (2e-3, 6e-4), "localize": (2e-3, 6e-4)}  # (fresh, fine-tune)
 EPOCHS, MINUTES = "epochs", "minutes"
 
 
@@ -57,12 +61,23 @@ class TrainWidget(JobWidget):
     run_text = "Train"
 
     def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
+        from ..backends.training.plan import upsampling_choices
+
         super().__init__(napari_viewer, registry, labels=True)
         #: extra trainer settings merged last (network size, steps; for scripts and tests)
         self.advanced: dict = {}
         self.task = ComboBox(label="task", choices=list(TRAINABLE), value="segment")
         self.base = ComboBox(label="base model", choices=self._base_choices,
-                             tooltip="fine-tune a model of this task, or train a fresh network")
+                             tooltip="fine-tune a model of this task (U-Net or StarDist for segmentation), "
+                                     "or train a fresh network")
+        ups = upsampling_choices()
+        self.upsampling = ComboBox(label="upsampling", choices=list(ups),
+                                   value="bilinear" if "bilinear" in ups else ups[0],
+                                   tooltip="a fresh U-Net's decoder: nearest / bilinear + convolution, transposed "
+                                           "convolution, or unpool (bed of nails: SegNet's max-unpooling)")
+        self.pairs = ComboBox(label="pairs", choices=[ONE_PAIR, ALL_PAIRS], value=ONE_PAIR,
+                              tooltip="train on the chosen image + annotation, or on every annotation layer "
+                                      "paired with its image (by the result's image, or by name)")
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.target = ComboBox(label="annotation", choices=self._target_choices,
                                tooltip="Labels (segment) or Shapes rectangles with a 'class' feature (detect); "
@@ -78,12 +93,26 @@ class TrainWidget(JobWidget):
         self.lr = LineEdit(label="learning rate", value="auto", tooltip="'auto': 1e-3 for a fresh network, "
                                                                          "3e-4 when fine-tuning")
         self.val_fraction = FloatSpinBox(label="validation part", min=0.05, max=0.5, step=0.05, value=0.2)
+        self.batch = SpinBox(label="batch size", min=0, max=256, value=0, tooltip="0: the default")
+        self.patch = SpinBox(label="patch size", min=0, max=1024, step=16, value=0,
+                             tooltip="segmentation: the side of the training patches; 0: ~4 object diameters")
+        self.flips = CheckBox(text="flips", value=True)
+        self.turns = CheckBox(text="90° turns", value=True)
+        self.intensity = CheckBox(text="intensity", value=True)
+        self.scale = CheckBox(text="scale", value=False)
+        self.augment = Container(layout="horizontal", label="augment", labels=False,
+                                 widgets=[self.flips, self.turns, self.intensity, self.scale])
         self.split = StatusLabel(label="")
         self.stop_btn = PushButton(text="Stop (keep the best so far)", enabled=False)
+        self.resume_run = ComboBox(label="interrupted run", choices=self._resume_choices, visible=False)
+        self.resume_btn = PushButton(text="Resume", visible=False,
+                                     tooltip="continue the interrupted run from its last checkpoint, on the "
+                                             "same layers and settings")
         self.plot = LossPlot(TRAINABLE["segment"][3])
-        self.extend([self.task, self.base, self.image, self.target, self.region, self.name, self.budget,
-                     self.epochs, self.minutes, self.lr, self.val_fraction, self.split, self.run_btn,
-                     self.stop_btn, self.cancel_btn, self.progress, self.status])
+        self.extend([self.task, self.base, self.upsampling, self.pairs, self.image, self.target, self.region,
+                     self.name, self.budget, self.epochs, self.minutes, self.lr, self.val_fraction, self.batch,
+                     self.patch, self.augment, self.split, self.run_btn, self.stop_btn, self.cancel_btn,
+                     self.resume_run, self.resume_btn, self.progress, self.status])
         self.native.layout().addWidget(self.plot.native)
         self._theme_plot()
         self._named_by_user = False
@@ -92,9 +121,11 @@ class TrainWidget(JobWidget):
         self._job: dict = {}
         self._stopping = False
         self.stop_btn.clicked.connect(self.stop)
+        self.resume_btn.clicked.connect(self.resume)
         self.task.changed.connect(self._on_task)
-        self.base.changed.connect(self._suggest_name)
+        self.base.changed.connect(self._on_base)
         self.image.changed.connect(self._suggest_name)
+        self.pairs.changed.connect(self._on_pairs)
         self.name.changed.connect(self._on_name_edit)
         self.budget.changed.connect(self._on_budget)
         from qtpy.QtCore import QTimer
@@ -103,6 +134,9 @@ class TrainWidget(JobWidget):
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._budget_over)
         self._suggest_name()
+        self._on_base()
+        self._refresh_resume()
+        self._install_close_guard()
 
     def _theme_plot(self):
         try:
@@ -112,6 +146,44 @@ class TrainWidget(JobWidget):
             self.plot.set_colors(theme.background.as_hex(), theme.text.as_hex())
         except Exception:  # noqa: BLE001 - an unknown theme keeps matplotlib's colours
             pass
+
+    # -- ask before close -----------------------------------------------------------------------
+    def _install_close_guard(self):
+        from ._close_guard import CloseGuard
+
+        self.close_guard = CloseGuard(self)
+        qt_window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
+        self.close_guard.watch(qt_window)
+        import weakref
+
+        from qtpy.QtCore import QEvent, QObject
+
+        ref = weakref.ref(self)
+
+        class _OnDock(QObject):  # once docked: guard the dock's close button too
+            def eventFilter(self, obj, ev):  # noqa: N802
+                if ev.type() == QEvent.Type.ParentChange and ref() is not None:
+                    from qtpy.QtCore import QTimer
+
+                    # the dock sets its title bar after taking the widget
+                    QTimer.singleShot(0, lambda: ref() is not None and ref()._guard_dock_button())
+                return False
+
+        self._on_dock = _OnDock(self.native)
+        self.native.installEventFilter(self._on_dock)
+        self._guard_dock_button()
+
+    def _guard_dock_button(self):
+        """The close button of the napari dock holding this widget (napari's title bar), if any."""
+        w = self.native.parent()
+        while w is not None and not hasattr(w, "destroyOnClose"):
+            w = w.parent()
+        if w is None:
+            return
+        bar = w.titleBarWidget() if hasattr(w, "titleBarWidget") else None
+        button = getattr(bar, "close_button", None)
+        if button is not None:
+            self.close_guard.watch(button, mouse=True)
 
     # -- choices ----------------------------------------------------------------------------
     def _base_choices(self, *_):
@@ -136,12 +208,44 @@ class TrainWidget(JobWidget):
         return [(NO_REGION, None)] + [(ly.name, ly) for ly in self._layers("Shapes")
                                       if target is None or ly is not target.value]
 
+    def _resume_choices(self, *_):
+        try:
+            from ..backends.checkpoint import interrupted_runs
+        except ImportError:  # checkpoints not in this version
+            return []
+        try:
+            return interrupted_runs(self.registry.user_dir)
+        except OSError:
+            return []
+
+    def _refresh_resume(self):
+        self.resume_run.reset_choices()
+        has = bool(self.resume_run.choices)
+        self.resume_run.visible = self.resume_btn.visible = has
+        self.resume_btn.enabled = has and not self.runner.running
+
+    def reset_choices(self, *args):
+        super().reset_choices(*args)
+        if hasattr(self, "resume_btn"):
+            self._refresh_resume()
+
     def _on_task(self, *_):
         self.base.reset_choices()
         self.target.reset_choices()
         self.region.reset_choices()
         self.plot.clear(TRAINABLE[self.task.value][3])
+        self._on_base()
         self._suggest_name()
+
+    def _on_base(self, *_):
+        fresh_unet = self.task.value == "segment" and self.base.value in (None, FRESH)
+        self.upsampling.visible = fresh_unet
+        self.patch.visible = self.task.value == "segment"
+        self._suggest_name()
+
+    def _on_pairs(self, *_):
+        one = self.pairs.value == ONE_PAIR
+        self.image.visible = self.target.visible = self.region.visible = one
 
     def _on_budget(self, *_):
         self.epochs.visible = self.budget.value == EPOCHS
@@ -165,156 +269,93 @@ class TrainWidget(JobWidget):
         finally:
             self._naming = False
 
-    # -- the training set -------------------------------------------------------------------
-    def _regions(self, target_ndim: int):
-        """The rectangles of the "fully annotated" layer as Regions (None: the default)."""
-        from ..backends.training.regions import Region
-        from ..layers.annotations import shapes_to_annotations
+    # -- the training request -----------------------------------------------------------------
+    def training_pairs(self) -> list:
+        """The chosen layers as training pairs (numpy; no job is started)."""
+        from ._train_layers import auto_pairs, boxes_pair, labels_pair
 
-        layer = self.region.value
-        if layer is None:
-            return None
-        if len(layer.data) == 0:
-            raise InputError(f"the 'fully annotated' layer {layer.name!r} has no rectangles")
-        ds = shapes_to_annotations(layer.data, {"shape_type": layer.shape_type, "name": layer.name,
-                                                "ndim": layer.ndim})
-        a = ds.images[0]
-        frames = a.frame if a.frame is not None else np.zeros(len(a.boxes), int)
-        return [Region(int(f), int(np.floor(b[0])), int(np.floor(b[1])), int(np.ceil(b[2])), int(np.ceil(b[3])))
-                for b, f in zip(a.boxes, frames)]
+        task = self.task.value
+        read = labels_pair if task == "segment" else boxes_pair
+        if self.pairs.value == ONE_PAIR:
+            return [read(self.image.value, self.target.value, self.region.value)]
+        found, unpaired = auto_pairs(self.viewer.layers, TRAINABLE[task][0])
+        if not found:
+            extra = f" ({', '.join(unpaired)} have no image of the same name)" if unpaired else ""
+            raise InputError(f"no {TRAINABLE[task][0]} layer paired with an image{extra}")
+        self._unpaired = unpaired
+        return [read(im, ann) for im, ann in found]
 
-    def _settings(self, defaults: dict, fine_tune: bool) -> tuple[dict, dict]:
+    def options(self, resume: bool = False):
+        """The widget's settings as :class:`~..backends.training.plan.TrainOptions`."""
+        from ..backends.training.plan import TrainOptions
+
         lr_text = (self.lr.value or "auto").strip().lower()
         try:
-            lr = AUTO_LR[self.task.value][int(fine_tune)] if lr_text == "auto" else float(lr_text)
+            lr = None if lr_text == "auto" else float(lr_text)
         except ValueError:
             raise InputError(f"the learning rate must be a number or 'auto', got {self.lr.value!r}") from None
-        if not 0 < lr < 1:
-            raise InputError(f"the learning rate must lie between 0 and 1, got {lr}")
-        s = {k: v for k, v in defaults.items() if k != "object_size"}
-        if self.budget.value == EPOCHS and self.epochs.value:
-            s["epochs"] = int(self.epochs.value)
-        return s, {"lr": lr}
+        minutes = float(self.minutes.value) if self.budget.value == MINUTES else None
+        epochs = int(self.epochs.value) if self.budget.value == EPOCHS and self.epochs.value else None
+        fresh_unet = self.task.value == "segment" and self.base.value in (None, FRESH)
+        return TrainOptions(epochs=epochs, minutes=minutes, learning_rate=lr,
+                            val_fraction=float(self.val_fraction.value), batch_size=int(self.batch.value) or None,
+                            patch_size=(int(self.patch.value) or None) if self.task.value == "segment" else None,
+                            flips=bool(self.flips.value), turns=bool(self.turns.value),
+                            intensity=bool(self.intensity.value), scale=bool(self.scale.value),
+                            upsampling=self.upsampling.value if fresh_unet else None, resume=resume,
+                            extra=dict(self.advanced), command="napari-cnnvision Train widget",
+                            source="napari layers")
 
-    def segmentation_job(self) -> tuple[str, dict, str]:
-        from ..backends.training.segmentation import segmentation_set
+    def training_plan(self, name: str = "", resume: bool = False):
+        """The job request of the widget's current choices (:func:`~..backends.training.plan.plan`)."""
+        from ..backends.training.plan import plan
 
-        img_layer, lab_layer = self.image.value, self.target.value
-        if img_layer is None or lab_layer is None:
-            raise InputError("choose an image layer and a Labels layer with your annotation")
-        image, labels = np.asarray(img_layer.data), np.asarray(lab_layer.data)
-        valid = None
-        regions = self._regions(labels.ndim)
-        if regions is not None:
-            valid = np.zeros(labels.shape, bool)
-            for r in regions:
-                (valid if labels.ndim == 2 else valid[r.frame])[r.slices] = True
-        ts = segmentation_set(image, labels, valid=valid, val_fraction=float(self.val_fraction.value))
         card = None if self.base.value in (None, FRESH) else self.registry.get(self.base.value)
-        s, extra = self._settings(ts.defaults, card is not None)
-        s["learning_rate"] = extra["lr"]
-        if self.budget.value == MINUTES:
-            s["epochs"] = 10000  # the widget stops it when the time is up
-        s.update(self.advanced)
-        data = (f"napari layers: image '{img_layer.name}' {image.shape} + labels '{lab_layer.name}' "
-                f"({ts.n_objects} objects); {ts.summary()}")
-        kwargs = {"images": ts.images, "masks": ts.masks, "val_images": ts.val_images, "val_masks": ts.val_masks,
-                  "settings": s, "init_folder": card.path if card is not None else None, "data": data,
-                  "command": "napari-cnnvision Train widget"}
-        return "unet.train", kwargs, ts.summary()
-
-    def detection_job(self) -> tuple[str, dict, str]:
-        from ..backends.dispatch import card_payload
-        from ..backends.training.detection import detection_set
-
-        img_layer, shp = self.image.value, self.target.value
-        a, image = self._boxes_of(img_layer, shp)
-        dset = detection_set(image, a.boxes, a.classes, frames=a.frame, valid_regions=self._regions(image.ndim),
-                             val_fraction=float(self.val_fraction.value))
-        card = None if self.base.value in (None, FRESH) else self.registry.get(self.base.value)
-        s, extra = self._settings(dset.defaults, card is not None)
-        s["lr"] = extra["lr"]
-        if self.budget.value == MINUTES:
-            s["epochs"], s["time_budget_min"] = 10000, float(self.minutes.value)
-        config = self.advanced.get("config")
-        s.update({k: v for k, v in self.advanced.items() if k != "config"})
-        data = {"image": img_layer.name, "image_shape": list(image.shape), "boxes": shp.name,
-                "n_boxes": len(a.boxes), "summary": dset.summary(), "dropped_at_split": dset.dropped}
-        kwargs = {"train": dset.train, "val": dset.val, "classes": dset.classes, "settings": s,
-                  "base": card_payload(card) if card is not None else None, "config": config,
-                  "normalization": dset.normalization, "data": data}
-        return "yolo.train", kwargs, dset.summary()
-
-    @staticmethod
-    def _boxes_of(img_layer, shp):
-        """The rectangles of a Shapes layer (boxes, classes, frames) and the image as an array."""
-        from ..layers.annotations import shapes_to_annotations
-
-        if img_layer is None or shp is None:
-            raise InputError("choose an image layer and a Shapes layer of rectangles")
-        if len(shp.data) == 0:
-            raise InputError(f"the Shapes layer {shp.name!r} is empty: draw some rectangles first")
-        odd = sum(t != "rectangle" for t in shp.shape_type)
-        if odd:
-            raise InputError(f"{odd} shape(s) of {shp.name!r} are not rectangles; training takes "
-                             "rectangles only (delete or redraw them)")
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = shapes_to_annotations(shp.data, {"shape_type": shp.shape_type, "features": shp.features,
-                                                  "name": shp.name, "ndim": shp.ndim})
-        if ds.warnings:
-            raise InputError(f"{shp.name!r}: {ds.warnings[0]}")
-        return ds.images[0], np.asarray(img_layer.data)
-
-    def localization_job(self) -> tuple[str, dict, str]:
-        from ..backends.training.localization import localization_set
-
-        img_layer, shp = self.image.value, self.target.value
-        a, image = self._boxes_of(img_layer, shp)
-        ls = localization_set(image, a.boxes, a.classes, a.frame, val_fraction=float(self.val_fraction.value))
-        s, extra = self._settings(ls.defaults, False)
-        s["lr"] = extra["lr"]
-        if self.budget.value == MINUTES:
-            s["epochs"], s["time_budget_s"] = 100000, float(self.minutes.value) * 60
-        s.update(self.advanced)
-        data = (f"napari layers: image '{img_layer.name}' {image.shape} + rectangles '{shp.name}' "
-                f"({len(a.boxes)} frames annotated); {ls.summary()}")
-        kwargs = {"images": ls.images, "boxes": ls.boxes, "labels": ls.labels, "class_names": ls.classes,
-                  "val_images": ls.val_images, "val_boxes": ls.val_boxes, "val_labels": ls.val_labels,
-                  "settings": s, "data": data}
-        return "localizer.train", kwargs, ls.summary()
+        self._unpaired = []
+        return plan(self.task.value, self.training_pairs(), card, self.options(resume), name=name,
+                    out_dir=self.registry.user_dir)
 
     # -- running ----------------------------------------------------------------------------
-    def run(self, *_):
+    def resume(self, *_):
+        """Continue the interrupted run chosen in "interrupted run" (same layers and settings)."""
+        if self.resume_run.value:
+            self._naming = True
+            try:
+                self.name.value = self.resume_run.value
+            finally:
+                self._naming = False
+            self.run(resume=True)
+
+    def run(self, *_, resume: bool = False):
         from ..backends.training.naming import check_new_name
 
         if self.runner.running:
             return
         try:
             name = check_new_name(self.name.value, self.registry)
-            job, kwargs, summary = {"segment": self.segmentation_job, "detect": self.detection_job,
-                                    "localize": self.localization_job}[self.task.value]()
+            job, kwargs, summary, stop_after = self.training_plan(name, resume=resume)
         except (InputError, ValueError, OSError, LookupError) as exc:
             self.report_error(exc if isinstance(exc, InputError) else InputError(str(exc)))
             return
-        kwargs["name"] = name
-        self.split.value = f"split: {summary}"
+        unpaired = getattr(self, "_unpaired", [])
+        self.split.value = f"split: {summary}" + (f" (left out: {', '.join(unpaired)})" if unpaired else "")
         self.plot.clear(TRAINABLE[self.task.value][3])
         self._job = {"name": name, "task": self.task.value}
         self._t0 = time.monotonic()
         self._stopping = False
         self._budget_s = float(self.minutes.value) * 60 if self.budget.value == MINUTES else None
-        self.set_busy(True, f"training {name!r} in the compute worker...")
+        self.set_busy(True, f"{'resuming' if resume else 'training'} {name!r} in the compute worker...")
         self.stop_btn.enabled = True
-        if self._budget_s and job == "unet.train":
-            self._timer.start(int(self._budget_s * 1000))
+        self.resume_btn.enabled = False
+        self._guard_dock_button()
+        if stop_after:
+            self._timer.start(int(stop_after * 1000))
 
         def finished():
             self._timer.stop()
             self.set_busy(False)
             self.stop_btn.enabled = False
+            self._refresh_resume()
 
         self.runner.start(job, kwargs, on_progress=self._on_progress, on_metrics=self._on_metrics,
                           on_done=self._on_done, on_error=self.report_error, on_finished=finished)
@@ -364,18 +405,12 @@ class TrainWidget(JobWidget):
         self.status.value = msg
 
     def _on_done(self, result):
-        get = (lambda k: result.get(k)) if isinstance(result, dict) else (lambda k: getattr(result, k))
-        metrics = get("metrics") or {}
-        metrics = metrics.get("val", metrics)
-        score = next((metrics[k] for k in ("ap@0.5", "map@0.5", "accuracy") if k in metrics), None)
-        name = self._job.get("name")
-        n, best = get("epochs_run"), get("best_epoch")
-        how = f"stopped after {n} epoch(s)" if get("stopped") else f"{n} epoch(s)"
-        self.progress.value = 100
+        from ..backends.training.outcome import job_outcome
+
         task = self._job.get("task", "segment")
-        self.status.value = (f"saved model {name!r} ({how}, best epoch {best}, val {TRAINABLE[task][3]} "
-                             f"{score if score is None else round(float(score), 3)}); it is listed in the "
-                             f"{WIDGET_OF[task]} widget now")
+        out = job_outcome(result, self._job.get("name"), task)
+        self.progress.value = 100
+        self.status.value = f"{out.describe()}; it is listed in the {WIDGET_OF[task]} widget now"
         self._named_by_user = False
         refresh_model_lists(self.viewer)
         self.base.reset_choices()
