@@ -1,0 +1,77 @@
+"""``napari-cnnvision train``: a tiny U-Net trained from folders in the compute worker is usable by name
+at once; bad inputs are one-line errors with a non-zero exit code and nothing written."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from test_training_data import disks
+
+from napari_cnnvision.cli.main import main
+from napari_cnnvision.core.registry import ModelRegistry
+
+TINY = ["--setting", "depth=2", "--setting", "base_filters=4", "--setting", "steps_per_epoch=2",
+        "--setting", "batch_size=2", "--setting", "patch_size=32", "--setting", "seed_grid=[0.5]"]
+
+
+def _data(tmp_path):
+    img_dir, mask_dir = tmp_path / "images", tmp_path / "masks"
+    img_dir.mkdir()
+    mask_dir.mkdir()
+    for k, centres in enumerate([[(12, 12), (30, 40), (50, 20)], [(15, 45), (45, 45)]]):
+        img, lab = disks(centres, shape=(64, 64))
+        tifffile.imwrite(img_dir / f"cell{k}.tif", (img * 100 + 50).clip(0, 255).astype(np.uint8))
+        tifffile.imwrite(mask_dir / f"cell{k}.tif", lab.astype(np.uint16))
+    return img_dir, mask_dir
+
+
+def test_train_a_tiny_unet_from_folders_then_segment_with_it_by_name(tmp_path, capsys):
+    img_dir, mask_dir = _data(tmp_path)
+    rc = main(["train", "segment", "--name", "tiny", "--images", str(img_dir), "--masks", str(mask_dir),
+               "--epochs", "1", "--val-fraction", "0.5", *TINY])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "saved model 'tiny' (1 epoch(s)" in out.out and "validation: ap@0.5" in out.out
+    card = ModelRegistry().get("tiny")
+    assert card.task == "segment" and card.backend == "unet" and card.source == "user"
+    assert "folders: cell0.tif; cell1.tif" in card.training["data"] and card.training["epochs"] == 1
+    assert card.training["settings"]["depth"] == 2
+    # usable by name at once
+    rc = main(["segment", str(img_dir), "--model", "tiny", "--out", str(tmp_path / "out"), "--quiet"])
+    assert rc == 0 and (tmp_path / "out" / "cell0.tif").is_file()
+    # the same name again is refused before anything is read or trained; the model is untouched
+    weights = sorted(p.name for p in (ModelRegistry().user_dir / "tiny").iterdir())
+    stamp = (ModelRegistry().user_dir / "tiny" / "model.json").stat().st_mtime_ns
+    rc = main(["train", "segment", "--name", "tiny", "--images", str(img_dir), "--masks", str(mask_dir)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "a model named 'tiny' exists already" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (ModelRegistry().user_dir / "tiny").iterdir()) == weights
+    assert (ModelRegistry().user_dir / "tiny" / "model.json").stat().st_mtime_ns == stamp
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    img_dir, mask_dir = _data(tmp_path)
+    base = ["train", "segment", "--name", "new-one", "--images", str(img_dir)]
+    with pytest.raises(SystemExit) as e:  # both: argparse refuses
+        main(base + ["--masks", str(mask_dir), "--annotations", str(mask_dir)])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    cases = [
+        (base, "give the annotations: --masks DIR"),  # neither
+        (["train", "segment", "--name", "nuclei-unet", "--images", str(img_dir), "--masks", str(mask_dir)],
+         "a model named 'nuclei-unet' exists already"),  # a shipped name
+        (["train", "segment", "--name", "new-one", "--images", str(tmp_path / "nope"), "--masks", str(mask_dir)],
+         "does not exist"),
+        (base + ["--annotations", str(tmp_path / "none.json")], "do not exist"),
+        (base + ["--masks", str(mask_dir), "--format", "coco"], "--format goes with --annotations"),
+        (base + ["--masks", str(mask_dir), "--base", "bloodcells-yolo"], "is a detect model, not a segment model"),
+        (base + ["--masks", str(mask_dir), "--upsampling", "cubic"], "upsampling must be one of"),
+    ]
+    for argv, message in cases:
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    with pytest.raises(SystemExit) as e:  # an unknown format
+        main(base + ["--annotations", str(mask_dir), "--format", "xml"])
+    assert e.value.code == 2 and "invalid choice: 'xml'" in capsys.readouterr().err
+    assert not (ModelRegistry().user_dir / "new-one").exists()
