@@ -40,6 +40,8 @@ SETTINGS_CLASS = {
     "yolo.train": "napari_cnnvision.backends.detection.train:DetectorTrainSettings",
     "localizer.train": "napari_cnnvision.backends.localizer.settings:LocalizerTrainSettings",
 }
+#: jobs that continue an interrupted run (``resume=True``; checkpoints in ``<user dir>/.training/<name>``)
+RESUMABLE = ("unet.train", "yolo.train", "localizer.train")
 #: epochs when a time budget decides the end
 MANY_EPOCHS = 10000
 #: the zoom of the "scale" augmentation (per axis, up to 1 + this either way)
@@ -179,6 +181,8 @@ def augment_dict(opts: TrainOptions, job: str) -> dict:
 
 def _settings(task: str, job: str, opts: TrainOptions, defaults: dict, fine_tune: bool) -> tuple[dict, float | None]:
     """The trainer's settings dict and the caller's stop time (or None)."""
+    if opts.resume and job not in RESUMABLE:
+        raise InputError(f"{job.split('.')[0]} training cannot resume an interrupted run; start a new one")
     known = settings_fields(job)
     s = {k: v for k, v in defaults.items() if k in known}
     s["learning_rate"] = float(opts.learning_rate) if opts.learning_rate is not None else AUTO_LR[task][int(fine_tune)]
