@@ -1,6 +1,6 @@
 """``napari-cnnvision models [list | add PATH | check PATH | export NAME --to DIR]``: list the
 models, install a bioimage.io package into the user model folder, run a package's own test
-tensors, write a U-Net as a bioimage.io package."""
+tensors, write a U-Net or StarDist model as a bioimage.io package."""
 from __future__ import annotations
 
 import json
@@ -33,12 +33,12 @@ def add_parser(sub, list_func) -> None:
     a.set_defaults(func=_cmd_add)
     c = ms.add_parser("check", help="run a bioimage.io package's own test tensors here and report pass/fail")
     c.add_argument("path", help="a package folder / .zip, or the name of an added package")
-    c.add_argument("--weights", default=None, choices=["torchscript", "pytorch_state_dict", "onnx"],
+    c.add_argument("--weights", default=None, choices=["torchscript", "pytorch_state_dict", "onnx", "keras_hdf5"],
                    help="check only this weights format (default: every one the package has as a file)")
     c.add_argument("--json", action="store_true", help="print the results as JSON")
     c.set_defaults(func=_cmd_check)
-    e = ms.add_parser("export", help="write a U-Net model as a bioimage.io package folder")
-    e.add_argument("name", help="a U-Net model's registry name or folder")
+    e = ms.add_parser("export", help="write a U-Net or 2-D StarDist model as a bioimage.io package folder")
+    e.add_argument("name", help="a U-Net or StarDist model's registry name or folder")
     e.add_argument("--to", required=True, metavar="DIR", help="the package folder to write")
     e.add_argument("--test-image", default=None, metavar="IMAGE",
                    help="the image for the package's test tensors (default: the bundled 2-D nuclei sample)")
@@ -71,15 +71,18 @@ def _copy_package(src: Path, dest: Path) -> None:
 def add_package(path: str | os.PathLike, name: str | None = None, force: bool = False,
                 registry: ModelRegistry | None = None):
     """Install the package at ``path`` as a user model; returns its card. The package is read,
-    mapped and its weights' sha256 checked before anything is copied."""
+    mapped and its weights' sha256 checked before anything is copied. A StarDist package is
+    installed as a StarDist model folder (its config, thresholds and weights at the top)."""
     from ..backends.bioimageio.package import load_package, mapping, package_card, slug, verified_weights
     from ..core.io import staged_dir
 
     src = Path(path).expanduser()
-    descr, _ = load_package(src)
-    mapping(descr, str(src))
-    verified_weights(descr, None, str(src))
-    card = package_card(src, "user")
+    descr, _ = load_package(src)  # validated with bioimageio.spec
+    card = package_card(src, "user", validate=True)  # a StarDist package: its weights' sha256 is checked here
+    stardist = card.backend != "bioimageio"
+    if not stardist:
+        mapping(descr, str(src))
+        verified_weights(descr, None, str(src))
     name = slug(name) if name else card.name
     registry = registry or ModelRegistry()
     dest = registry.user_dir / name
@@ -87,6 +90,10 @@ def add_package(path: str | os.PathLike, name: str | None = None, force: bool = 
         raise CorruptModel(f"a user model named {name!r} exists already ({dest}); pass --force to replace it")
     with staged_dir(dest) as tmp:
         _copy_package(src, tmp)
+        if stardist:  # the StarDist folder files (written from config.stardist for StarDist's own layout)
+            for f in ("config.json", "thresholds.json", "weights_best.h5"):
+                if not (tmp / f).is_file():
+                    shutil.copyfile(Path(card.path) / f, tmp / f)
         card.name, card.path = name, None
         write_card(card, tmp)  # listing reads this JSON card; bioimageio.spec only when the model runs
     return registry.get(name)
@@ -105,7 +112,7 @@ def _cmd_check(args) -> int:
     path = args.path
     if not is_package(path):
         card = ModelRegistry().get(path)
-        if card.backend != "bioimageio" or not card.path:
+        if (card.backend != "bioimageio" and "bioimageio" not in card.extra) or not card.path:
             raise CorruptModel(f"model {card.name!r} is not a bioimage.io package")
         path = card.path
     results = check_package(path, args.weights)
@@ -118,20 +125,17 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from ..backends.bioimageio.export import export_unet
+    from ..backends.bioimageio.export import export_model
 
     card = ModelRegistry().get(args.name)
     dest = Path(args.to)
     if dest.exists() and not args.force:
         raise CorruptModel(f"{dest} exists already; pass --force to replace it")
+    image = None
     if args.test_image:
         from ..core.images import read_image
 
         image = read_image(args.test_image)
-    else:
-        from ..sample_data import load_sample
-
-        image = load_sample("nuclei_2d")
-    export_unet(card, dest, image)
+    export_model(card, dest, image, overwrite=args.force)
     print(f"exported {card.name!r} to {dest} (bioimageio.spec: valid; its test tensors: PASS)")
     return 0

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ...core.registry import CorruptModel
-from .package import RUNNABLE, _local_file, load_package, mapping, weight_formats
+from .package import RUNNABLE, TF_RUNNABLE, _local_file, load_package, mapping, weight_formats
 
 
 @dataclass
@@ -55,25 +55,32 @@ def _chw(arr: np.ndarray, axes: tuple[str, ...]) -> np.ndarray:
     return np.transpose(arr, [dims.index(a) for a in ("channel", "y", "x")])
 
 
+def check_formats(descr) -> list[str]:
+    """The formats a check runs by default: the PyTorch / ONNX ones the package has, or else its
+    Keras ones (one process never runs both frameworks)."""
+    have = weight_formats(descr)
+    return [f for f in RUNNABLE if f in have] or [f for f in TF_RUNNABLE if f in have]
+
+
 def check_package(path, weights: str | None = None) -> list[CheckResult]:
     """Run the package's test tensors with each of its runnable weights formats (or ``weights``)."""
     from .predict import load_pipeline, predict_maps
 
     where = str(path)
     descr, _ = load_package(path)
-    m = mapping(descr, where)
+    m = mapping(descr, where, roles=False)
     x = _chw(_load_npy(descr, descr.inputs[0], where), m.input_axes).astype(np.float32)
     want = _chw(_load_npy(descr, descr.outputs[0], where), m.output_axes).astype(np.float32)
     rtol, atol, per_million = _tolerance(descr)
-    formats = [weights] if weights else [f for f in RUNNABLE if f in weight_formats(descr)]
+    formats = [weights] if weights else check_formats(descr)
     results = []
     for fmt in formats:
         entry = getattr(descr.weights, fmt, None)
         if entry is not None and weights is None and _local_file(descr.root, entry.source)[0] is None:
             continue  # a URL: skipped, as nothing is downloaded
         try:
-            _, m2, _, pipe, adapter, _ = load_pipeline(str(path), fmt)
-            got = predict_maps(pipe, adapter, m2, x, tile_size=None, n_tiles=None)
+            _, m2, _, pipe, adapter, _ = load_pipeline(str(path), fmt, roles=False)
+            got = predict_maps(pipe, adapter, m2, x, tile_size=None, n_tiles=None, context=False)
         except Exception as exc:  # noqa: BLE001 -- reported as a failed check
             results.append(CheckResult(fmt, False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
             continue

@@ -18,8 +18,10 @@ from ...core.registry import CorruptModel, ModelCard, ModelNotFound
 
 RDF_NAMES = ("bioimageio.yaml", "rdf.yaml")
 BACKEND = "bioimageio"
-#: weights formats run here, in the order tried by default
+#: weights formats run here (in the torch worker), in the order tried by default
 RUNNABLE = ("torchscript", "pytorch_state_dict", "onnx")
+#: weights formats run in the TensorFlow worker (never in a process with PyTorch)
+TF_RUNNABLE = ("keras_hdf5",)
 _MEMO: dict = {}
 
 
@@ -91,12 +93,7 @@ def load_package(path: str | Path):
     :class:`ModelNotFound`; an invalid model description :class:`CorruptModel`. Unknown fields
     are dropped with a warning (the rest is validated as usual)."""
     path = Path(path)
-    if not path.exists():
-        raise ModelNotFound(f"no model folder or package at {path}")
-    name = rdf_name(path)
-    if name is None:
-        what = "zip" if path.is_file() else "folder"
-        raise ModelNotFound(f"{path} is not a bioimage.io package (no {' or '.join(RDF_NAMES)} in the {what})")
+    name = _check_path(path)
     stamp = (str(path.resolve()), path.stat().st_mtime_ns, (path / name).stat().st_mtime_ns if path.is_dir() else 0)
     if stamp in _MEMO:
         return _MEMO[stamp]
@@ -164,10 +161,11 @@ def _role(name: str) -> str:
     return "foreground"
 
 
-def mapping(descr, where: str = "the package") -> Mapping:
+def mapping(descr, where: str = "the package", roles: bool = True) -> Mapping:
     """Check that the model is one the Segment widget can run: one 2-D image in, one map of
     foreground (and optionally boundary / background) probabilities of the same size out.
-    Anything else raises :class:`CorruptModel` saying why."""
+    Anything else raises :class:`CorruptModel` saying why. ``roles=False``: any output channels
+    (a test-tensor check, a StarDist package's probability + distances)."""
     if len(descr.inputs) != 1 or len(descr.outputs) != 1:
         raise CorruptModel(f"{where} has {len(descr.inputs)} input(s) and {len(descr.outputs)} output(s); the "
                            "Segment widget can run only models with one image in and one probability map out")
@@ -197,13 +195,15 @@ def mapping(descr, where: str = "the package") -> Mapping:
         raise CorruptModel(f"{where}: output axes {', '.join(str(a.id) for a in out.axes)} cannot be mapped")
     och = [a for a in out.axes if a.type == "channel"]
     names = [str(n) for n in och[0].channel_names] if och else ["foreground"]
-    roles = [_role(n) for n in names] if len(names) > 1 else ["foreground"]
-    if roles.count("foreground") != 1 or len(names) > 3 or len(set(roles)) != len(roles):
+    kinds = [_role(n) for n in names] if len(names) > 1 else ["foreground"]
+    if not roles:
+        kinds = []
+    elif kinds.count("foreground") != 1 or len(names) > 3 or len(set(kinds)) != len(kinds):
         raise CorruptModel(f"{where}: output channels {names} cannot be mapped to foreground / boundary / "
                            "background probabilities")
     halo = {str(a.id): int(getattr(a, "halo", 0) or 0) for a in out_space}
     return Mapping(str(ipt.id), tuple(str(a.id) for a in ipt.axes), str(out.id), tuple(str(a.id) for a in out.axes),
-                   n_in, names, roles, window, halo)
+                   n_in, names, kinds, window, halo)
 
 
 def weight_formats(descr) -> list[str]:
@@ -233,14 +233,15 @@ def _sha256(p) -> str:
     return h.hexdigest()
 
 
-def verified_weights(descr, fmt: str | None = None, where: str = "the package") -> str:
-    """The weights format to run: ``fmt``, or the first of :data:`RUNNABLE` that the package has
+def verified_weights(descr, fmt: str | None = None, where: str = "the package", runnable=RUNNABLE) -> str:
+    """The weights format to run: ``fmt``, or the first of ``runnable`` that the package has
     as a local file. The chosen file's sha256 is checked; a missing file, a hash mismatch or an
     unsupported format raises :class:`CorruptModel`."""
     have = weight_formats(descr)
-    if fmt is not None and fmt not in RUNNABLE:
-        raise CorruptModel(f"{where}: weights format {fmt!r} is not supported here (supported: {', '.join(RUNNABLE)})")
-    cands = [fmt] if fmt is not None else [f for f in RUNNABLE if f in have]
+    if fmt is not None and fmt not in RUNNABLE + TF_RUNNABLE:
+        raise CorruptModel(f"{where}: weights format {fmt!r} is not supported here (supported: "
+                           f"{', '.join(RUNNABLE + TF_RUNNABLE)})")
+    cands = [fmt] if fmt is not None else [f for f in runnable if f in have]
     if not cands:
         raise CorruptModel(f"{where} has weights in {', '.join(have) or 'no'} format(s); this plugin runs "
                            f"{', '.join(RUNNABLE)}")
@@ -273,8 +274,43 @@ def verified_weights(descr, fmt: str | None = None, where: str = "the package") 
                        "nothing is downloaded)")
 
 
-def package_card(path: str | Path, source: str = "path") -> ModelCard:
-    """A registry card for the package at ``path`` (task "segment", backend "bioimageio")."""
+def _check_path(path: Path) -> str:
+    """The description file's name of the package at ``path``; ModelNotFound if there is none."""
+    if not path.exists():
+        raise ModelNotFound(f"no model folder or package at {path}")
+    name = rdf_name(path)
+    if name is None:
+        what = "zip" if path.is_file() else "folder"
+        raise ModelNotFound(f"{path} is not a bioimage.io package (no {' or '.join(RDF_NAMES)} in the {what})")
+    return name
+
+
+def package_card(path: str | Path, source: str = "path", validate: bool = False) -> ModelCard:
+    """A registry card for the package at ``path`` (task "segment", backend "bioimageio"; a
+    StarDist package: backend "stardist2d", see :mod:`.stardist_package`).
+
+    Read from the YAML alone where it can be (:mod:`.quick`; no ``bioimageio.spec`` import, so a
+    widget does not stall): the full validation then happens where the model runs. ``validate``
+    (or a description the quick reader does not know): validated with ``bioimageio.spec`` now."""
+    from .quick import quick_card
+    from .stardist_package import stardist_card, stardist_config
+
+    path = Path(path)
+    name = _check_path(path)
+    raw = _raw_yaml(path, name)
+    if raw.get("type") != "model":
+        raise ModelNotFound(f"{path} is a bioimage.io {raw.get('type') or 'untyped'} description, not a model: "
+                            "only model packages can segment")
+    warnings_: list[str] = []
+    if validate:
+        warnings_ = list(load_package(path)[1])
+    sd = stardist_config(raw)
+    if sd is not None:
+        return stardist_card(path, raw, sd, source, warnings_)
+    if not validate:
+        card = quick_card(path, raw, name, source)
+        if card is not None:
+            return card
     descr, warnings_ = load_package(path)
     m = mapping(descr, str(path))
     tags = [str(t).lower() for t in (descr.tags or [])]
@@ -282,20 +318,24 @@ def package_card(path: str | Path, source: str = "path") -> ModelCard:
     return ModelCard(name=slug(descr.name), task="segment", backend=BACKEND, classes=classes,
                      axes="YXC" if m.in_channels > 1 else "YX", channels=m.in_channels,
                      description=str(descr.description or descr.name), source=source, path=str(path),
-                     extra={"bioimageio": {"name": str(descr.name), "rdf": rdf_name(path),
+                     extra={"bioimageio": {"name": str(descr.name), "rdf": name,
                                            "format_version": str(descr.format_version),
                                            "weights": weight_formats(descr), "outputs": m.out_channels,
-                                           "warnings": warnings_},
+                                           "warnings": warnings_, "validated": True},
                             **_our_config(descr)})
 
 
-def _our_config(descr) -> dict:
-    """What a package exported by this plugin keeps in ``config.napari_cnnvision``: its thresholds."""
-    cfg = getattr(descr, "config", None)
-    ours = (getattr(cfg, "model_extra", None) or {}).get("napari_cnnvision") if cfg is not None else None
+def _our_thresholds(ours) -> dict:
+    """``{"thresholds": ...}`` of what a package exported by this plugin keeps in ``config.napari_cnnvision``."""
     thr = ours.get("thresholds") if isinstance(ours, dict) else None
     if not isinstance(thr, dict):
         return {}
     keep = {k: v for k, v in thr.items() if k in ("seed", "fg", "min_size") and isinstance(v, (int, float))}
     return {"thresholds": keep} if keep else {}
 
+
+def _our_config(descr) -> dict:
+    """What a package exported by this plugin keeps in ``config.napari_cnnvision``: its thresholds."""
+    cfg = getattr(descr, "config", None)
+    ours = (getattr(cfg, "model_extra", None) or {}).get("napari_cnnvision") if cfg is not None else None
+    return _our_thresholds(ours)

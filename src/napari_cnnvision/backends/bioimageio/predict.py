@@ -28,7 +28,7 @@ from ..common import FrameSegmentation, assemble_segmentation, describe_frame, i
 from ..frames import run_frames
 from ..unet.predict import _polygons, _reflect_index
 from ..unet.targets import INTERIOR, instances_from_probs, object_probabilities
-from .package import BACKEND, load_package, mapping, verified_weights
+from .package import BACKEND, TF_RUNNABLE, load_package, mapping, verified_weights
 
 DEFAULT_TILE = 512
 DEFAULTS = {"prob": 0.5, "seed": 0.5, "fg": 0.5, "min_size": 8}
@@ -66,21 +66,27 @@ def _stamp(path: str) -> int:
     return hash(tuple(f.stat().st_mtime_ns for f in files))
 
 
-def load_pipeline(path: str, weights: str | None = None, device: str | None = None):
+def load_pipeline(path: str, weights: str | None = None, device: str | None = None, roles: bool = True):
     """``(description, mapping, weights format, pipeline, adapter, warnings)`` of a package, cached;
-    the weights file's sha256 is checked before each (re)load."""
+    the weights file's sha256 is checked before each (re)load. ``roles``: see :func:`.package.mapping`."""
     descr, warnings_ = load_package(path)
-    m = mapping(descr, str(path))
+    m = mapping(descr, str(path), roles)
     fmt = verified_weights(descr, weights, str(path))
-    device = device or _device()
+    keras = fmt in TF_RUNNABLE  # Keras in this (TensorFlow) process; no torch import for the device
+    device = "cpu" if keras else (device or _device())
 
     def make():
+        if keras:
+            from bioimageio.core._settings import settings
+
+            settings.keras_backend = "tensorflow"  # its default is torch: never beside TensorFlow
         from bioimageio.core import create_prediction_pipeline
         from bioimageio.core.backends import create_model_adapter
 
+        devices = None if keras else [device]
         try:
-            adapter = create_model_adapter(descr, devices=[device], weight_format_priority_order=[fmt])
-            pipe = create_prediction_pipeline(descr, devices=[device], weight_format=fmt, model_adapter=adapter)
+            adapter = create_model_adapter(descr, devices=devices, weight_format_priority_order=[fmt])
+            pipe = create_prediction_pipeline(descr, devices=devices, weight_format=fmt, model_adapter=adapter)
         except Exception as exc:  # noqa: BLE001 -- any loader failure is a damaged / unusable package
             raise CorruptModel(f"{path}: cannot load the {fmt} weights: {str(exc).splitlines()[0][:300]}") from exc
         return pipe, adapter
@@ -121,8 +127,10 @@ def _forward(adapter, m, x: np.ndarray) -> np.ndarray:
 
 
 def predict_maps(pipe, adapter, m, frame: np.ndarray, tile_size=None, tile_overlap=None, n_tiles=None,
-                 tile_done=None) -> np.ndarray:
-    """Post-processed output channels ``(C_out, H, W)`` of one ``(C, H, W)`` frame."""
+                 tile_done=None, context: bool = True) -> np.ndarray:
+    """Post-processed output channels ``(C_out, H, W)`` of one ``(C, H, W)`` frame.
+    ``context=False``: no mirrored halo around a frame that is run in one call (a frame of a
+    valid size then goes through the network as it is, as in bioimage.io's own test)."""
     from bioimageio.core import Sample, Tensor
 
     c, h, w = frame.shape
@@ -141,7 +149,8 @@ def predict_maps(pipe, adapter, m, frame: np.ndarray, tile_size=None, tile_overl
     for ax, n in (("y", h), ("x", w)):
         lo, step = m.window[ax]
         count = None if n_tiles is None else int(n_tiles[0 if ax == "y" else 1])
-        plans.append(_axis_tiles(n, lo, step, max(m.halo.get(ax, 0), extra), tile_size, count))
+        margin = max(m.halo.get(ax, 0), extra) if context else extra
+        plans.append(_axis_tiles(n, lo, step, margin, tile_size, count))
     (wy, my, sy, cy), (wx, mx, sx, cx) = plans
     out = None
     blocks = [(y0, x0) for y0 in sy for x0 in sx]
