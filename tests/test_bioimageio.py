@@ -301,8 +301,11 @@ def test_unknown_fields_warn_and_go_on(tmp_path, weights_dir):
     def extra(rdf):
         rdf["my_lab_field"] = {"anything": 1}
 
-    card = read_card(make_package(tmp_path / "pkg", weights_dir, rdf_edit=extra))
-    assert "my_lab_field" in card.extra["bioimageio"]["warnings"][0]
+    from napari_cnnvision.backends.bioimageio.package import package_card
+
+    pkg = make_package(tmp_path / "pkg", weights_dir, rdf_edit=extra)
+    card = read_card(pkg)  # read from the YAML: validated (and warned about) where it runs
+    assert "my_lab_field" in package_card(pkg, validate=True).extra["bioimageio"]["warnings"][0]
     res = run_model(two_squares(), card, task="segment")
     assert res.n_objects == 2 and any("unknown field(s) my_lab_field" in w for w in res.warnings)
 
@@ -347,13 +350,14 @@ def test_export_unet_passes_validation_and_reimports_with_the_same_labels(tmp_pa
     from napari_cnnvision.cli import main as cli_main
     from napari_cnnvision.sample_data import load_sample
 
-    img = np.asarray(load_sample("nuclei_2d"))[:96, :120]
+    img = np.asarray(load_sample("nuclei_2d"))[:150, :170]  # cropped to 144 x 168 (136 + k * 8)
     tifffile.imwrite(tmp_path / "test.tif", img)
     out = tmp_path / "pkg"
     assert cli_main.main(["models", "export", "nuclei-unet", "--to", str(out), "--test-image",
                           str(tmp_path / "test.tif")]) == 0
     descr, warnings_ = load_package(out)
     assert descr.validation_summary.status in ("passed", "valid-format") and not warnings_
+    assert np.load(out / "test_input.npy").shape == (1, 1, 144, 168)  # valid sizes: run as they are
     assert [r.passed for r in check_package(out)] == [True]
     unet = ModelRegistry().get("nuclei-unet")
     pkg = read_card(out, "path")
@@ -387,3 +391,46 @@ def test_segment_widget_runs_a_package_browsed_to(make_napari_viewer, qtbot, tmp
     ours = [lyr for lyr in viewer.layers if RESULT_KEY in lyr.metadata]
     assert len(ours) == 1, w.status.value
     assert len(set(np.unique(ours[0].data)) - {0}) == 2, w.status.value
+
+
+def test_segment_widget_opens_a_zip_chosen_with_the_zip_button(make_napari_viewer, tmp_path, weights_dir,
+                                                               monkeypatch):
+    """The picker's .zip button puts the chosen file into the folder field; it opens like a folder."""
+    import shutil
+
+    from qtpy.QtWidgets import QFileDialog
+
+    from napari_cnnvision.widgets.segment import BROWSE, SegmentWidget
+
+    pkg = make_package(tmp_path / "pkg", weights_dir)
+    z = shutil.make_archive(str(tmp_path / "tiny"), "zip", pkg)
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (z, "")))
+    w = SegmentWidget(make_napari_viewer())
+    assert w.picker.zip_btn.native.isHidden()  # the viewer is not shown: ask Qt what is hidden
+    w.model.value = BROWSE
+    assert not w.picker.zip_btn.native.isHidden() and not w.model_dir.native.isHidden()
+    w.picker.zip_btn.clicked.emit()
+    assert str(w.model_dir.value) == z
+    assert w._card is not None and (w._card.backend, w._card.path) == ("bioimageio", z), w.status.value
+    assert w.run_btn.enabled and w.prob.value == pytest.approx(0.9)
+
+
+BROWSE_TIMING = r"""
+import sys, time
+from napari_cnnvision.core.registry import read_card
+from napari_cnnvision.backends.dispatch import thresholds_for
+t = time.perf_counter()
+card = read_card(sys.argv[1], "path")
+thresholds_for(card)
+print(card.backend, card.name, "bioimageio.spec" in sys.modules, time.perf_counter() - t)
+"""
+
+
+def test_browsing_to_a_package_does_not_import_bioimageio_spec(tmp_path, weights_dir):
+    """What the Segment widget does on a browse (read the card, its thresholds) reads the YAML
+    only: bioimageio.spec (seconds to import and validate) runs in the worker."""
+    pkg = make_package(tmp_path / "pkg", weights_dir)
+    out = subprocess.run([sys.executable, "-c", BROWSE_TIMING, str(pkg)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    backend, name, spec_loaded, _ = out.stdout.split()
+    assert (backend, name, spec_loaded) == ("bioimageio", "tiny-test-model", "False")
