@@ -1,6 +1,7 @@
 """A real bioimage.io package through the plugin: accuracy and speed on dsb2018_fluo val.
 
     python benchmarks/bench_bioimageio.py [--n 12] [--weights torchscript|onnx] [--package PATH]
+    python benchmarks/bench_bioimageio.py --browse [--repeat 5] [--package PATH]
 
 1. Accuracy through the CLI: ``napari-cnnvision segment VAL_IMAGES --model PACKAGE`` and the same
    with ``--model nuclei-unet``; AP = TP/(TP+FP+FN) at IoU 0.5 (and F1) on the written labels.
@@ -10,6 +11,10 @@
    tiles, network, post-processing, seeded watershed) vs ``bioimageio.core`` directly
    (``PredictionPipeline.predict_sample_with_blocking`` on the image mirrored up to the
    package's fixed 512x512 input, no instances), with the same weights; both warmed up first.
+
+``--browse``: what the Segment widget does in napari's process when the user browses to a package
+(read its card and thresholds), each in a fresh process with the plugin's core already imported
+(as in napari): from the YAML alone (now) vs validated with ``bioimageio.spec`` (before); medians.
 
 Skips (exit 0) when the shared data or package folder is missing.
 """
@@ -64,12 +69,42 @@ def _direct(descr, fmt: str):
     return run
 
 
+BROWSE = r"""
+import sys, time
+from napari_cnnvision.core.registry import read_card
+from napari_cnnvision.backends.dispatch import thresholds_for
+from napari_cnnvision.backends.bioimageio.package import package_card
+t = time.perf_counter()
+card = read_card(sys.argv[1], "path") if sys.argv[2] == "yaml" else package_card(sys.argv[1], "path", validate=True)
+thresholds_for(card)
+print(time.perf_counter() - t)
+"""
+
+
+def browse(package: str, repeat: int) -> int:
+    import statistics
+
+    print(f"browsing to {Path(package).name} (read card + thresholds, fresh process each, {repeat} runs)")
+    for mode, what in (("yaml", "from the YAML (now)"), ("spec", "bioimageio.spec validation (before)")):
+        times = [float(subprocess.run([sys.executable, "-c", BROWSE, package, mode], check=True, text=True,
+                                      capture_output=True).stdout.split()[-1]) for _ in range(repeat)]
+        print(f"  {what:<38} median {statistics.median(times):.3f} s  (min {min(times):.3f}, max {max(times):.3f})")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=12, help="number of val images (0: all 68)")
     p.add_argument("--weights", default="torchscript", choices=["torchscript", "onnx"])
     p.add_argument("--package", default=str(PACKAGE))
+    p.add_argument("--browse", action="store_true", help="time reading a package as the Segment widget's browse does")
+    p.add_argument("--repeat", type=int, default=5, help="--browse: runs per variant")
     args = p.parse_args(argv)
+    if args.browse:
+        if not Path(args.package).exists():
+            print("skipped: the bioimage.io package is missing")
+            return 0
+        return browse(args.package, args.repeat)
     if not DATA.is_dir() or not Path(args.package).is_dir():
         print("skipped: ../shared/data/dsb2018_fluo or the bioimage.io package is missing")
         return 0

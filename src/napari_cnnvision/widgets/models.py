@@ -71,7 +71,8 @@ class ModelsWidget(JobWidget):
     def _export_choices(self, *_):
         from ..backends.bioimageio.export import EXPORT_JOBS
 
-        return [c.name for c in self.registry.list("segment") if c.backend in EXPORT_JOBS and c.path]
+        return [c.name for c in self.registry.list("segment")
+                if c.backend in EXPORT_JOBS and c.path and c.source != "pretrained"]
 
     def export_path(self) -> Path | None:
         """The package folder an export would write: ``<folder>/<model>-bioimageio``, or with

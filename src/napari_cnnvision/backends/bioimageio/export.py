@@ -30,9 +30,9 @@ EXPORT_JOBS = {"unet": "bioimageio.export_unet", "stardist2d": "bioimageio.expor
 def export_job_name(card: ModelCard) -> str:
     """The worker job that exports ``card``; a model we cannot export raises :class:`CorruptModel`."""
     job = EXPORT_JOBS.get(card.backend)
-    if job is None or not card.path:
-        raise CorruptModel(f"model {card.name!r} ({card.backend}{'' if card.path else ', not downloaded'}): only "
-                           "U-Net and 2-D StarDist model folders can be exported as bioimage.io packages")
+    if job is None or not card.path or card.source == "pretrained":
+        raise CorruptModel(f"model {card.name!r} ({card.backend}, {card.source}): only U-Net and 2-D StarDist "
+                           "model folders (shipped, trained or added) can be exported as bioimage.io packages")
     return job
 
 
