@@ -17,6 +17,13 @@ such periodic structure. ``"bilinear"`` is therefore the default; ``"transposed"
 offered for comparison (see ``benchmarks/bench_unet_upsampling.py`` and
 :func:`checkerboard_energy`).
 
+``"unpool"`` is SegNet's "bed of nails" decoder: the encoder's max pooling also returns
+the position of each 2x2 window's maximum, and the decoder (after a 1x1 convolution that
+brings the channels to the skip level's) puts every value back at exactly that position
+(``MaxUnpool2d``), zeros elsewhere, then a 3x3 convolution fills the sparse map in. The
+positions follow the image's maxima instead of a fixed stamp; on flat regions (ties, where
+pooling picks each window's first pixel) the nails do form a regular period-2 grid.
+
 The height and width of the input must be multiples of ``2 ** depth``; the predictor
 pads images (the module itself never pads, so tiles stay aligned to the pooling grid).
 """
@@ -28,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-UPSAMPLING = ("nearest", "bilinear", "transposed")
+UPSAMPLING = ("nearest", "bilinear", "transposed", "unpool")
 CLASS_NAMES = ("background", "interior", "boundary")
 
 
@@ -85,16 +92,38 @@ def _conv_block(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
 class _Up(nn.Module):
     def __init__(self, c_in: int, c_out: int, mode: str, batch_norm: bool):
         super().__init__()
+        self.mode = mode
         if mode == "transposed":
             self.up = nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2)
+        elif mode == "unpool":
+            # the pooling indices belong to the skip level's c_out channels: match them first
+            self.reduce = nn.Conv2d(c_in, c_out, 1)
+            self.unpool = nn.MaxUnpool2d(2)
+            self.fill = nn.Conv2d(c_out, c_out, 3, padding=1)
         else:
             extra = {"align_corners": False} if mode == "bilinear" else {}
             self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode=mode, **extra),
                                     nn.Conv2d(c_in, c_out, 3, padding=1))
         self.conv = _conv_block(2 * c_out, c_out, batch_norm)
 
-    def forward(self, x, skip):
-        return self.conv(torch.cat([skip, self.up(x)], dim=1))
+    def forward(self, x, skip, indices=None):
+        if self.mode == "unpool":
+            x = self.fill(_unpool(self.unpool, self.reduce(x), indices, skip))
+        else:
+            x = self.up(x)
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+def _unpool(unpool: nn.MaxUnpool2d, x, indices, like):
+    """Bed of nails: ``x``'s values at the pooling ``indices`` of a map shaped like ``like``, zeros elsewhere.
+
+    ``nn.MaxUnpool2d`` cannot be traced (its output-size check fails on traced sizes), so the
+    TorchScript export (``torch.jit.trace``) gets the same operation as a scatter into zeros:
+    ``MaxPool2d``'s indices are flat positions in each (sample, channel) plane.
+    """
+    if torch.jit.is_tracing():
+        return torch.zeros_like(like).flatten(2).scatter(2, indices.flatten(2), x.flatten(2)).view_as(like)
+    return unpool(x, indices, output_size=like.shape[-2:])
 
 
 class UNet(nn.Module):
@@ -105,7 +134,8 @@ class UNet(nn.Module):
         f = [config.base_filters * 2 ** i for i in range(d + 1)]
         self.down = nn.ModuleList(
             [_conv_block(config.in_channels if i == 0 else f[i - 1], f[i], bn) for i in range(d)])
-        self.pool = nn.MaxPool2d(2)
+        self.with_indices = config.upsampling == "unpool"  # the decoder needs the encoder's argmax positions
+        self.pool = nn.MaxPool2d(2, return_indices=self.with_indices)
         self.bottom = _conv_block(f[d - 1], f[d], bn)
         self.up = nn.ModuleList([_Up(f[i + 1], f[i], config.upsampling, bn) for i in reversed(range(d))])
         self.head = nn.Conv2d(f[0], config.n_classes, 1)
@@ -114,14 +144,19 @@ class UNet(nn.Module):
         m = self.config.multiple
         if x.shape[-2] % m or x.shape[-1] % m:
             raise ValueError(f"U-Net input height and width must be multiples of {m}, got {tuple(x.shape[-2:])}")
-        skips = []
+        skips, indices = [], []
         for block in self.down:
             x = block(x)
             skips.append(x)
-            x = self.pool(x)
+            if self.with_indices:
+                x, idx = self.pool(x)
+                indices.append(idx)
+            else:
+                x = self.pool(x)
+                indices.append(None)
         x = self.bottom(x)
-        for up, skip in zip(self.up, reversed(skips)):
-            x = up(x, skip)
+        for up, skip, idx in zip(self.up, reversed(skips), reversed(indices)):
+            x = up(x, skip, idx)
         return self.head(x)
 
 
