@@ -16,8 +16,18 @@ drawn by Mesa's software renderer, and a QOpenGLWidget makes Qt compose the whol
 through OpenGL on every repaint) from the cost of the worker plumbing. The job's gaps are
 also split into "until the first progress event" (worker start-up) and the steady part.
 
+With ``--train SECONDS`` the job is a real training run instead: the Train dock widget
+(``widgets/train.py``) is docked in the viewer with an Image and a partially painted Labels
+layer (synthetic nuclei), fine-tunes ``--train-base`` (default ``nuclei-unet``; ``fresh``: a
+fresh U-Net) with a time budget of SECONDS, short epochs (``--train-steps`` steps each) so the
+live loss plot redraws every epoch or two, and registers the model. The ticks run from the
+Train press (reading the layers and building the training set on the GUI thread included) to
+the widget's last callback (model saved, model lists refreshed). The widget's GUI-thread work is
+timed -- ``run()`` (layers -> training set -> submit), the metrics / progress / done handlers,
+the plot's canvas draws -- and the longest gaps are listed with what ran inside them.
+
     .venv/bin/python benchmarks/bench_event_loop_stall.py [--seconds 30] [--baseline-seconds 5] [--control-seconds 5]
-        [--warm-worker]
+        [--warm-worker] [--train 45 [--train-base nuclei-unet|fresh] [--train-steps 4]]
 """
 from __future__ import annotations
 
@@ -70,7 +80,16 @@ def main(argv=None) -> int:
     ap.add_argument("--warm-worker", action="store_true",
                     help="start the worker (a tiny echo job) before measuring, so its start-up is excluded")
     ap.add_argument("--interval-ms", type=int, default=10, help="probe timer interval (default 10)")
+    ap.add_argument("--train", type=float, default=None, metavar="SECONDS",
+                    help="measure a training run from the Train widget (time budget SECONDS) instead of the sleep job")
+    ap.add_argument("--train-base", default="nuclei-unet", help="model to fine-tune ('fresh': a fresh U-Net)")
+    ap.add_argument("--train-steps", type=int, default=4, help="training steps per epoch (default 4)")
     args = ap.parse_args(argv)
+    if args.train:
+        import tempfile
+
+        # the trained model goes to a temporary user folder, never the real one
+        os.environ.setdefault("NAPARI_CNNVISION_DATA_DIR", tempfile.mkdtemp(prefix="bench-stall-"))
     steps = args.steps or max(1, round(args.seconds * 10))
 
     ensure_display()
@@ -141,6 +160,11 @@ def main(argv=None) -> int:
         feeder.stop()
         bar.reset()
 
+    if args.train:
+        status = train_phase(args, viewer, measure, base_st, control_st)
+        viewer.close()
+        return status
+
     # 3. the job
     pool = pool_for(viewer)
     runner = JobRunner(pool)
@@ -206,6 +230,149 @@ def main(argv=None) -> int:
           + (f", bar-updates-only control longest {control_st['max'] * 1e3:.1f} ms" if control_st else "")
           + f"); goal < {GOAL_MS:.0f} ms -> {verdict}")
     viewer.close()
+    return status
+
+
+def synthetic_nuclei(shape=(256, 256), n=40, seed=0):
+    """An image of blurred disks (nuclei) and its instance labels; the left half is painted."""
+    import numpy as np
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    lab = np.zeros(shape, np.int32)
+    for k in range(1, n + 1):
+        cy, cx = rng.integers(10, shape[0] - 10), rng.integers(10, shape[1] - 10)
+        r = rng.integers(5, 10)
+        lab[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (lab == 0)] = k
+    img = ndimage.gaussian_filter((lab > 0) * 1.0, 1.5) + rng.normal(0, 0.08, shape)
+    painted = np.where(xx < shape[1] // 2, lab, 0)
+    return img.astype(np.float32), painted
+
+
+class Timed:
+    """Wraps callables on the GUI thread and records (start, end, label) of every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def wrap(self, obj, attr, label=None):
+        fn = getattr(obj, attr)
+
+        def timed(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.calls.append((t, time.perf_counter(), label or attr))
+        setattr(obj, attr, timed)
+        return timed
+
+    def inside(self, a, b):
+        return [(lab, t1 - t0) for t0, t1, lab in self.calls if t1 > a and t0 < b]
+
+    def summary(self):
+        by = {}
+        for t0, t1, lab in self.calls:
+            by.setdefault(lab, []).append(t1 - t0)
+        return by
+
+
+def train_phase(args, viewer, measure, base_st, control_st) -> int:
+    """The Train widget fine-tunes a U-Net from a Labels layer with a time budget; the probe runs
+    from the Train press to the widget's last callback."""
+    from qtpy.QtCore import QTimer
+
+    from napari_cnnvision.widgets.train import FRESH, MINUTES, TrainWidget
+
+    img, painted = synthetic_nuclei()
+    viewer.add_image(img, name="nuclei")
+    viewer.add_labels(painted, name="painted")
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")
+    timed = Timed()
+    # the widget's GUI-thread work (instance attributes: the runner's callbacks are bound at start)
+    for attr in ("_on_metrics", "_on_progress", "_on_done", "report_error"):
+        timed.wrap(w, attr)
+    timed.wrap(w.plot.canvas, "draw", "plot canvas draw")
+    timed.wrap(w.plot.canvas, "paintEvent", "plot canvas paint")
+    import napari_cnnvision.widgets.train as train_mod
+
+    timed.wrap(train_mod, "refresh_model_lists", "refresh model lists")
+    w.task.value = "segment"
+    w.image.value = viewer.layers["nuclei"]
+    w.target.value = viewer.layers["painted"]
+    w.base.value = FRESH if args.train_base == "fresh" else args.train_base
+    w.name.value = "stall-bench"
+    w.budget.value = MINUTES
+    w.minutes.value = args.train / 60
+    w.val_fraction.value = 0.25
+    w.advanced = {"steps_per_epoch": args.train_steps, "batch_size": 2, "patch_size": 64}
+    if args.train_base == "fresh":
+        w.advanced.update({"depth": 2, "base_filters": 8})
+    state = {"t0": None, "end": None, "timed_out": False}
+    finished = {"n": 0}
+
+    def start():
+        state["t0"] = time.perf_counter()
+        t = time.perf_counter()
+        w.run()
+        timed.calls.append((t, time.perf_counter(), "run() (layers -> training set -> submit)"))
+
+    def arm(loop):
+        QTimer.singleShot(20, start)
+
+        def poll():
+            if state["t0"] is not None and not w.runner.running:
+                finished["n"] += 1
+                if finished["n"] >= 30:  # 300 ms after the end: the last callbacks have run
+                    loop.quit()
+                    return
+            QTimer.singleShot(10, poll)
+        QTimer.singleShot(30, poll)
+
+        def too_long():
+            state["timed_out"] = True
+            w.runner.cancel()
+            loop.quit()
+        QTimer.singleShot(int((args.train + 240) * 1000), too_long)
+
+    ticks = measure(arm)
+    ticks = [t for t in ticks if state["t0"] is None or t >= state["t0"]]
+    st = gap_stats(ticks)
+    by = timed.summary()
+    first_metrics = min((t0 for t0, _, lab in timed.calls if lab == "_on_metrics"), default=None)
+    print(f"probe: QTimer every {args.interval_ms} ms on the GUI thread; a gap is the time between two ticks")
+    print(f"OpenGL renderer: {gl_renderer(viewer)}; window {viewer.window._qt_window.width()}x"
+          f"{viewer.window._qt_window.height()}")
+    show(f"baseline, idle viewer ({args.baseline_seconds:g} s)", base_st)
+    if control_st:
+        show(f"control, progress-bar updates, no job ({args.control_seconds:g} s)", control_st)
+    show(f"during training (Train press .. last callback, budget {args.train:g} s)", st)
+    if first_metrics:
+        show("  until the first epoch's metrics (submit, worker start-up, first epoch)",
+             gap_stats([t for t in ticks if t <= first_metrics]))
+        show("  from the first epoch's metrics on (steady, live plot)",
+             gap_stats([t for t in ticks if t >= first_metrics]))
+    print(f"result: {w.status.value}")
+    print(f"epochs plotted: {len(w.plot.epochs)}")
+    print("GUI-thread work of the widget (calls, median / max ms):")
+    for lab, ds in sorted(by.items(), key=lambda kv: -max(kv[1])):
+        print(f"  {lab:45s} {len(ds):4d} calls  {median(ds) * 1e3:7.1f} / {max(ds) * 1e3:7.1f}")
+    gaps = sorted(((b - a, a, b) for a, b in zip(ticks, ticks[1:])), reverse=True)[:8]
+    print("longest gaps and what of the widget ran inside them:")
+    for g, a, b in gaps:
+        inside = ", ".join(f"{lab} {d * 1e3:.0f} ms" for lab, d in timed.inside(a, b)) or "nothing of the widget"
+        print(f"  {g * 1e3:7.1f} ms at {a - ticks[0]:6.2f} s: {inside}")
+    status = 0
+    if state["timed_out"] or not w.status.value.startswith("saved model"):
+        print(f"TRAINING FAILED: timed_out={state['timed_out']} status={w.status.value!r}")
+        status = 1
+    verdict = "PASS" if st["max"] * 1e3 < GOAL_MS else "FAIL"
+    print(f"longest stall during training: {st['max'] * 1e3:.1f} ms (p99 {st['p99'] * 1e3:.1f} ms, median "
+          f"{st['median'] * 1e3:.1f} ms; idle baseline longest {base_st['max'] * 1e3:.1f} ms); goal < "
+          f"{GOAL_MS:.0f} ms -> {verdict}")
+    print(f"load: {machine_note()}")
     return status
 
 
