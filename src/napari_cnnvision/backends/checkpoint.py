@@ -38,8 +38,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 INFO_NAME = "run.json"
 FORMAT = "napari-cnnvision training checkpoint"
 VERSION = 1
-#: settings that may differ between a run and its resumption (they do not change what is trained)
-RESUME_FREE_SETTINGS = ("resume", "checkpoint", "device")
+#: settings that may differ between a run and its resumption: where it runs and is saved, and how
+#: long it goes on (a resumption may train for more or fewer epochs than planned first)
+RESUME_FREE_SETTINGS = ("resume", "checkpoint", "device", "epochs", "time_budget")
 
 
 def run_dir(user_dir: str | Path, name: str) -> Path:

@@ -57,6 +57,7 @@ class LocalizerTrainResult:
     metrics: dict  # val scores of the kept epoch
     stopped: bool = False
     settings: dict = field(default_factory=dict)
+    checkpoint: dict = field(default_factory=dict)  # resumed_after_epoch, checkpoint_warnings
 
 
 def prepare_set(images, boxes_yxyx, labels, input_size, normalization: dict, names=None) -> LocalizationSet:
@@ -213,16 +214,42 @@ def _save_checkpoint(path: Path, model, info: dict) -> None:
     atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
 
 
+def _save_weights(ckpt_dir: Path, net, best_epoch: int, row: dict, metrics: dict, history: list, progress) -> None:
+    """``best.pt`` (when this epoch is the best), ``last.pt`` and ``history.json``; a full disk is
+    reported (the files of the epoch before stay) and the training goes on."""
+    from ...core.io import atomic_write_text
+    from ..checkpoint import disk_message
+
+    try:
+        if best_epoch == row["epoch"]:
+            _save_checkpoint(ckpt_dir / "best.pt", net, {"epoch": row["epoch"], "metrics": metrics, "row": row})
+        _save_checkpoint(ckpt_dir / "last.pt", net, {"epoch": row["epoch"], "row": row})
+        atomic_write_text(ckpt_dir.parent / "history.json", json.dumps(history, indent=1) + "\n")
+    except OSError as exc:
+        progress(None, f"could not save the weights of epoch {row['epoch']} ({disk_message(exc)}); training goes on",
+                 checkpoint_error=disk_message(exc))
+
+
+def _plain_floats(d: dict) -> dict:
+    """Metrics as plain numbers (a weights-only checkpoint takes no numpy scalars)."""
+    return json.loads(json.dumps(d, default=float))
+
+
 def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_names: list[str],
                     settings: LocalizerTrainSettings | None = None, out_dir: str | Path | None = None,
-                    progress: Progress = NULL_PROGRESS, init_state: dict | None = None) -> LocalizerTrainResult:
+                    progress: Progress = NULL_PROGRESS, init_state: dict | None = None,
+                    resume: bool = False) -> LocalizerTrainResult:
     """Train a localizer on ``train``, keep the epoch best on ``val`` (the last one without val).
 
     ``out_dir`` (optional) receives ``checkpoints/best.pt`` / ``last.pt`` (state_dicts, with a
-    JSON of their epoch and scores) and ``history.json`` after every epoch.
+    JSON of their epoch and scores), ``history.json`` and the run's resumable ``checkpoint.pt``
+    (:mod:`..checkpoint`) after every epoch; ``resume`` continues the run that ``out_dir`` holds
+    from its last epoch (InputError when there is none, or when the classes, architecture,
+    settings or data differ).
     """
     import torch
 
+    from ..checkpoint import RunCheckpoints, fingerprint, rng_state, set_rng_state
     from .model import LocalizerConfig, build_localizer
 
     s = settings if isinstance(settings, LocalizerTrainSettings) else LocalizerTrainSettings.from_dict(settings)
@@ -253,6 +280,31 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
     history: list[dict] = []
     best = (-math.inf, 0, None, {})  # score, epoch, state, metrics
     stopped = False
+    epoch = 0
+    ckpts = None
+    if out_dir is not None:
+        ckpts = RunCheckpoints(out_dir, Path(out_dir).name, {
+            "kind": "localizer", "classes": list(class_names), "architecture": config.to_dict(),
+            "channels": int(train.images.shape[1]), "epochs": s.epochs, "settings": json.loads(s.to_json()),
+            "base": fingerprint(init_state) if init_state is not None else None,
+            "data": fingerprint(train.images, train.labels, train.boxes,
+                                *((val.images, val.labels, val.boxes) if val is not None else ()))}, progress)
+        ck = ckpts.begin(resume)
+        if ck is not None:
+            model.load_state_dict(ck["model"])
+            if ema is not None and ck.get("ema") is not None:
+                ema.model.load_state_dict(ck["ema"])
+                ema.steps = int(ck["ema_steps"])
+            opt.load_state_dict(ck["optimizer"])
+            history = [dict(r) for r in ck["history"]]
+            bm = ck["best_metric"]
+            best = (float(bm["score"]), int(ck["best_epoch"]), ck["best_state"], dict(bm["metrics"]))
+            epoch = int(ck["epoch"])
+            set_rng_state(rng, ck["rng"])
+            torch.set_rng_state(ck["torch_rng"])
+            t0 = time.monotonic() - float(ck["seconds"])
+    elif resume:
+        raise ValueError("resume needs the run folder (out_dir) of the interrupted run")
 
     def fraction() -> float:
         f = len(history) / s.epochs
@@ -260,67 +312,73 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
             f = max(f, (time.monotonic() - t0) / s.time_budget)
         return f
 
-    epoch = 0
-    while epoch < s.epochs and not stopped:
-        epoch += 1
-        model.train()
-        idx = rng.choice(len(train), size=steps * s.batch_size, replace=True, p=p_sample)
-        tot = {"loss": 0.0, "loss_class": 0.0, "loss_box": 0.0}
-        done = 0
-        for k in range(steps):
-            if progress.stop_requested:
-                stopped = True
+    try:
+        while epoch < s.epochs and not stopped:
+            epoch += 1
+            model.train()
+            idx = rng.choice(len(train), size=steps * s.batch_size, replace=True, p=p_sample)
+            tot = {"loss": 0.0, "loss_class": 0.0, "loss_box": 0.0}
+            done = 0
+            for k in range(steps):
+                if progress.stop_requested:
+                    stopped = True
+                    break
+                frac = min(1.0, fraction() + k / steps / s.epochs)
+                for g in opt.param_groups:
+                    g["lr"] = s.learning_rate * _lr_factor(frac, warm)
+                bi = idx[k * s.batch_size:(k + 1) * s.batch_size]
+                x = torch.from_numpy(train.images[bi])
+                b = torch.from_numpy(train.boxes[bi])
+                if s.augment.on:
+                    x, b = augment_batch(x, b, rng, s)
+                losses = model(x, {"labels": torch.from_numpy(train.labels[bi]), "boxes": b},
+                               class_weights=class_weights, label_smoothing=s.label_smoothing)
+                loss = losses["loss_class"] + s.box_weight * losses["loss_box"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the training loss became {float(loss)} at epoch {epoch}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if ema is not None:
+                    ema.update(model)
+                tot["loss"] += loss.item()
+                tot["loss_class"] += losses["loss_class"].item()
+                tot["loss_box"] += losses["loss_box"].item()
+                done += 1
+            if done == 0 and history:
                 break
-            frac = min(1.0, fraction() + k / steps / s.epochs)
-            for g in opt.param_groups:
-                g["lr"] = s.learning_rate * _lr_factor(frac, warm)
-            bi = idx[k * s.batch_size:(k + 1) * s.batch_size]
-            x = torch.from_numpy(train.images[bi])
-            b = torch.from_numpy(train.boxes[bi])
-            if s.augment.on:
-                x, b = augment_batch(x, b, rng, s)
-            losses = model(x, {"labels": torch.from_numpy(train.labels[bi]), "boxes": b},
-                           class_weights=class_weights, label_smoothing=s.label_smoothing)
-            loss = losses["loss_class"] + s.box_weight * losses["loss_box"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss became {float(loss)} at epoch {epoch}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if ema is not None:
-                ema.update(model)
-            tot["loss"] += loss.item()
-            tot["loss_class"] += losses["loss_class"].item()
-            tot["loss_box"] += losses["loss_box"].item()
-            done += 1
-        if done == 0 and history:
-            break
-        net = ema.model if ema is not None else model
-        row = {"epoch": epoch, "seconds": round(time.monotonic() - t0, 1),
-               "lr": opt.param_groups[0]["lr"], **{f"train_{k}": v / max(done, 1) for k, v in tot.items()}}
-        if val is not None and len(val):
-            sc = evaluate_set(net, val, class_names, s.box_weight)
-            row.update({"val_loss": sc["loss"], "val_loss_class": sc["loss_class"], "val_loss_box": sc["loss_box"],
-                        "val_accuracy": sc["accuracy"], "val_balanced_accuracy": sc["balanced_accuracy"],
-                        "val_mean_iou": sc["mean_iou"], "val_iou_ge_0.5": sc["iou_ge_0.5"]})
-            score = selection_score(sc)
-        else:
-            sc, score = {}, float(epoch)
-        row["selection"] = score
-        history.append(row)
-        if score > best[0]:
-            best = (score, epoch, copy.deepcopy(net.state_dict()), sc)
+            net = ema.model if ema is not None else model
+            row = {"epoch": epoch, "seconds": round(time.monotonic() - t0, 1),
+                   "lr": opt.param_groups[0]["lr"], **{f"train_{k}": v / max(done, 1) for k, v in tot.items()}}
+            if val is not None and len(val):
+                sc = evaluate_set(net, val, class_names, s.box_weight)
+                row.update({"val_loss": sc["loss"], "val_loss_class": sc["loss_class"], "val_loss_box": sc["loss_box"],
+                            "val_accuracy": sc["accuracy"], "val_balanced_accuracy": sc["balanced_accuracy"],
+                            "val_mean_iou": sc["mean_iou"], "val_iou_ge_0.5": sc["iou_ge_0.5"]})
+                score = selection_score(sc)
+            else:
+                sc, score = {}, float(epoch)
+            row["selection"] = score
+            history.append(row)
+            if score > best[0]:
+                best = (score, epoch, copy.deepcopy(net.state_dict()), sc)
             if ckpt_dir is not None:
-                _save_checkpoint(ckpt_dir / "best.pt", net, {"epoch": epoch, "metrics": sc, "row": row})
-        if ckpt_dir is not None:
-            _save_checkpoint(ckpt_dir / "last.pt", net, {"epoch": epoch, "row": row})
-            from ...core.io import atomic_write_text
-
-            atomic_write_text(Path(out_dir) / "history.json", json.dumps(history, indent=1) + "\n")
-        progress(min(1.0, fraction()), f"epoch {epoch}", **{k: v for k, v in row.items() if k != "epoch"},
-                 epoch=epoch, best_epoch=best[1])
-        if s.time_budget and time.monotonic() - t0 >= s.time_budget:
-            break
+                _save_weights(ckpt_dir, net, best[1], row, sc, history, progress)
+                ckpts.save({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": None,
+                            "ema": ema.model.state_dict() if ema is not None else None,
+                            "ema_steps": ema.steps if ema is not None else 0,
+                        "history": [_plain_floats(r) for r in history],
+                            "best_metric": {"score": float(best[0]), "metrics": _plain_floats(best[3])},
+                            "best_epoch": best[1], "best_state": best[2], "rng": rng_state(rng),
+                            "torch_rng": torch.get_rng_state(), "seconds": time.monotonic() - t0})
+            progress(min(1.0, fraction()), f"epoch {epoch}", **{k: v for k, v in row.items() if k != "epoch"},
+                     epoch=epoch, best_epoch=best[1])
+            if s.time_budget and time.monotonic() - t0 >= s.time_budget:
+                break
+    except BaseException:
+        if ckpts is not None:
+            ckpts.release()  # an error or Ctrl-C: the checkpoint stays, to resume from
+        raise
     stopped = stopped or progress.stop_requested
     model = build_localizer(config)
     model.load_state_dict(best[2])
@@ -328,37 +386,45 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
     return LocalizerTrainResult(model=model, config=config, class_names=list(class_names), epochs_run=len(history),
                                 best_epoch=best[1], seconds=time.monotonic() - t0, history=history,
                                 metrics=best[3], stopped=stopped,
-                                settings=json.loads(s.to_json()))
+                                settings=json.loads(s.to_json()), checkpoint=ckpts.record() if ckpts else {})
 
 
 def train_job(progress, images, boxes, labels, class_names, val_images=None, val_boxes=None, val_labels=None,
               out_dir=None, name: str = "localizer", settings: dict | None = None, normalization: dict | None = None,
-              data: str | None = None):
+              data: str | None = None, resume: bool = False):
     """Worker entry: train on images of any size with one pixel box ``(y0, x0, y1, x1)`` and class
     id each, keep the epoch best on the val images (the last without), and save the model folder
     ``out_dir/name`` (default: the per-user models folder, where the registry finds it).
-    ``settings``: a plain dict of :class:`LocalizerTrainSettings` fields (former names too)."""
+    ``settings``: a plain dict of :class:`LocalizerTrainSettings` fields (former names too).
+    The run's checkpoints go to ``out_dir/.training/name`` (:mod:`..checkpoint`), removed once the
+    model is saved; ``resume`` continues the interrupted run ``name`` (with its settings when
+    ``settings`` is None)."""
+    from ..checkpoint import guarded_run, remove_run, resume_settings, run_dir
     from .io import DEFAULT_NORMALIZATION, save_model
 
-    s = LocalizerTrainSettings.from_dict(settings)  # former names too; InputError naming a bad or unknown one
-    norm = dict(normalization or DEFAULT_NORMALIZATION)
-    train = prepare_set(list(images), boxes, labels, s.input_size, norm)
-    val = (prepare_set(list(val_images), val_boxes, val_labels, s.input_size, norm)
-           if val_images is not None and len(val_images) else None)
     if out_dir is None:
         from ...core.registry import ModelRegistry
 
         out_dir = ModelRegistry().user_dir
+    s = LocalizerTrainSettings.from_dict(resume_settings(out_dir, name, settings, resume))  # InputError naming a bad field
+    norm = dict(normalization or DEFAULT_NORMALIZATION)
+    train = prepare_set(list(images), boxes, labels, s.input_size, norm)
+    val = (prepare_set(list(val_images), val_boxes, val_labels, s.input_size, norm)
+           if val_images is not None and len(val_images) else None)
     folder = Path(out_dir) / name
-    res = train_localizer(train, val, list(class_names), s, out_dir=Path(out_dir) / f".{name}.run", progress=progress)
-    m = res.metrics
-    metrics = {f"val_{k}": v for k, v in m.items() if k not in ("loss", "loss_class", "loss_box")}
-    save_model(folder, res.model, res.config, list(class_names), name=name, normalization=norm,
-               training={"data": data or f"{len(train)} training images, {len(val) if val else 0} val images",
-                         "training_seconds": round(res.seconds, 1), "epochs_run": res.epochs_run,
-                         "best_epoch": res.best_epoch, "box_weight_lambda": s.box_weight,
-                         "from_scratch": "trained from random weights", "settings": res.settings},
-               metrics=metrics)
+    run = run_dir(out_dir, name)
+    with guarded_run(out_dir, name):
+        res = train_localizer(train, val, list(class_names), s, out_dir=run, progress=progress, resume=resume)
+        m = res.metrics
+        metrics = {f"val_{k}": v for k, v in m.items() if k not in ("loss", "loss_class", "loss_box")}
+        save_model(folder, res.model, res.config, list(class_names), name=name, normalization=norm,
+                   training={"data": data or f"{len(train)} training images, {len(val) if val else 0} val images",
+                             "training_seconds": round(res.seconds, 1), "epochs_run": res.epochs_run,
+                             "best_epoch": res.best_epoch, "box_weight_lambda": s.box_weight,
+                             "from_scratch": "trained from random weights", "settings": res.settings,
+                             **res.checkpoint},
+                   metrics=metrics)
+    remove_run(run)  # registered: the run's checkpoints are no longer needed
     return {"model_dir": str(folder), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
             "seconds": res.seconds, "metrics": m, "stopped": res.stopped}
 

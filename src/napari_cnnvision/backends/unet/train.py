@@ -236,12 +236,18 @@ def train_unet(
     rng = np.random.default_rng(s.seed)
     torch.manual_seed(s.seed)
 
+    adaptation = None  # a base model for other channels: its first convolution adapted (backends/channels.py)
     if init_folder is not None:
         loaded = load_model(init_folder, use_cache=False)
         config, model = loaded.config, loaded.model
         if config.in_channels != n_ch:
-            raise InputError(f"the model in {init_folder} takes {config.in_channels} channel(s), "
-                             f"the images have {n_ch}")
+            from ..channels import adapt_state
+
+            state, adaptation = adapt_state({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+                                            n_ch, "down.0.0.weight", "down.0.0.bias", "down.0.1.running_mean")
+            config = UNetConfig.from_dict({**config.to_dict(), "in_channels": n_ch})
+            model = build_unet(config)
+            model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
     else:
         config = UNetConfig(in_channels=n_ch, n_classes=3, depth=s.depth, base_filters=s.base_filters,
                             upsampling=s.upsampling, batch_norm=s.batch_norm)
@@ -291,6 +297,7 @@ def train_unet(
         opt.load_state_dict(ck["optimizer"])
         if sched is not None and ck.get("scheduler"):
             sched.load_state_dict(ck["scheduler"])
+            sched.T_max = total_steps  # the planned length of this call (a resumption may change the epochs)
         history = {k: [float(v) for v in vals] for k, vals in ck["history"].items()}
         best, best_epoch = (float(ck["best_metric"][0]), float(ck["best_metric"][1])), int(ck["best_epoch"])
         best_state, start = ck["best_state"], int(ck["epoch"]) + 1
@@ -360,7 +367,8 @@ def train_unet(
         "command": command or "napari_cnnvision.backends.unet.train.train_unet",
         "seconds": round(seconds, 1), "epochs": epochs_run, "best_epoch": best_epoch, "stopped_early": stopped,
         "steps_per_epoch": s.steps_per_epoch, "batch_size": s.batch_size, "patch_size": patch,
-        "init_folder": str(init_folder) if init_folder is not None else None, "settings": settings_d,
+        "init_folder": str(init_folder) if init_folder is not None else None, "channel_adaptation": adaptation,
+        "settings": settings_d,
         **ckpts.record(),
     }
     folder = save_model(Path(out_dir) / name, model, config, name=name, pmin=s.pmin, pmax=s.pmax,
