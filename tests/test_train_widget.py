@@ -255,3 +255,27 @@ def test_an_interrupted_run_offers_resume_with_the_same_name(make_napari_viewer,
     assert started and started[0][1]["resume"] is True and started[0][1]["name"] == "cut-short"
     w.run_btn.clicked.emit()  # a plain Train never resumes
     assert "resume" not in started[-1][1]
+
+
+def test_every_rectangle_layer_with_its_image_for_detection(make_napari_viewer):
+    from napari_cnnvision.widgets.train import ALL_PAIRS
+
+    viewer = make_napari_viewer()
+    for k in range(2):
+        rng = np.random.default_rng(k)
+        img = rng.integers(0, 40, (64, 80 + 16 * k), dtype=np.uint8)
+        rects = [np.array([[y, x], [y, x + 12], [y + 12, x + 12], [y + 12, x]], float)
+                 for y, x in [(5, 5), (5, 40), (40, 5), (40, 40)]]
+        viewer.add_image(img, name=f"smear{k}")
+        viewer.add_shapes(rects, shape_type="rectangle", features={"class": ["a", "b", "a", "b"]},
+                          name=f"smear{k} boxes")
+    viewer.add_shapes([np.array([[0, 0], [0, 30], [30, 30], [30, 0]], float)], shape_type="rectangle",
+                      name="smear0 done")  # a "fully annotated" layer: no class feature, not a pair
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")
+    w.task.value = "detect"
+    w.pairs.value = ALL_PAIRS
+    p = w.training_plan("two-smears")
+    assert p.job == "yolo.train" and p.kwargs["classes"] == ["a", "b"]
+    assert sum(len(s["boxes"]) for s in p.kwargs["train"] + p.kwargs["val"]) == 8
+    assert "'smear1 boxes'" in p.kwargs["data"]["source"] and w._unpaired == ["smear0 done (no 'class' feature)"]

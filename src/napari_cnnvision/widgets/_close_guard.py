@@ -51,10 +51,10 @@ class CloseGuard(QObject):
 
     def watch(self, obj, mouse: bool = False) -> None:
         """Guard ``obj``'s close events (a main window) or, with ``mouse``, its clicks (a close button)."""
-        if obj is None or obj in self._watched:
+        if obj is None or any(r() is obj for r in self._watched):
             return
         obj.installEventFilter(self)
-        self._watched.append(obj)
+        self._watched.append(weakref.ref(obj))  # weakly: the window holds the viewer
         if mouse:
             obj.setProperty("cnnvision_close_button", True)
 
@@ -106,9 +106,11 @@ class CloseGuard(QObject):
         dialog.close()
 
     def unwatch_all(self) -> None:
-        for obj in self._watched:
+        for ref in self._watched:
+            obj = ref()
             try:
-                obj.removeEventFilter(self)
+                if obj is not None:
+                    obj.removeEventFilter(self)
             except RuntimeError:  # already deleted
                 pass
         self._watched.clear()

@@ -105,14 +105,17 @@ def image_of(ann, images: list):
 
 def auto_pairs(layers, kind: str) -> tuple[list[tuple], list[str]]:
     """Every ``kind`` ("Labels" / "Shapes") layer of ``layers`` with its image: ``(pairs, unpaired
-    layer names)``. Shapes layers with no rectangle are left out (e.g. "fully annotated" layers
-    are the user's choice, not a pair)."""
+    layer names)``. Shapes layers with no rectangle or no ``class`` feature (e.g. "fully annotated"
+    layers) and empty Labels layers are left out (and named among the unpaired)."""
     images = [ly for ly in layers if kind_of(ly) == "Image"]
     pairs, unpaired = [], []
     for ly in layers:
         if kind_of(ly) != kind:
             continue
         if kind == "Shapes" and not any(t == "rectangle" for t in ly.shape_type):
+            continue
+        if kind == "Shapes" and "class" not in getattr(ly, "features", {}):
+            unpaired.append(f"{ly.name} (no 'class' feature)")  # e.g. a "fully annotated" layer
             continue
         if kind == "Labels" and not np.any(np.asarray(ly.data)):
             unpaired.append(f"{ly.name} (empty)")
