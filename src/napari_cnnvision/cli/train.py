@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 
 from ..backends.training.plan import TASKS
 
@@ -111,7 +112,11 @@ def run(args) -> int:
     bar.stop_flag = False  # set by the first Ctrl-C
     plain = not args.quiet and not sys.stderr.isatty()
 
+    t0 = time.monotonic()
+
     def report(frac, message="", **metrics):
+        if frac and 0 < frac < 1 and message.startswith("epoch"):
+            message += f" · ETA {_fmt_time((time.monotonic() - t0) * (1 - frac) / frac)}"
         bar(frac, message, **metrics)
         if plain and "epoch" in metrics:  # no terminal: one line per epoch
             print(_epoch_line(metrics), file=sys.stderr, flush=True)
@@ -145,9 +150,13 @@ def run(args) -> int:
     shown = ", ".join(f"{k} {v:.4g}" for k, v in res.metrics.items())
     if shown:
         print(f"validation: {shown}")
-    use = {"segment": "segment", "detect": "detect", "localize": "localize"}[res.task]
-    print(f"use it: napari-cnnvision {use} --model {res.name} ...")
+    print(f"use it: napari-cnnvision {res.task} --model {res.name} ...")
     return 0
+
+
+def _fmt_time(s: float) -> str:
+    s = max(0, int(round(s)))
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
 def _epoch_line(m: dict) -> str:
