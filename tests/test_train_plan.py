@@ -187,3 +187,18 @@ def test_folder_bad_inputs(tmp_path):
         folder_pairs("detect", img_dir, annotations=tmp_path / "ann.json", fmt="xml")
     with pytest.raises(InputError, match="holds coco annotations, not voc"):
         folder_pairs("detect", img_dir, annotations=tmp_path / "ann.json", fmt="voc")
+
+
+def test_api_train_inputs_arrays_complete_or_partial_and_folders(tmp_path):
+    from napari_cnnvision.api import _train_pairs
+
+    img, lab = disks(CENTRES)
+    pairs = _train_pairs("segment", [img, img], [lab, lab], None)
+    assert len(pairs) == 2 and all(p.valid == "all" for p in pairs)
+    assert _train_pairs("segment", img, lab, None, partial=True)[0].valid is None
+    det = _train_pairs("detect", [img], [{"boxes": [[1, 2, 10, 12]], "classes": ["a"]}], None)
+    assert det[0].classes == ["a"] and det[0].boxes.shape == (1, 4)
+    with pytest.raises(InputError, match="2 images but 1 annotations"):
+        _train_pairs("segment", [img, img], [lab], None)
+    img_dir, mask_dir = _folders(tmp_path)
+    assert len(_train_pairs("segment", str(img_dir), str(mask_dir), None)) == 2  # a folder of TIFFs: masks

@@ -164,7 +164,7 @@ def train(task: str, images, annotations=None, base: str | ModelCard | None = No
           epochs: int | None = None, minutes: float | None = None, val_fraction: float = 0.2,
           learning_rate: float | None = None, batch_size: int | None = None, patch_size: int | None = None,
           flips: bool = True, turns: bool = True, intensity: bool = True, scale: bool = False,
-          upsampling: str | None = None, format: str | None = None, resume: bool = False,
+          upsampling: str | None = None, format: str | None = None, resume: bool = False, partial: bool = False,
           settings: dict | None = None, progress=None, registry: ModelRegistry | None = None):
     """Train (or fine-tune) a ``task`` model ("segment", "detect" or "localize") on your annotations
     and register it as ``name`` in the user model folder; returns a
@@ -176,8 +176,9 @@ def train(task: str, images, annotations=None, base: str | ModelCard | None = No
     (segmentation; boxes of class "object" for detection) or an annotation file / folder (COCO, VOC,
     YOLO, boxes CSV; ``format`` checks which); or an array (a list of arrays) with ``annotations``
     its label image(s) (segmentation) or ``ImageAnnotations`` / ``{"boxes", "classes"[, "frames"]}``
-    (detection, localization); or a list of ``TrainPair`` (``annotations`` None). Arrays count as
-    partially annotated (the bounding box of what is annotated), folders as complete.
+    (detection, localization); or a list of ``TrainPair`` (``annotations`` None). The annotation
+    counts as complete (whole images are training / validation units); ``partial=True`` (arrays):
+    only the bounding box of what is annotated in each image counts, as in the Train widget.
     ``base``: the model to fine-tune (name, folder or card; ``None``: a fresh network). ``epochs``
     or ``minutes`` (a time budget; the best model so far is kept when it is over); ``settings``:
     further trainer settings (network size, steps). ``resume``: continue the interrupted run of
@@ -194,7 +195,7 @@ def train(task: str, images, annotations=None, base: str | ModelCard | None = No
     registry = registry or ModelRegistry()
     name = check_new_name(name, registry)
     card = base if isinstance(base, ModelCard) or base is None else registry.get(base)
-    pairs = _train_pairs(task, images, annotations, format)
+    pairs = _train_pairs(task, images, annotations, format, partial)
     opts = TrainOptions(epochs=epochs, minutes=minutes, learning_rate=learning_rate, val_fraction=val_fraction,
                         batch_size=batch_size, patch_size=patch_size, flips=flips, turns=turns, intensity=intensity,
                         scale=scale, upsampling=upsampling, resume=resume, extra=dict(settings or {}),
@@ -225,7 +226,7 @@ def _is_path(x) -> bool:
     return isinstance(x, (str, Path))
 
 
-def _train_pairs(task, images, annotations, fmt):
+def _train_pairs(task, images, annotations, fmt, partial=False):
     """:func:`train`'s inputs as a list of ``TrainPair``."""
     import numpy as np
 
@@ -255,9 +256,11 @@ def _train_pairs(task, images, annotations, fmt):
         if an is None:
             raise InputError(f"image {i + 1} has no annotation")
         if task == "segment":
-            pairs.append(TrainPair(np.asarray(im), labels=np.asarray(an), name=f"array {i + 1}"))
+            pairs.append(TrainPair(np.asarray(im), labels=np.asarray(an), valid=None if partial else "all",
+                                   name=f"array {i + 1}"))
             continue
         get = (lambda k, a=an: a.get(k)) if isinstance(an, dict) else (lambda k, a=an: getattr(a, k, None))
         pairs.append(TrainPair(np.asarray(im), boxes=get("boxes"), classes=get("classes"),
-                               frames=get("frames") if isinstance(an, dict) else get("frame"), name=f"array {i + 1}"))
+                               frames=get("frames") if isinstance(an, dict) else get("frame"),
+                               valid=None if partial else "all", name=f"array {i + 1}"))
     return pairs
