@@ -245,17 +245,9 @@ def test_detect_and_localize_workers_2_write_the_plain_commands_files(tmp_path):
                              (loc, tmp_path / "localize-plain", ["localizations.csv"])):
         assert sorted(p.name for p in ref.iterdir()) == names
         assert sorted(p.name for p in mine.iterdir()) == names
-        for name in names:
-            if name != "detections.json":
-                assert (mine / name).read_bytes() == (ref / name).read_bytes(), name
-    # the COCO file: the same images, boxes, classes and scores; the detector's box coordinates
-    # differ in a Dask worker in their 5th significant digit (float32 noise, see the report)
-    a, b = (json.loads((d / "detections.json").read_text()) for d in (det, tmp_path / "detect-plain"))
-    assert a["images"] == b["images"] and a["categories"] == b["categories"]
-    assert len(a["annotations"]) == len(b["annotations"]) > 0
-    for x, y in zip(a["annotations"], b["annotations"]):
-        assert (x["image_id"], x["category_id"], x["score"]) == (y["image_id"], y["category_id"], y["score"])
-        np.testing.assert_allclose(x["bbox"] + [x["area"]], y["bbox"] + [y["area"]], rtol=1e-4, atol=1e-3)
+        for name in names:  # the COCO file too, although the re-runs rewrote it from what they read back
+            assert (mine / name).read_bytes() == (ref / name).read_bytes(), name
+    assert len(json.loads((det / "detections.json").read_text())["annotations"]) > 0
     assert len((loc / "localizations.csv").read_text().splitlines()) == 4
 
 
@@ -302,3 +294,29 @@ def test_segment_blocks_stitches_objects_across_block_borders_like_a_whole_image
     rows = (tmp_path / "blocks" / "big.csv").read_text().splitlines()
     assert rows[0] == "label,area,centroid_y,centroid_x,probability" and len(rows) - 1 == nb
     assert "skipped 1" in seg(tmp_path / "blocks", "--blocks", str(block)).stdout
+
+
+def test_coco_file_rewritten_from_what_a_rerun_read_back_is_unchanged(tmp_path):
+    """A re-run of detect (plain or --workers) rewrites DIR/detections.json from the earlier images'
+    entries it read back: those must come out byte for byte as first written (the cause of the Dask
+    run's COCO boxes once differing from a plain run: areas recomputed from the rounded boxes)."""
+    from napari_cnnvision.cli.detect import _previous, coco_entry, write_coco
+    from napari_cnnvision.core.results import DetectionResult
+
+    rng = np.random.default_rng(0)
+    y0, x0 = rng.uniform(0, 50, (2, 40))
+    boxes = np.stack([y0, x0, y0 + rng.uniform(3, 20, 40), x0 + rng.uniform(3, 20, 40)], 1).astype(np.float32)
+    res = DetectionResult(boxes.astype(np.float64), rng.integers(0, 2, 40), rng.random(40), ["a", "b"], "m", (80, 96))
+    path = tmp_path / "detections.json"
+    write_coco(path, {"one.tif": coco_entry("one.tif", res)}, ["a", "b"])
+    first = path.read_bytes()
+    write_coco(path, _previous(path, ["a", "b"], False), ["a", "b"])  # a re-run that skipped everything
+    assert path.read_bytes() == first
+    # a re-run that adds an image: the earlier image's annotations are kept as written, the new one's follow
+    write_coco(path, {**_previous(path, ["a", "b"], False), "two.tif": coco_entry("two.tif", res)}, ["a", "b"])
+    d = json.loads(path.read_text())
+    old = json.loads(first)["annotations"]
+    assert d["annotations"][:40] == old
+    assert [a["bbox"] for a in d["annotations"][40:]] == [a["bbox"] for a in old]
+    assert {a["image_id"] for a in d["annotations"][40:]} == {2}
+    assert [a["id"] for a in d["annotations"]] == list(range(1, 81))

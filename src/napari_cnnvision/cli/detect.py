@@ -86,6 +86,12 @@ def _previous(path: Path, class_names: list[str], overwrite: bool) -> dict:
     if names != list(class_names):
         raise ValueError(f"{path} holds detections of the classes {names}, not this model's {list(class_names)}; "
                          "use --overwrite or another --out folder")
+    ids = {img["file_name"]: img["id"] for img in d["images"]}
+    rows: dict = {}
+    for a in d["annotations"]:
+        rows.setdefault(a["image_id"], []).append(a)
+    for name, entry in per.items():  # written again as read: re-deriving them from the rounded boxes drifts
+        entry["annotations"] = rows.get(ids[name], [])
     return per
 
 
@@ -97,15 +103,28 @@ def coco_entry(name: str, res) -> dict:
 
 
 def write_coco(path: Path, entries: dict, class_names: list[str]) -> None:
-    """The COCO file of ``entries`` (file name -> :func:`coco_entry`), images sorted by name."""
+    """The COCO file of ``entries`` (file name -> :func:`coco_entry`), images sorted by name. An
+    entry read back from an earlier file (:func:`_previous`: it holds that file's ``annotations``)
+    keeps those annotations as they were written (only their ids renumbered), so a re-run changes
+    no earlier image's boxes in their last digits."""
     from ..core.formats import coco
     from ..core.io import atomic_write_text
 
     names = sorted(entries)
     images = [coco.image_entry(k + 1, n, entries[n]["image"]["height"], entries[n]["image"]["width"])
               for k, n in enumerate(names)]
+    anns: list[dict] = []
+    for img, n in zip(images, names):
+        e = entries[n]
+        if e.get("annotations") is not None:
+            first = len(anns) + 1
+            anns.extend([{**a, "id": first + k, "image_id": img["id"]} for k, a in enumerate(e["annotations"])])
+        else:
+            anns.extend(coco.annotations_for(img["id"], e["boxes"], e["class_ids"], e.get("scores"), e.get("frame"),
+                                             first_id=len(anns) + 1))
+    d = {"images": images, "categories": coco.categories(class_names), "annotations": anns}
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(coco.build(images, class_names, [entries[n] for n in names])) + "\n")
+    atomic_write_text(path, json.dumps(d) + "\n")
 
 
 def run(args) -> int:
