@@ -260,7 +260,9 @@ def _train_pairs(task, images, annotations, fmt, partial=False):
                                    name=f"array {i + 1}"))
             continue
         get = (lambda k, a=an: a.get(k)) if isinstance(an, dict) else (lambda k, a=an: getattr(a, k, None))
-        pairs.append(TrainPair(np.asarray(im), boxes=get("boxes"), classes=get("classes"),
+        boxes = get("boxes")
+        pairs.append(TrainPair(np.asarray(im), boxes=None if boxes is None else np.asarray(boxes, np.float64),
+                               classes=get("classes"),
                                frames=get("frames") if isinstance(an, dict) else get("frame"),
                                valid=None if partial else "all", name=f"array {i + 1}"))
     return pairs
