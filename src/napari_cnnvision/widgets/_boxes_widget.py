@@ -8,7 +8,9 @@
 * putting the result into the viewer as a Shapes layer of rectangles (features, text, a colour per
   class) and a Points layer of centres, replacing only the plugin's own previous layers; above
   :data:`MAX_SHAPES` boxes only the Points layer is shown (napari's Shapes layer is slow there);
-* the status line's counts per class.
+* the status line's counts per class;
+* a large lazy layer (dask, zarr, an OME-Zarr pyramid) runs block by block when the subclass's
+  ``request`` returns a task instead of a job name (:mod:`._lazy`).
 
 No framework is imported here: the jobs run in the compute worker.
 """
@@ -25,6 +27,7 @@ from ..core.registry import ModelCard, ModelRegistry
 from ..core.results import DetectionResult, LocalizationResult
 from ..layers.common import RESULT_KEY
 from ..layers.detection import detection_layers
+from . import _lazy
 from ._base import JobWidget, StatusLabel
 from ._model_picker import BROWSE, MODEL_ERRORS, ModelPicker
 from ._results import drop_result, find_result, put_result, result_meta_of
@@ -47,7 +50,7 @@ class BoxJob:
 # -- the image layer's input --------------------------------------------------------------------
 def layer_array(layer):
     """The layer's full-resolution data (the first level of a multiscale layer), not converted."""
-    return layer.data[0] if layer.multiscale else layer.data
+    return _lazy.full_data(layer)
 
 
 def layer_frames(layer) -> int | None:
@@ -80,14 +83,16 @@ def channel_note(layer, card: ModelCard) -> str:
 def job_image(layer, frames: list[int] | None):
     """``(array, axes)`` for the job: the whole layer (frames None) or the listed frames of a
     stack as a smaller stack (their boxes come back with positions 0..k-1: see :func:`renumber`)."""
+    from ..scaleout.lazy_layers import load
+
     data = layer_array(layer)
     c = "C" if layer.rgb else ""
     n = layer_frames(layer)
     if n is None:
-        return np.asarray(data), "YX" + c
+        return load(data), "YX" + c
     if frames is None:
-        return np.asarray(data), "TYX" + c
-    return np.stack([np.asarray(data[f]) for f in frames]), "TYX" + c
+        return load(data), "TYX" + c
+    return np.stack([load(data[f]) for f in frames]), "TYX" + c
 
 
 def renumber(res: DetectionResult, frames: list[int] | None) -> DetectionResult:
@@ -168,6 +173,7 @@ class BoxesWidget(JobWidget):
     task = ""  # "detect" / "localize"
     kind = ""  # the result layers' kind ("detection" / "localization"), from layers.detection
     verb = ""  # "detecting" / "localizing"
+    blockwise = False  # a large lazy layer runs block by block (the subclass's request does it)
 
     def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
         super().__init__(napari_viewer, registry, labels=True)
@@ -204,7 +210,8 @@ class BoxesWidget(JobWidget):
         if layer is not None and self._card is not None:
             try:
                 layer_frames(layer)
-                note = channel_note(layer, self._card)
+                lazy = _lazy.describe(layer, "detected") if self.blockwise else ""
+                note = " ".join(n for n in (lazy, channel_note(layer, self._card)) if n)
             except InputError as exc:
                 note = str(exc)
         self.note.value = note
@@ -228,8 +235,12 @@ class BoxesWidget(JobWidget):
 
     # -- running -----------------------------------------------------------------------------
     def request(self, rerun: bool = False):  # pragma: no cover - every subclass has its own
-        """``(job, kwargs, BoxJob)`` of a run with the widget's inputs."""
+        """``(job, kwargs, BoxJob)`` of a run with the widget's inputs; ``job`` may be a task
+        (``task(ctx)``, see :meth:`._compute.JobRunner.start_task`) with ``kwargs`` None."""
         raise NotImplementedError
+
+    def cancel(self, *_):
+        _lazy.cancel(self)
 
     def run(self, *_, rerun: bool = False):
         if self.runner.running:
@@ -242,9 +253,13 @@ class BoxesWidget(JobWidget):
         note = channel_note(ctx.layer, ctx.card)
         where = (f" (frame {ctx.frames[0]})" if ctx.frames and len(ctx.frames) == 1
                  else f" ({len(ctx.frames)} frames)" if ctx.frames else "")
-        self.start_job(job, kwargs, on_done=lambda res: self._on_done(res, ctx),
-                       message=f"{self.verb} {ctx.layer.name}{where} with {ctx.card.name} ..."
-                       + (f" {note}" if note else ""), on_finished=self.after_job)
+        message = f"{self.verb} {ctx.layer.name}{where} with {ctx.card.name} ..." + (f" {note}" if note else "")
+        if callable(job):  # block by block
+            _lazy.start_task(self, job, on_done=lambda res: self._on_done(res, ctx),
+                             message=message.replace(" ...", " block by block ..."), on_finished=self.after_job)
+            return
+        self.start_job(job, kwargs, on_done=lambda res: self._on_done(res, ctx), message=message,
+                       on_finished=self.after_job)
 
     def after_job(self):
         """Hook: a job ended (done, failed or cancelled)."""
@@ -285,6 +300,8 @@ class BoxesWidget(JobWidget):
                                                              translate=layer.translate, points=True)
         for kw in (skw, pkw):
             kw["metadata"][RESULT_KEY].update(mode=ctx.mode, frames=res.frames)
+            if res.timings.get("blocks"):
+                kw["metadata"][RESULT_KEY]["blockwise"] = True
         source, model = layer.name, res.model
         self._shown[(source, model)] = res
         points_only = res.n_objects > MAX_SHAPES
@@ -321,7 +338,9 @@ class BoxesWidget(JobWidget):
             text = f"frame {ctx.frames[0]}: {text}; {shown.n_objects} in the stack"
         took = this_run.timings.get("total_s")
         name = f"{ctx.layer.name} [{shown.model}]"
-        text += f" ({name}" + (f", {took:.1f} s)" if took is not None else ")")
+        blocks = int(this_run.timings.get("blocks", 0))
+        text += (f" ({name}" + (f", {took:.1f} s" if took is not None else "")
+                 + (f", {blocks} blocks" if blocks else "") + ")")
         if layers["points_only"]:
             text += (f". Over {MAX_SHAPES} boxes: only their centres are shown (napari's Shapes layer is slow "
                      "with that many); raise the score threshold to see the boxes")

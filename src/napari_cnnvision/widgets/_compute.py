@@ -32,6 +32,46 @@ class _Carried(ComputeError):
         self.original = original
 
 
+class TaskContext:
+    """What a task of :meth:`JobRunner.start_task` gets: ``run`` a job in the pool (its progress
+    mapped into ``span`` of the task's bar), report ``progress``, ``check`` for Stop / Cancel."""
+
+    def __init__(self, pool: WorkerPool, emit, stop: threading.Event, kill: threading.Event,
+                 framework: str | None = None):
+        self.pool, self._emit, self._stop, self._kill, self.framework = pool, emit, stop, kill, framework
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set() or self._kill.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` once Stop or Cancel was pressed."""
+        from ..core.progress import Cancelled
+
+        if self.cancelled:
+            raise Cancelled("stopped by the user")
+
+    def progress(self, fraction: float | None, message: str = "") -> None:
+        from ..core.progress import ProgressEvent
+
+        self._emit(ProgressEvent(None if fraction is None else float(fraction), message))
+
+    def run(self, job: str, kwargs: dict, span: tuple[float, float] = (0.0, 1.0), prefix: str = ""):
+        """``job``'s result; its progress events fill ``span`` (fractions of the task's bar), their
+        messages led by ``prefix``."""
+        emit = self._emit
+        if tuple(span) != (0.0, 1.0) or prefix:
+            from ..core.progress import ProgressEvent
+
+            a, b = span
+
+            def emit(ev, _emit=self._emit):
+                f = None if ev.fraction is None else a + (b - a) * ev.fraction
+                _emit(ProgressEvent(f, f"{prefix}{ev.message}" if prefix else ev.message, ev.metrics))
+        return self.pool.run(job, kwargs, on_event=emit, should_cancel=self._stop.is_set, framework=self.framework,
+                             should_kill=self._kill.is_set)
+
+
 class JobRunner:
     """Starts one job at a time on ``pool`` from a napari ``thread_worker``.
 
@@ -54,6 +94,7 @@ class JobRunner:
         self._worker = None
         self._stop = threading.Event()
         self._kill = threading.Event()
+        self._gentle = False
         self._alive = True
         if owner is not None:
             owner.destroyed.connect(self._owner_destroyed)
@@ -61,7 +102,7 @@ class JobRunner:
     def _owner_destroyed(self, *_):
         self._alive = False
         if self.running:
-            self.cancel()
+            self._kill.set()
 
     def _guard(self, fn):
         def call(*args):
@@ -75,6 +116,18 @@ class JobRunner:
 
     def start(self, job: str, kwargs: dict, on_progress=None, on_done=None, on_error=None, on_finished=None,
               framework: str | None = None, on_metrics=None):
+        """Run one compute-worker ``job`` with ``kwargs``."""
+        return self.start_task(lambda ctx: ctx.run(job, kwargs), on_progress, on_done, on_error, on_finished,
+                               framework, on_metrics, name=job, gentle=False)
+
+    def start_task(self, task, on_progress=None, on_done=None, on_error=None, on_finished=None,
+                   framework: str | None = None, on_metrics=None, name: str = "task", gentle: bool = False):
+        """Run ``task(ctx)`` off the GUI thread: a :class:`TaskContext` lets it run jobs in the pool
+        one after another (e.g. one per block of a large image), report progress and check for
+        Stop / Cancel between them; its return value goes to ``on_done``.
+
+        ``gentle``: the first :meth:`cancel` only stops (the running job is asked to end, no next
+        one starts, its worker and loaded model stay); a second one kills the worker at once."""
         from napari.qt.threading import thread_worker
 
         if self.running:
@@ -82,6 +135,7 @@ class JobRunner:
         pool, stop, kill = self.pool, self._stop, self._kill
         stop.clear()
         kill.clear()
+        self._gentle = gentle
         keep_metrics = on_metrics is not None
 
         @thread_worker(ignore_errors=True)  # errors go to on_error, not re-raised in Qt
@@ -91,14 +145,13 @@ class JobRunner:
 
             def target():
                 try:
-                    box["result"] = pool.run(job, kwargs, on_event=events.put, should_cancel=stop.is_set,
-                                             framework=framework, should_kill=kill.is_set)
+                    box["result"] = task(TaskContext(pool, events.put, stop, kill, framework))
                 except BaseException as exc:  # delivered to the GUI thread below
                     box["error"] = exc
                 finally:
                     events.put(_DONE)
 
-            threading.Thread(target=target, name=f"cnnvision-{job}", daemon=True).start()
+            threading.Thread(target=target, name=f"cnnvision-{name}", daemon=True).start()
             # At most ~5 updates a second reach the GUI: each progress-bar repaint redraws
             # napari's OpenGL window, which is costly with software rendering. Events with
             # metrics are collected meanwhile and all delivered with the next update.
@@ -154,7 +207,11 @@ class JobRunner:
         self._stop.set()
 
     def cancel(self):
-        """Stop the job at once (its worker process is killed)."""
+        """Stop the job at once (its worker process is killed); a gentle task is first only stopped
+        (:meth:`start_task`)."""
+        if getattr(self, "_gentle", False) and not self._stop.is_set():
+            self._stop.set()
+            return
         self._kill.set()
 
 

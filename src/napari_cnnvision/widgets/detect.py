@@ -4,6 +4,10 @@ The result is a Shapes layer of rectangles (features ``class``, ``score``; text 
 a colour per class) and a Points layer of the box centres, both named ``"<image> [<model>]"``.
 Changing a threshold after a run re-runs only the post-processing: the compute worker keeps the
 network's raw boxes of each frame, so only the score filter and NMS run again.
+
+A large lazy layer (dask, zarr, an OME-Zarr pyramid) is read one block at a time, each block
+detected in the compute worker and the boxes merged across block borders
+(:mod:`..scaleout.lazy_detect`); a threshold change then waits for the Detect button.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from magicgui.widgets import ComboBox, FloatSpinBox
 
 from ..core.axes import InputError
 from ..core.registry import ModelCard, ModelRegistry
+from . import _lazy
 from ._boxes_widget import BoxesWidget, BoxJob, job_image, layer_frames
 from ._results import find_result, result_meta_of
 
@@ -22,6 +27,7 @@ MODE = "frames"  # every run's rows are per frame: a current-frame run merges in
 class DetectWidget(BoxesWidget):
     run_text = "Detect"
     task, kind, verb = "detect", "detection", "detecting objects in"
+    blockwise = True
 
     def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
         super().__init__(napari_viewer, registry)
@@ -94,6 +100,9 @@ class DetectWidget(BoxesWidget):
         same = (abs(float(meta.get("score_thresh", -1)) - self.score.value) < 1e-6
                 and abs(float(meta.get("nms_thresh", -1)) - self.nms.value) < 1e-6)
         if not same:
+            if meta.get("blockwise"):  # the whole image read again: only when asked
+                self.report("Thresholds changed: press Detect to detect again block by block.")
+                return
             self._debounce.start()
 
     def after_job(self):
@@ -120,7 +129,49 @@ class DetectWidget(BoxesWidget):
             rerun = False
             current = n_frames is not None and self.scope.value == CURRENT
             frames = [min(self.current_frame(), n_frames - 1)] if current else None
+        src = _lazy.blockwise_source(layer)
+        if src is not None:
+            return self._blockwise_task(layer, card, src, n_frames, frames), None, BoxJob(layer, card, MODE, frames,
+                                                                                         rerun)
         image, axes = job_image(layer, frames)
         kwargs = dict(image=image, model=card_payload(card), axes=axes, score_thresh=float(self.score.value),
                       nms_thresh=float(self.nms.value))
         return job_for(card, task="detect"), kwargs, BoxJob(layer, card, MODE, frames, rerun)
+
+    def _blockwise_task(self, layer, card, src, n_frames, frames):
+        """``task(ctx)``: the lazy layer (each of its ``frames``, all when None) read and detected
+        block by block; frames come back numbered 0..k-1 like :func:`job_image`'s stack."""
+        from ..backends.dispatch import card_payload, job_for
+        from ..scaleout.lazy_detect import detect_lazy
+        from ._boxes_widget import concat, renumber
+
+        job = job_for(card, task="detect")
+        score, nms = float(self.score.value), float(self.nms.value)
+        base = dict(axes="YXC" if layer.rgb else "YX", score_thresh=score, nms_thresh=nms)
+        todo = None if n_frames is None else (list(range(n_frames)) if frames is None else list(frames))
+
+        def task(ctx):
+            def one(plane, span):
+                a, b = span
+
+                def run_block(block, fixed, sub):
+                    return ctx.run(job, dict(base, image=block, model=card_payload(fixed)),
+                                   (a + (b - a) * sub[0], a + (b - a) * sub[1]))
+
+                def progress(f, message=""):
+                    ctx.progress(a + (b - a) * f, message)
+
+                return detect_lazy(plane, card, run_block, score_thresh=score, nms_thresh=nms, progress=progress,
+                                   check=ctx.check)
+
+            if todo is None:
+                return one(src, (0.0, 1.0))
+            out, took, blocks = None, 0.0, 0.0
+            for k, f in enumerate(todo):
+                res = renumber(one(src[f], (k / len(todo), (k + 1) / len(todo))), [k])
+                took, blocks = took + res.timings["total_s"], blocks + res.timings["blocks"]
+                out = res if out is None else concat(out, res)
+            out.timings = {"total_s": took, "blocks": blocks}
+            return out
+
+        return task

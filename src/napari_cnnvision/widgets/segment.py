@@ -1,16 +1,21 @@
-"""The Segment dock widget: image layer + model + thresholds -> Labels layer (+ outlines)."""
+"""The Segment dock widget: image layer + model + thresholds -> Labels layer (+ outlines).
+
+A large lazy layer (dask, zarr, an OME-Zarr pyramid) is segmented block by block into an OME-Zarr
+labels folder (the cache folder, or the one chosen) and shown as a Labels layer that reads it
+lazily (:mod:`._lazy`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, LineEdit, create_widget
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdit, create_widget
 
 from ..core.axes import InputError
 from ..core.registry import ModelCard, ModelRegistry
 from ..layers.common import RESULT_KEY
+from ..scaleout import lazy_layers
 from ..layers.segmentation import OUTLINE_STYLE, outline_layer, segmentation_layers
-from . import _axes
+from . import _axes, _lazy
 from ._base import JobWidget, StatusLabel
 from ._model_picker import BROWSE, MODEL_ERRORS, ModelPicker
 from ._results import drop_result, find_result, put_result
@@ -58,9 +63,12 @@ class SegmentWidget(JobWidget):
         self.outlines = CheckBox(text="also add outlines", value=False)
         self.tta = CheckBox(text="test-time augmentation (8x slower, a little more accurate)", value=False,
                             tooltip="average the network's output over the image's 8 flips and 90° turns")
-        self.extend([self.image, *self.picker.widgets, self.axes, self.stitch, self.axes_note, self.optimized,
-                     self.prob, self.nms, self.model_norm, self.pmin, self.pmax, self.tiles, self.scope,
-                     self.outlines, self.tta, *self.controls()])
+        self.lazy_note = StatusLabel(label="", visible=False)
+        self.labels_dir = FileEdit(mode="d", label="labels folder", nullable=True, visible=False,
+                                   tooltip="where the block-wise labels (OME-Zarr) go; empty: the cache folder")
+        self.extend([self.image, *self.picker.widgets, self.axes, self.stitch, self.axes_note, self.lazy_note,
+                     self.labels_dir, self.optimized, self.prob, self.nms, self.model_norm, self.pmin, self.pmax,
+                     self.tiles, self.scope, self.outlines, self.tta, *self.controls()])
 
         from qtpy.QtCore import QTimer
 
@@ -148,6 +156,9 @@ class SegmentWidget(JobWidget):
     def _on_layer(self, *_):
         """A new layer or model: offer its axis orders and pick the guess."""
         choices, guess = self._layer_axes()
+        note = _lazy.describe(self.image.value, "segmented")
+        self.lazy_note.value = note
+        self.lazy_note.visible = self.labels_dir.visible = bool(note)
         self.axes.reset_choices()
         if guess is not None:
             self.axes.value = guess
@@ -192,6 +203,9 @@ class SegmentWidget(JobWidget):
             return
         shown = find_result(self.viewer, KIND, self.image.value.name, self._card.name)
         if shown is not None and not self._result_is_current(shown):
+            if "blockwise" in shown.metadata.get(RESULT_KEY, {}):  # minutes of work: only when asked
+                self.report("Thresholds changed: press Segment to segment the image again block by block.")
+                return
             self._debounce.start()
 
     def _after_job(self):
@@ -214,8 +228,8 @@ class SegmentWidget(JobWidget):
 
         ctx = self._job_context()
         layer, card = ctx.layer, ctx.card
-        data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
-        n_ch = data.shape[-1] if layer.rgb else 1
+        shape = np.shape(_lazy.full_data(layer))  # not loaded
+        n_ch = shape[-1] if layer.rgb else 1
         if n_ch != card.channels:  # from the card: no need to load the model to know
             want = "a single-channel (grayscale)" if card.channels == 1 else f"a {card.channels}-channel (e.g. RGB)"
             got = f"an RGB image ({n_ch} channels)" if n_ch > 1 else "a single-channel image"
@@ -224,7 +238,11 @@ class SegmentWidget(JobWidget):
         axes = self.axes.value
         if not axes:
             raise InputError(f"model {card.name!r} is a {self._model_ndim}-D model; the layer {layer.name!r} has "
-                             f"{data.ndim - (1 if layer.rgb else 0)} spatial/frame axes, which it cannot read")
+                             f"{len(shape) - (1 if layer.rgb else 0)} spatial/frame axes, which it cannot read")
+        src = _lazy.blockwise_source(layer)
+        if src is not None:
+            return self._blockwise_request(ctx, src, axes)
+        data = lazy_layers.load(_lazy.full_data(layer))
         full = axes + ("C" if layer.rgb else "")
         if axes.startswith("T") and self.scope.value == "current frame":
             ctx.frame = int(self.viewer.dims.current_step[0])
@@ -241,6 +259,37 @@ class SegmentWidget(JobWidget):
                 kwargs["nms_thresh"] = self.nms.value
         return job_for(card, task="segment"), kwargs, ctx
 
+    def _blockwise_request(self, ctx: JobContext, src, axes: str):
+        """``(task, None, context)``: the lazy layer segmented block by block, each window a job."""
+        from ..backends.dispatch import card_payload, job_for
+        from ..cli.segment import parse_tiles
+
+        layer, card = ctx.layer, ctx.card
+        _lazy.check_plane(layer, src, "segmentation")
+        if axes != "YX" or self._model_ndim != 2:
+            raise InputError(f"block-wise segmentation takes a 2-D image (YX) and a 2-D model; the layer "
+                             f"{layer.name!r} is read as {axes} with the {self._model_ndim}-D model {card.name!r}")
+        job = job_for(card, task="segment")
+        base = dict(axes="YX", n_tiles=parse_tiles(self.tiles.value), tta=bool(self.tta.value))
+        if not ctx.optimized:
+            base["prob_thresh"] = self.prob.value
+            if self.nms.visible:
+                base["nms_thresh"] = self.nms.value
+        pmin, pmax = (None, None) if self.model_norm.value else (self.pmin.value, self.pmax.value)
+        out = lazy_layers.output_path(self.labels_dir.value, layer.name, card.name)
+
+        def task(tctx):
+            def run_window(window, fixed, span):
+                return tctx.run(job, dict(base, image=window, model=card_payload(fixed)), span)
+
+            return lazy_layers.segment_lazy(src, out, card, run_window, block=lazy_layers.SEGMENT_BLOCK, pmin=pmin,
+                                            pmax=pmax, progress=tctx.progress, check=tctx.check, tta=base["tta"])
+
+        return task, None, ctx
+
+    def cancel(self, *_):
+        _lazy.cancel(self)
+
     def run(self, *_):
         self._debounce.stop()
         if self.runner.running:
@@ -251,6 +300,10 @@ class SegmentWidget(JobWidget):
             self.report_error(exc)
             return
         self._pending = False
+        if callable(job):  # block by block
+            _lazy.start_task(self, job, on_done=lambda res: self._on_blockwise_done(res, ctx),
+                             message=f"segmenting {ctx.layer.name} block by block ...", on_finished=self._after_job)
+            return
         self.start_job(job, kwargs, on_done=lambda res: self._on_done(res, ctx),
                        message=f"segmenting {ctx.layer.name} ...", on_finished=self._after_job)
 
@@ -281,6 +334,27 @@ class SegmentWidget(JobWidget):
                         f"({target.name}, {took})")
         else:
             self.report(f"{result.n_objects} objects in {target.name} ({took})")
+
+    def _on_blockwise_done(self, res, ctx: JobContext):
+        """A block-wise result: a new Labels layer reading the OME-Zarr labels lazily."""
+        from napari.utils.notifications import show_warning
+
+        from ..layers.lazy import blockwise_labels_layers
+
+        self.progress.value = 100
+        for w in res.warnings:
+            show_warning(w)
+        layer = ctx.layer
+        (labels, kw, _), *rest = blockwise_labels_layers(res, layer.name, scale=layer.scale,
+                                                         translate=layer.translate, outlines=ctx.outlines)
+        kw["metadata"][RESULT_KEY]["thresholds"] = "model" if ctx.optimized else "user"
+        drop_result(self.viewer, KIND, layer.name, res.model)  # lazy levels, not an array to replace in place
+        drop_result(self.viewer, KIND + "-outlines", layer.name, res.model)
+        target = put_result(self.viewer, labels, kw, "labels")
+        for odata, okw, kind in rest:
+            put_result(self.viewer, odata, okw, kind, attrs=OUTLINE_STYLE)
+        self.report(f"{res.n_objects} objects in {target.name} ({res.timings.get('total_s', 0):.1f} s, "
+                    f"{res.n_blocks} blocks of {res.block} px; labels in {res.path})")
 
 
 def _merge_frame(existing, frame_labels, frame_features, frame: int, n_frames: int):
