@@ -1,9 +1,10 @@
-"""bioimage.io out for StarDist: the shipped nuclei-stardist exported in the TensorFlow worker is a
+"""bioimage.io out for StarDist: the shipped nuclei-stardist exported (Models widget) in the TensorFlow worker is a
 valid package (bioimageio.spec, its own test tensors run by bioimageio.core's Keras adapter during
 the export), documents StarDist's post-processing as StarDist's packages do, and re-imported
 (folder, zip, `models add`) segments like the original. TensorFlow stays out of this process."""
 import json
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -12,42 +13,67 @@ import pytest
 import yaml
 
 from napari_cnnvision.core.registry import CorruptModel, ModelRegistry, read_card
+from napari_cnnvision.sample_data import load_sample
 from napari_cnnvision.worker import JobError
 
 
-@pytest.fixture(scope="module")
-def tf_pool():
-    from napari_cnnvision.worker import WorkerPool
-
-    p = WorkerPool()
-    yield p
-    p.shutdown()
+class _Viewer:
+    """Stands in for napari's viewer: the Models widget only keys its worker pool on it."""
 
 
 @pytest.fixture(scope="module")
-def exported(tf_pool, tmp_path_factory):
-    """nuclei-stardist exported once (test tensors from a crop of the nuclei sample)."""
-    from napari_cnnvision.backends.bioimageio.export import export_job_name
-    from napari_cnnvision.backends.dispatch import card_payload
-    from napari_cnnvision.sample_data import load_sample
+def exported(qapp, tmp_path_factory):
+    """nuclei-stardist exported once through the Models widget's button (TensorFlow worker; test
+    tensors from the bundled nuclei sample), into a folder whose first proposed name is taken."""
+    from napari_cnnvision.widgets.models import ModelsWidget
 
-    card = ModelRegistry().get("nuclei-stardist")
-    out = tmp_path_factory.mktemp("export") / "nuclei-stardist-pkg"
-    image = np.asarray(load_sample("nuclei_2d"))[100:320, 150:380]  # 220 x 230: cropped to 208 x 208
-    events = []
-    job = export_job_name(card)
-    assert job == "bioimageio.export_stardist"
-    got = tf_pool.run(job, {"model": card_payload(card), "dest": str(out), "test_image": image},
-                      on_event=events.append)
-    assert got == str(out)
-    return card, out, image, events
+    w = ModelsWidget(_Viewer())
+    parent = tmp_path_factory.mktemp("export")
+    taken = parent / "nuclei-stardist-bioimageio"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    w.export_model.value = "nuclei-stardist"
+    w.export_dir.value = parent
+    out = parent / "nuclei-stardist-bioimageio-2"
+    assert w.export_path() == out and w.export_btn.enabled
+    events, shown = [], w._on_progress
+    w._on_progress = lambda ev: (events.append(ev), shown(ev))
+    w.export_btn.clicked.emit()
+    assert w.runner.running and not w.export_btn.enabled
+    deadline = time.monotonic() + 400
+    while w.runner.running and time.monotonic() < deadline:
+        qapp.processEvents()
+        time.sleep(0.05)
+    try:
+        yield ModelRegistry().get("nuclei-stardist"), out, w, events
+    finally:
+        w.pool.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tf_pool(exported):
+    return exported[2].pool
+
+
+def test_models_widget_exports_into_a_new_folder(exported):
+    """The export ran in the worker, with progress, and overwrote nothing: the taken
+    `<model>-bioimageio` made it write `-2`; the next proposal is `-3`."""
+    _, out, w, events = exported
+    assert (out / "rdf.yaml").is_file(), w.status.value
+    assert "exported as a bioimage.io package" in w.status.value and w.progress.value == 100
+    assert any("test tensors" in (e.message or "") for e in events)  # progress reached the check
+    assert set(w.pool.workers) == {"tf"}  # StarDist's export: in the TensorFlow worker only
+    assert [p.name for p in (out.parent / "nuclei-stardist-bioimageio").iterdir()] == ["keep.txt"]
+    assert w.export_path() == out.parent / "nuclei-stardist-bioimageio-3" and w.export_btn.enabled
+    assert {"nuclei-unet", "nuclei-stardist"} <= set(w.export_model.choices)
+    assert "bloodcells-yolo" not in w.export_model.choices
 
 
 def test_stardist_package_is_valid_and_documents_stardist(exported):
     from napari_cnnvision.backends.bioimageio.package import load_package
 
-    card, out, image, events = exported
-    assert any("test tensors" in (e.message or "") for e in events)  # progress reached the check
+    card, out, _, _ = exported
+    image = np.asarray(load_sample("nuclei_2d"))  # 512 x 512: the centred 208 x 208 crop
     descr, warnings_ = load_package(out)
     assert descr.validation_summary.status in ("passed", "valid-format") and not warnings_
     assert list(descr.weights.model_dump(exclude_none=True)) == ["keras_hdf5"]
@@ -58,7 +84,7 @@ def test_stardist_package_is_valid_and_documents_stardist(exported):
     x = np.load(out / "test_input.npy")
     y = np.load(out / "test_output.npy")
     assert x.shape == (1, 208, 208, 1) and y.shape == (1, 208, 208, 33)
-    np.testing.assert_array_equal(x[0, ..., 0], image[6:214, 11:219])  # the centred crop of the real image
+    np.testing.assert_array_equal(x[0, ..., 0], image[152:360, 152:360])  # the centred crop of the real image
     assert 0.0 <= y[..., 0].min() and y[..., 0].max() <= 1.0 and (y[..., 0] > 0.5).mean() > 0.05
     np.testing.assert_array_equal(y[0, ::2, ::2], y[0, 1::2, 1::2])  # grid cells repeated
     sd = rdf["config"]["stardist"]
@@ -73,7 +99,6 @@ def test_stardist_package_is_valid_and_documents_stardist(exported):
 def test_reimported_package_segments_like_the_original(exported, tf_pool, tmp_path):
     from napari_cnnvision.backends.dispatch import run_model
     from napari_cnnvision.cli.models_cmd import add_package
-    from napari_cnnvision.sample_data import load_sample
 
     card, out, _, _ = exported
     z = shutil.make_archive(str(tmp_path / "pkg"), "zip", out)
@@ -120,26 +145,15 @@ def test_export_refuses_an_existing_folder_and_other_models(tf_pool, tmp_path, c
         export_job_name(ModelRegistry().get("bloodcells-yolo"))
 
 
-def test_models_widget_exports_into_a_new_folder(make_napari_viewer, qtbot, tmp_path):
-    """The Models widget's export runs in the worker (the U-Net in the torch one) and never
-    overwrites: an existing `<model>-bioimageio` folder makes it propose `-2`."""
-    from napari_cnnvision.widgets.models import ModelsWidget
 
-    w = ModelsWidget(make_napari_viewer())
-    assert {"nuclei-unet", "nuclei-stardist"} <= set(w.export_model.choices)
-    assert "bloodcells-yolo" not in w.export_model.choices and not w.export_btn.enabled
-    taken = tmp_path / "nuclei-unet-bioimageio"
-    taken.mkdir()
-    (taken / "keep.txt").write_text("mine")
-    w.export_model.value = "nuclei-unet"
-    w.export_dir.value = tmp_path
-    assert w.export_path() == tmp_path / "nuclei-unet-bioimageio-2" and w.export_btn.enabled
-    w.export_btn.clicked.emit()
-    assert w.runner.running and not w.export_btn.enabled
-    qtbot.waitUntil(lambda: not w.runner.running, timeout=240000)
-    out = tmp_path / "nuclei-unet-bioimageio-2"
-    assert (out / "rdf.yaml").is_file(), w.status.value
-    assert "exported as a bioimage.io package" in w.status.value and w.progress.value == 100
-    assert [p.name for p in taken.iterdir()] == ["keep.txt"]
-    assert read_card(out, "path").backend == "bioimageio"
-    assert w.export_path() == tmp_path / "nuclei-unet-bioimageio-3"
+@pytest.mark.parametrize("edit, message", [({"n_dim": 3}, "3-D StarDist package"),
+                                           ({"n_classes": 2}, "multi-class StarDist package")])
+def test_stardist_packages_this_plugin_cannot_run_are_refused(exported, tmp_path, edit, message):
+    _, out, _, _ = exported
+    rdf = yaml.safe_load((out / "rdf.yaml").read_text())
+    rdf["config"]["stardist"]["config"].update(edit)
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "rdf.yaml").write_text(yaml.safe_dump(rdf))
+    with pytest.raises(CorruptModel, match=message):
+        read_card(pkg, "path")
