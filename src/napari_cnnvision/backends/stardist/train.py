@@ -1,21 +1,31 @@
 """Train (or fine-tune) a StarDist 2D model; the result is a folder that ``stardist`` loads.
 
+Fine-tuning (``init_folder``: a base model) keeps the base model's architecture and weights; a
+base model for other channels than the data's (a 1-channel fluorescence model, RGB images) gets
+its first convolution adapted (:mod:`..channels`), recorded in the card. The folder gets a card
+(``model.json``: base model, data, settings, curves, val metrics, time, hardware) and thresholds
+re-optimized on the validation images for the plugin's own post-processing.
+
 TensorFlow and StarDist are imported inside :func:`train_stardist2d`.
 """
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ...core.axes import InputError
+from ...core.io import atomic_write_text, staged_dir
 from ...core.normalize import percentile_normalize
 from ...core.progress import NULL_PROGRESS, Progress
 from ..augment import AugmentSettings, GlobalRandom, augment, zoom_patch  # noqa: F401  (zoom_patch: API)
-from ..settings import EpochTrainSettings, fit_patch, save_training_json
+from ..settings import EpochTrainSettings, _is_number, fit_patch, save_training_json
 
 
 @dataclass
@@ -40,12 +50,27 @@ class StarDistTrainSettings(EpochTrainSettings):
     #: also keep the weights of every N-th epoch as ``weights_e<epoch>.h5`` (0: off), so that
     #: later epochs can be compared on val AP, not only on val loss (``weights_best.h5``)
     save_every: int = 0
+    #: stop after this many seconds of training (``time_budget_min``: minutes); None: by epochs
+    time_budget: float | None = None
+    #: score the validation images (AP@0.5 at the base / default thresholds) after every N-th
+    #: epoch (0: off); the best of these weights is a candidate for the final model
+    val_ap_every: int = 1
     # augment.zoom (formerly ``scale_augment``): a random zoom of each training patch,
     # independently per axis, by a factor in ``[1 / (1 + zoom), 1 + zoom]`` (0: off, the original
     # recipe); teaches nuclei of other sizes and aspect ratios than the training images hold
 
     label = "StarDist training settings"
-    aliases = {"scale_augment": "augment.zoom"}
+    aliases = {"scale_augment": "augment.zoom", "lr": "learning_rate"}
+
+    @classmethod
+    def from_dict(cls, d: dict | None):
+        """Also ``time_budget_min`` (minutes; ``time_budget`` is in seconds)."""
+        d = dict(d or {})
+        if "time_budget_min" in d:
+            m = d.pop("time_budget_min")
+            if d.get("time_budget") is None:
+                d["time_budget"] = m * 60 if _is_number(m) else m
+        return super().from_dict(d)
 
     def pooling(self) -> tuple[int, int]:
         return tuple(int(g) * 2 ** int(self.unet_n_depth) for g in self.grid)
@@ -60,6 +85,9 @@ class StarDistTrainSettings(EpochTrainSettings):
         self._int("unet_n_filter_base")
         self._int("reduce_lr_patience")
         self._int("save_every", 0)
+        self._int("val_ap_every", 0)
+        if self.time_budget is not None:
+            self._positive("time_budget")
         if not isinstance(self.area_sampling, bool):
             self._fail(f"area_sampling must be true or false, got {self.area_sampling!r}")
         super().validate()
@@ -72,6 +100,11 @@ class StarDistTrainResult:
     seconds: float
     history: dict
     thresholds: dict | None
+    metrics: dict = field(default_factory=dict)
+    stopped: bool = False
+    weights: str = "weights_best.h5"
+    channel_adaptation: dict | None = None
+    settings: dict = field(default_factory=dict)
 
 
 def _prepare_images(images, pmin, pmax):
@@ -108,6 +141,54 @@ def _augment(x, y, scale: float = 0.0, settings: AugmentSettings | None = None):
     return out.image, out.labels
 
 
+def _n_channels(images) -> int:
+    chans = {1 if im.ndim == 2 else (im.shape[-1] if im.ndim == 3 else -1) for im in images}
+    if -1 in chans or len(chans) != 1:
+        raise InputError("all images must be 2D (YX) or all YXC with the same number of channels; "
+                         f"got shapes {sorted({im.shape for im in images})[:5]}")
+    return chans.pop()
+
+
+#: weights files of a finished run that compete on val AP@0.5 for the final model
+CANDIDATES = ("weights_best.h5", "weights_ap.h5", "weights_last.h5")
+
+
+#: the threshold search of a finished run (``thresholds.optimize_thresholds``): NMS 0.3 / 0.4 (touching
+#: nuclei), probability 0.3..0.8 in steps of 0.1, then of 0.025 around the best
+THRESHOLD_SEARCH = {"nms_threshs": (0.3, 0.4), "prob_coarse": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8), "fine_step": 0.025}
+
+
+def _choose_weights(model, folder: Path, Xv, Yv, optimize: bool, thresholds: dict, progress,
+                    threshold_images: int | None = None):
+    """The candidate weights with the highest val AP@0.5 at ``thresholds`` (the base model's or
+    the defaults), then, when ``optimize``, the thresholds re-optimized for those weights;
+    returns (file name, thresholds with "ap"). ``threshold_images``: search the thresholds on at most
+    this many of the validation images (evenly spread), for large validation sets."""
+    from .finetune import ap50
+    from .thresholds import optimize_thresholds as optimize_for_plugin
+
+    scored = []
+    for cand in [c for c in CANDIDATES if (folder / c).is_file()]:  # also after a stop request: no check()
+        model.keras_model.load_weights(str(folder / cand))
+        progress(None, f"scoring {cand} on the validation images")
+        scored.append((ap50(model, Xv, Yv, thresholds["prob"], thresholds["nms"]), -len(scored), cand))
+    ap, _, chosen = max(scored)
+    thr = {**thresholds, "ap": ap}
+    if optimize:
+        model.keras_model.load_weights(str(folder / chosen))
+        progress(None, f"optimizing thresholds on the validation images ({chosen})")
+        idx = np.arange(len(Xv))
+        if threshold_images and len(Xv) > threshold_images:
+            idx = np.unique(np.linspace(0, len(Xv) - 1, threshold_images).round().astype(int))
+        best = optimize_for_plugin(model, [Xv[i] for i in idx], [Yv[i] for i in idx],
+                                   normalization={"type": "scale", "factor": 1.0}, **THRESHOLD_SEARCH)
+        if len(idx) < len(Xv):
+            best["ap"] = ap50(model, Xv, Yv, best["prob"], best["nms"])  # on all of them, to compare
+        if best["ap"] >= ap:
+            thr = best
+    return chosen, thr
+
+
 def train_stardist2d(
     images: list[np.ndarray],
     masks: list[np.ndarray],
@@ -119,12 +200,28 @@ def train_stardist2d(
     init_weights: str | Path | None = None,
     optimize_thresholds: bool = True,
     progress: Progress = NULL_PROGRESS,
+    *,
+    init_folder=None,
+    data: str | None = None,
+    command: str | None = None,
+    atomic: bool = False,
+    card: bool = True,
+    threshold_images: int | None = None,
 ) -> StarDistTrainResult:
     """Train a StarDist2D model into ``out_dir/name`` (config.json, weights, thresholds.json,
-    training.json: the settings, then also the loss history and the training time).
+    training.json: the settings, then also the loss history and the training time; model.json
+    when ``card``).
 
-    ``progress`` receives one event per epoch with the losses; a stop request ends
-    training after the current epoch and keeps the best weights so far.
+    ``init_folder`` (a StarDist model folder or a card payload) fine-tunes that model: its
+    architecture wins over the settings', its first convolution is adapted when its channels
+    differ from the images'. ``init_weights`` (a weights file of the same architecture) is the
+    older way to start from weights. ``atomic``: train in a temporary sibling folder that replaces
+    ``out_dir/name`` only when everything is written. The final weights are those of
+    :data:`CANDIDATES` with the highest val AP@0.5 (thresholds re-optimized on the validation
+    images for the plugin's post-processing when ``optimize_thresholds``).
+
+    ``progress`` receives one event per epoch with the losses (and ``val_ap50``); a stop request
+    or the time budget ends training after the current batch and keeps the best weights so far.
     """
     s = settings or StarDistTrainSettings()
     s.validate()
@@ -134,76 +231,158 @@ def train_stardist2d(
         raise InputError("no validation images (they choose the best weights and the thresholds)")
     if len(images) != len(masks) or len(val_images) != len(val_masks):
         raise InputError("every image needs exactly one mask")
+    for im, mk in zip(list(images) + list(val_images), list(masks) + list(val_masks)):
+        if np.shape(im)[:2] != np.shape(mk) or np.ndim(mk) != 2:
+            raise InputError(f"image shape {np.shape(im)} does not match its mask shape {np.shape(mk)}")
+    n_channel = _n_channels(list(images) + list(val_images))
+    if init_folder is not None and init_weights is not None:
+        raise InputError("give init_folder (a base model) or init_weights (a weights file), not both")
 
     from stardist import fill_label_holes
     from stardist.models import Config2D, StarDist2D
     import tensorflow as tf
 
+    from .finetune import ap50, build_card, data_summary, load_base, transfer_weights
+
+    t_start = time.time()
     np.random.seed(s.seed)
     tf.random.set_seed(s.seed)
-    n_channel = 1 if images[0].ndim == 2 else images[0].shape[-1]
+    base = None
+    if init_folder is not None:
+        progress(0.0, "loading the base model")
+        base = load_base(init_folder)
+    arch = dict(base.arch) if base is not None else {
+        "n_rays": s.n_rays, "grid": tuple(s.grid), "unet_n_depth": s.unet_n_depth,
+        "unet_n_filter_base": s.unet_n_filter_base}
+    pooling = tuple(int(g) * 2 ** int(arch["unet_n_depth"]) for g in arch["grid"])
     X = _prepare_images(images, s.pmin, s.pmax)
-    Y = [fill_label_holes(m.astype(np.int32)) for m in masks]
+    Y = [fill_label_holes(np.asarray(m).astype(np.int32)) for m in masks]
     Xv = _prepare_images(val_images, s.pmin, s.pmax)
-    Yv = [fill_label_holes(m.astype(np.int32)) for m in val_masks]
+    Yv = [fill_label_holes(np.asarray(m).astype(np.int32)) for m in val_masks]
     min_hw = min(min(x.shape[:2]) for x in X + Xv)
-    patch = fit_patch(s.patch_shape, min_hw, s.pooling())
+    patch = fit_patch(s.patch_shape, min_hw, pooling)
+    s.check_patch(patch, pooling)
     if s.area_sampling:
         X, Y = area_tiles(X, Y, patch)
 
     conf = Config2D(
-        n_rays=s.n_rays, grid=tuple(s.grid), n_channel_in=n_channel,
+        axes="YX" if n_channel == 1 else "YXC", n_channel_in=n_channel, **arch,
         train_patch_size=patch, train_batch_size=s.batch_size,
-        train_learning_rate=s.learning_rate, unet_n_depth=s.unet_n_depth,
-        unet_n_filter_base=s.unet_n_filter_base, train_tensorboard=False, use_gpu=False,
+        train_learning_rate=s.learning_rate, train_tensorboard=False, use_gpu=False,
         train_epochs=s.epochs, train_steps_per_epoch=s.steps_per_epoch,
         train_reduce_lr={"factor": 0.5, "patience": s.reduce_lr_patience, "min_delta": 0},
     )
-    model = StarDist2D(conf, name=name, basedir=str(out_dir))
-    model_dir = Path(out_dir) / name
-    init = str(init_weights) if init_weights is not None else None
-    save_training_json(model_dir, s, init_weights=init)  # beside config.json, before any weights
-    if init_weights is not None:
-        model.keras_model.load_weights(str(init_weights))
-    model.prepare_for_training()
+    dest = Path(out_dir) / name
+    stage = staged_dir(dest) if atomic else contextlib.nullcontext(dest)
+    with stage as folder:
+        folder = Path(folder)
+        model = StarDist2D(conf, name=folder.name, basedir=str(folder.parent))
+        init = str(init_weights) if init_weights is not None else None
+        save_training_json(folder, s, init_weights=init)  # beside config.json, before any weights
+        adaptation = None
+        if base is not None:
+            adaptation = transfer_weights(base, model.keras_model, n_channel)
+        elif init_weights is not None:
+            model.keras_model.load_weights(str(init_weights))
+        thresholds0 = dict(base.thresholds) if base is not None else {"prob": 0.5, "nms": 0.4}
+        model.prepare_for_training()
 
-    total = s.epochs
-    t0 = time.time()
+        total, budget = s.epochs, s.time_budget
+        t0 = time.time()
+        state = {"stopped": False, "best_ap": -1.0, "val_ap50": []}
 
-    class _Report(tf.keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            logs = {k: float(v) for k, v in (logs or {}).items()}
-            progress((epoch + 1) / total, f"epoch {epoch + 1}/{total}", epoch=epoch + 1,
-                     seconds=time.time() - t0, **logs)
-            if s.save_every and (epoch + 1) % s.save_every == 0:
-                model.keras_model.save_weights(str(model_dir / f"weights_e{epoch + 1:03d}.h5"))
-            if progress.stop_requested:
-                self.model.stop_training = True
+        class _Report(tf.keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if progress.stop_requested or (budget and time.time() - t0 >= budget):
+                    state["stopped"] = True
+                    self.model.stop_training = True
 
-    model.callbacks.append(_Report())
-    hist = model.train(X, Y, validation_data=(Xv, Yv), augmenter=partial(_augment, settings=s.augment),
-                       epochs=s.epochs, steps_per_epoch=s.steps_per_epoch)
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    seconds = time.time() - t0
-    thresholds = None
-    # StarDist keeps the best (val loss) weights in weights_best.h5; use them from here on.
-    best = model_dir / "weights_best.h5"
-    if best.exists():
-        model.load_weights("weights_best.h5")
-    if optimize_thresholds:
-        progress(None, "optimizing thresholds on the validation images")
-        thresholds = model.optimize_thresholds(Xv, Yv)
-    save_training_json(model_dir, s, init_weights=init, history=history, seconds=seconds)  # atomic
-    return StarDistTrainResult(str(model_dir), len(history.get("loss", [])), seconds, history, thresholds)
+            def on_epoch_end(self, epoch, logs=None):
+                logs = {k: float(v) for k, v in (logs or {}).items()}
+                if s.val_ap_every and ((epoch + 1) % s.val_ap_every == 0 or epoch + 1 == total
+                                       or state["stopped"]):
+                    ap = ap50(model, Xv, Yv, thresholds0["prob"], thresholds0["nms"])
+                    state["val_ap50"].append((epoch + 1, ap))
+                    logs["val_ap50"] = ap
+                    if ap > state["best_ap"]:
+                        state["best_ap"] = ap
+                        model.keras_model.save_weights(str(folder / "weights_ap.h5"))
+                frac = (epoch + 1) / total
+                if budget:
+                    frac = max(frac, min(1.0, (time.time() - t0) / budget))
+                progress(frac, f"epoch {epoch + 1}/{total}", epoch=epoch + 1, seconds=time.time() - t0, **logs)
+                if s.save_every and (epoch + 1) % s.save_every == 0:
+                    model.keras_model.save_weights(str(folder / f"weights_e{epoch + 1:03d}.h5"))
+                if progress.stop_requested:
+                    state["stopped"] = True
+                    self.model.stop_training = True
+
+        model.callbacks.append(_Report())
+        hist = model.train(X, Y, validation_data=(Xv, Yv), augmenter=partial(_augment, settings=s.augment),
+                           epochs=s.epochs, steps_per_epoch=s.steps_per_epoch)
+        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        if state["val_ap50"]:
+            history["val_ap50"] = [ap for _, ap in state["val_ap50"]]
+            history["val_ap50_epochs"] = [e for e, _ in state["val_ap50"]]
+        seconds = time.time() - t0
+        epochs_run = len(history.get("loss", []))
+
+        chosen, thresholds = "weights_best.h5", None
+        if card or optimize_thresholds:
+            chosen, thresholds = _choose_weights(model, folder, Xv, Yv, optimize_thresholds, thresholds0, progress,
+                                                 threshold_images)
+            if chosen != "weights_best.h5":  # the file stardist loads: the newest with "best" in its name
+                if (folder / "weights_best.h5").is_file():
+                    (folder / "weights_best.h5").rename(folder / "weights_minloss.h5")
+                shutil.copyfile(folder / chosen, folder / "weights_best.h5")
+            model.keras_model.load_weights(str(folder / "weights_best.h5"))
+            atomic_write_text(folder / "thresholds.json",
+                              json.dumps({"prob": thresholds["prob"], "nms": thresholds["nms"]}))
+        elif (folder / "weights_best.h5").exists():
+            model.load_weights("weights_best.h5")
+        for extra in ("weights_now.h5", "weights_ap.h5"):  # working copies; weights_best/_last stay
+            (folder / extra).unlink(missing_ok=True)
+        save_training_json(folder, s, init_weights=init, history=history, seconds=seconds)  # atomic
+        metrics = {}
+        if card:
+            from ...core.registry import write_card
+            from ..evaluate import score_segmentations
+            from .finetune import network_outputs, val_labels
+
+            progress(None, "scoring the validation images")
+            tp = time.time()
+            raw = network_outputs(model, Xv)
+            preds = val_labels(model, raw, [m.shape for m in Yv], thresholds["prob"], thresholds["nms"])
+            metrics = {"val": score_segmentations(Yv, preds).card_metrics(time.time() - tp)}
+            summary = data_summary(images, masks, val_images, val_masks)
+            c = build_card(name, n_channel, s, base=base, adaptation=adaptation, data=data, command=command,
+                           history=history, seconds=time.time() - t_start, epochs_run=epochs_run,
+                           stopped=state["stopped"], thresholds={k: thresholds[k] for k in ("prob", "nms")},
+                           metrics=metrics, weights=chosen, init_weights=init, summary=summary)
+            c.training["train_seconds"] = round(seconds, 1)
+            write_card(c, folder)
+    if metrics:
+        progress(1.0, f"saved {dest} (val AP@0.5 {metrics['val']['ap@0.5']:.3f})", **metrics["val"])
+    return StarDistTrainResult(str(dest), epochs_run, seconds, history, thresholds, metrics, state["stopped"],
+                               chosen, adaptation, s.to_dict())
 
 
 def train_job(progress, images, masks, val_images, val_masks, out_dir=None, name: str = "stardist",
-              settings: dict | None = None, init_weights=None, optimize_thresholds: bool = True, basedir=None):
-    """Worker entry: settings as a plain dict of :class:`StarDistTrainSettings` fields
-    (``basedir``: the former name of ``out_dir``)."""
-    s = StarDistTrainSettings.from_dict(settings)
+              settings: dict | None = None, init_folder=None, data=None, command=None, init_weights=None,
+              optimize_thresholds: bool = True, basedir=None):
+    """Worker entry (``stardist.train``), with the U-Net job's parameters: ``settings`` as a plain
+    dict of :class:`StarDistTrainSettings` fields; ``init_folder`` a base model (its folder or
+    card payload; None: a fresh network); ``data`` / ``command`` recorded in the card; ``out_dir``
+    (or the former ``basedir``) defaults to the per-user models folder, where the registry finds
+    the new model at once. A name that is taken (by any model) is refused; the folder is written
+    atomically. ``init_weights`` (a weights file) is the older way to start from weights."""
+    from ...core.registry import ModelRegistry
+    from ..training.naming import check_new_name
+
+    s = StarDistTrainSettings.from_dict(settings)  # a bad value fails before anything is loaded
     out = out_dir if out_dir is not None else basedir
-    if out is None:
-        raise InputError("stardist.train needs out_dir, the folder to write the model folder into")
-    return train_stardist2d(list(images), list(masks), list(val_images), list(val_masks), out, name, s,
-                            init_weights=init_weights, optimize_thresholds=optimize_thresholds, progress=progress)
+    registry = ModelRegistry(user_dir=out) if out is not None else ModelRegistry()
+    name = check_new_name(name, registry)
+    return train_stardist2d(list(images), list(masks), list(val_images), list(val_masks), registry.user_dir, name,
+                            s, init_weights=init_weights, optimize_thresholds=optimize_thresholds, progress=progress,
+                            init_folder=init_folder, data=data, command=command, atomic=True)
