@@ -128,7 +128,8 @@ def export_stardist(card: ModelCard, dest: str | Path, test_image: np.ndarray, l
                          "axes": [{"type": "batch"},
                                   *({"id": a, "type": "space", "halo": halo, "size": {"tensor_id": "raw", "axis_id": a}}
                                     for a in ("y", "x")),
-                                  {"type": "channel", "channel_names": ["prob"] + [f"dist_{i}" for i in range(n_rays)]}],
+                                  {"type": "channel",
+                                   "channel_names": ["prob"] + [f"dist_{i}" for i in range(n_rays)]}],
                          "test_tensor": file_entry(tmp, "test_output.npy")}],
             "weights": {"keras_hdf5": {**file_entry(tmp, WEIGHTS), "tensorflow_version": tf.__version__}},
             "attachments": [file_entry(tmp, n) for n in ("config.json", "thresholds.json", KERAS_WEIGHTS)],
