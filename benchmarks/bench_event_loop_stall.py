@@ -294,8 +294,11 @@ def train_phase(args, viewer, measure, base_st, control_st) -> int:
     # the widget's GUI-thread work (instance attributes: the runner's callbacks are bound at start)
     for attr in ("_on_metrics", "_on_progress", "_on_done", "report_error"):
         timed.wrap(w, attr)
-    timed.wrap(w.plot.canvas, "draw", "plot canvas draw")
-    timed.wrap(w.plot.canvas, "paintEvent", "plot canvas paint")
+    plot = w.plot
+    if hasattr(plot, "canvas"):  # a plot drawn on the GUI thread (matplotlib's Qt canvas)
+        timed.wrap(plot.canvas, "draw", "plot canvas draw")
+    if hasattr(plot, "_show"):  # a plot drawn on its own thread: the GUI thread only shows the image
+        timed.wrap(plot, "_show", "plot image shown")
     import napari_cnnvision.widgets.train as train_mod
 
     timed.wrap(train_mod, "refresh_model_lists", "refresh model lists")
@@ -355,7 +358,8 @@ def train_phase(args, viewer, measure, base_st, control_st) -> int:
         show("  from the first epoch's metrics on (steady, live plot)",
              gap_stats([t for t in ticks if t >= first_metrics]))
     print(f"result: {w.status.value}")
-    print(f"epochs plotted: {len(w.plot.epochs)}")
+    print(f"epochs plotted: {len(w.plot.epochs)}"
+          + (f"; plot drawings off the GUI thread: {w.plot.draws}" if hasattr(w.plot, "draws") else ""))
     print("GUI-thread work of the widget (calls, median / max ms):")
     for lab, ds in sorted(by.items(), key=lambda kv: -max(kv[1])):
         print(f"  {lab:45s} {len(ds):4d} calls  {median(ds) * 1e3:7.1f} / {max(ds) * 1e3:7.1f}")
