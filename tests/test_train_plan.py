@@ -84,10 +84,10 @@ def test_fresh_unet_upsampling_choices_and_augmentation_choices():
 
     choices = upsampling_choices()
     assert {"nearest", "bilinear", "transposed"} <= set(choices)
-    p = segment_plan(_pairs(), None, TrainOptions(upsampling=choices[-1], intensity=False, scale=True, flips=False,
+    p = segment_plan(_pairs(), None, TrainOptions(upsampling="transposed", intensity=False, scale=True, flips=False,
                                                   turns=False))
     s = p.kwargs["settings"]
-    assert s["upsampling"] == choices[-1]
+    assert s["upsampling"] == "transposed"
     a = AugmentSettings(**s["augment"])
     assert a.flips is False and tuple(a.gain) == (1.0, 1.0) and a.offset == 0 and a.zoom == SCALE_ZOOM
     with pytest.raises(InputError, match="upsampling must be one of"):
@@ -202,3 +202,12 @@ def test_api_train_inputs_arrays_complete_or_partial_and_folders(tmp_path):
         _train_pairs("segment", [img, img], [lab], None)
     img_dir, mask_dir = _folders(tmp_path)
     assert len(_train_pairs("segment", str(img_dir), str(mask_dir), None)) == 2  # a folder of TIFFs: masks
+
+
+def test_bad_settings_are_refused_before_any_job():
+    with pytest.raises(InputError, match="depth must be 1..6"):
+        segment_plan(_pairs(), None, TrainOptions(extra={"depth": 9}))
+    with pytest.raises(InputError, match="unknown setting"):
+        segment_plan(_pairs(), None, TrainOptions(extra={"no_such_thing": 1}))
+    with pytest.raises(InputError, match="patch_size 36 does not fit"):
+        segment_plan(_pairs(), None, TrainOptions(patch_size=36))

@@ -216,7 +216,16 @@ def train(task: str, images, annotations=None, base: str | ModelCard | None = No
             frac = min(1.0, max(frac or 0.0, (time.monotonic() - t0) / p.stop_after))
         progress(frac, ev.message, **ev.metrics)
 
-    result = _worker_pool().run(p.job, p.kwargs, on_event=on_event, should_cancel=stop_now)
+    from .worker import JobError
+
+    try:
+        result = _worker_pool().run(p.job, p.kwargs, on_event=on_event, should_cancel=stop_now)
+    except JobError as exc:  # the trainer's own checks (settings, data, a resumed run): the message as it is
+        if {"InputError", "ModelNotFound", "CorruptModel"} & set(exc.kinds):
+            from .core.axes import InputError
+
+            raise InputError(str(exc)) from exc
+        raise
     return job_outcome(result, name, task, card=ModelRegistry(user_dir=registry.user_dir).get(name))
 
 

@@ -209,7 +209,22 @@ def _settings(task: str, job: str, opts: TrainOptions, defaults: dict, fine_tune
     if opts.seed and "seed" in known:
         s["seed"] = int(opts.seed)
     s.update({k: v for k, v in opts.extra.items() if k != "config"})
+    check_settings(job, s)
     return s, stop_after
+
+
+def check_settings(job: str, settings: dict) -> None:
+    """The trainer's own validation of ``settings`` (an InputError naming a bad or unknown field),
+    here, before any data is sent to the worker."""
+    target = SETTINGS_CLASS.get(job)
+    if target is None:
+        return
+    module, cls = target.split(":")
+    try:
+        klass = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError):  # pragma: no cover - a trainer being rewritten
+        return
+    klass.from_dict(dict(settings))
 
 
 # -- stacking pairs -------------------------------------------------------------------------------
