@@ -123,8 +123,21 @@ class TrainOptions:
 
 # -- choices --------------------------------------------------------------------------------------
 def upsampling_choices() -> tuple[str, ...]:
-    """The U-Net's upsampling choices, ``UPSAMPLING`` of :mod:`..unet.model`, read from its source
-    (importing it would import PyTorch)."""
+    """The U-Net's upsampling choices: ``UPSAMPLING`` of :mod:`..unet.model` (read from its source:
+    importing it would import PyTorch) that the U-Net trainer's settings accept."""
+    from ..unet.train import UNetTrainSettings
+
+    out = []
+    for c in _model_upsampling():
+        try:
+            UNetTrainSettings(upsampling=c)
+        except InputError:
+            continue
+        out.append(c)
+    return tuple(out) or _FALLBACK_UPSAMPLING
+
+
+def _model_upsampling() -> tuple[str, ...]:
     try:
         spec = importlib.util.find_spec("napari_cnnvision.backends.unet.model")
         tree = ast.parse(Path(spec.origin).read_text())
