@@ -44,10 +44,22 @@ def add_parser(sub):
     from ..scaleout import add_cluster_arguments
 
     add_cluster_arguments(p)
+    from ..scaleout.large import BLOCK_PIXELS_ENV, DEFAULT_BLOCK, DEFAULT_BLOCK_PIXELS, LABEL_FORMATS
+
     p.add_argument("--blocks", type=int, default=None, metavar="N",
                    help="segment a large 2-D image in N x N blocks (with overlap, objects stitched across the "
-                        "borders) into DIR/<stem>.zarr (OME-Zarr labels) and DIR/<stem>.csv")
+                        "borders) into DIR/<stem>.zarr (OME-Zarr labels) and DIR/<stem>.csv. Without it, zarr "
+                        f"inputs and 2-D TIFFs of more than {_pixels(DEFAULT_BLOCK_PIXELS)} pixels go block-wise by "
+                        f"themselves, in blocks of {DEFAULT_BLOCK} ({BLOCK_PIXELS_ENV} sets the threshold)")
+    p.add_argument("--format", choices=LABEL_FORMATS, default=None,
+                   help="labels of the images segmented block-wise: zarr (OME-Zarr, the default) or tif (a tiled "
+                        "TIFF); images segmented whole always give a TIFF")
     p.set_defaults(func=run)
+
+
+def _pixels(n: int) -> str:
+    side = round(n ** 0.5)
+    return f"{side} x {side}" if side * side == n else f"{n:,}"
 
 
 def parse_tiles(text: str):
@@ -126,7 +138,8 @@ def run(args) -> int:
         norm = {k: getattr(args, k) for k in ("pmin", "pmax") if getattr(args, k) is not None}
         _, _, failed, _ = segment_files_blockwise(
             args.images, args.out, args.model, block=args.blocks, overwrite=args.overwrite, quiet=args.quiet,
-            prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, n_tiles=parse_tiles(args.tiles), **norm)
+            fmt=args.format or "zarr", prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
+            n_tiles=parse_tiles(args.tiles), tta=args.tta, **norm)
         return 1 if failed else 0
 
     if wants_cluster(args):  # a Dask cluster: one task per image, the same outputs
@@ -140,28 +153,45 @@ def run(args) -> int:
         return 1 if s.failed else 0
 
     from .. import api
-    from ..core.images import expand_inputs, read_image
+    from ..core.images import read_image
     from ..core.registry import ModelRegistry
+    from ..scaleout import large
     from .progress import TerminalProgress
 
     registry = ModelRegistry()
     card = registry.get(args.model) if args.model else registry.default("segment")
     tiles = parse_tiles(args.tiles)
     out = Path(args.out)
-    files = expand_inputs(args.images)
+    files = large.expand(args.images)  # zarr folders are images too
     if not files:
         raise ValueError("no input images found")
     plan = plan_outputs(files, out)  # before anything is written
+    threshold = large.block_threshold()
     out.mkdir(parents=True, exist_ok=True)
     norm = {k: getattr(args, k) for k in ("pmin", "pmax") if getattr(args, k) is not None}  # else the card's
     debug = getattr(args, "debug", False)
     done = skipped = failed = 0
     for i, (f, (tif, csv)) in enumerate(zip(files, plan)):
+        blockwise = large.goes_blockwise(f, threshold)  # too large to load whole: block by block
+        if blockwise:
+            tif = large.labels_path(tif, args.format or "zarr")
         if tif.exists() and csv.exists() and not args.overwrite:
             skipped += 1
             continue
         bar = TerminalProgress(f"[{i + 1}/{len(files)}] {f.name}", enabled=not args.quiet)
         try:
+            if blockwise:
+                try:
+                    table = large.segment_one(f, tif, csv, card, large.DEFAULT_BLOCK, progress=bar,
+                                              prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
+                                              n_tiles=tiles, tta=args.tta, **norm)
+                finally:
+                    bar.close()
+                if not args.quiet:
+                    print(f"{f.name}: {len(table['label'])} objects -> {tif} (block-wise, blocks of "
+                          f"{large.DEFAULT_BLOCK})", file=sys.stderr)
+                done += 1
+                continue
             try:
                 image = read_image(f)
                 res = api.segment(image, card, axes=args.axes, prob_thresh=args.prob_thresh,

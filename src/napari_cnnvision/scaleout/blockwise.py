@@ -9,7 +9,7 @@ neighbours around it (the window), so an object near a core's border is seen who
   earlier block already labelled is the same object seen twice (its centroid fell on the other
   side of the border in the two windows) and is dropped; otherwise it takes the pixels still free.
 
-``overlap`` must exceed the largest object's radius (default: a quarter of the block, at least
+``overlap`` must exceed the largest object's radius (default: an eighth of the block, at least
 64 px). Only one window, its result and the output window are in memory at a time; the output is
 written window by window into a chunked zarr array (OME-Zarr 0.4 multiscales + image-label
 metadata) that napari opens lazily. The object table (label, area, centroid, probability) is
@@ -25,7 +25,7 @@ DUPLICATE = 0.5  # fraction of an object on already labelled pixels that makes i
 
 
 def default_overlap(block: int) -> int:
-    return max(64, block // 4)
+    return max(64, block // 8)
 
 
 def windows(shape: tuple[int, int], block: int, overlap: int):
@@ -38,20 +38,54 @@ def windows(shape: tuple[int, int], block: int, overlap: int):
             yield core, win
 
 
+class _MappedTiff:
+    """A 2-D contiguous, uncompressed TIFF read window by window through a memory map opened for
+    each read and closed after it (tifffile's zarr store would see it as one chunk: the whole image)."""
+
+    def __init__(self, path: Path, shape, dtype):
+        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        import tifffile
+
+        m = tifffile.memmap(self.path, mode="r")
+        try:
+            return np.array(m[key])
+        finally:
+            del m
+
+
 def open_source(path: str | Path):
-    """A lazily readable 2-D array of ``path``: a zarr array / OME-Zarr image (its level 0) or a
-    TIFF read through tifffile's zarr store (only the windows read are loaded)."""
+    """A lazily readable array of ``path``: a zarr array / OME-Zarr image (its level 0) or a TIFF
+    (a contiguous one through a memory map, else tifffile's zarr store: its tiles or strips);
+    only the windows read are loaded."""
     import zarr
 
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
-        store = tifffile.imread(path, aszarr=True)
-        z = zarr.open(store, mode="r")
+        try:
+            with tifffile.TiffFile(path) as tf:
+                s = tf.series[0]
+                shape, dtype = s.shape, s.dtype
+            m = tifffile.memmap(path, mode="r")  # ValueError: compressed, tiled or not contiguous
+            del m
+            return _MappedTiff(path, shape, dtype)
+        except ValueError:
+            pass
+        except (OSError, tifffile.TiffFileError) as exc:
+            raise ValueError(f"cannot read image {path}: {exc}") from exc
+        z = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
     else:
-        z = zarr.open(str(path), mode="r")
+        try:
+            z = zarr.open(str(path), mode="r")
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"cannot read {path} as a zarr array or OME-Zarr image: {exc}") from exc
     if isinstance(z, zarr.Group):
+        if "0" not in z:
+            raise ValueError(f"{path} is a zarr group without a level '0' array (not an OME-Zarr image)")
         z = z["0"]  # OME-Zarr: the full-resolution level
     return z
 
@@ -162,64 +196,66 @@ def segment_blockwise(source, out_path: str | Path, segment_window, block: int =
 
 def object_table(labels, n: int, prob: dict, step: int) -> dict:
     """label, area, centroid_y, centroid_x, probability of labels 1..n of the (lazy) 2-D ``labels``,
-    read ``step`` rows at a time; objects left with no pixel are dropped."""
+    read in ``step x step`` chunks (memory set by the chunk, not the image's width); objects left
+    with no pixel are dropped."""
     area = np.zeros(n + 1)
     sy = np.zeros(n + 1)
     sx = np.zeros(n + 1)
     h, w = labels.shape
     for y0 in range(0, h, step):
-        lab = np.asarray(labels[y0:y0 + step, :]).astype(np.int64)
-        yy, xx = np.nonzero(lab)
-        v = lab[yy, xx]
-        area += np.bincount(v, minlength=n + 1)
-        sy += np.bincount(v, weights=yy + y0, minlength=n + 1)
-        sx += np.bincount(v, weights=xx, minlength=n + 1)
+        for x0 in range(0, w, step):
+            lab = np.asarray(labels[y0:y0 + step, x0:x0 + step])
+            yy, xx = np.nonzero(lab)
+            v = lab[yy, xx].astype(np.int64)
+            area += np.bincount(v, minlength=n + 1)
+            sy += np.bincount(v, weights=yy + y0, minlength=n + 1)
+            sx += np.bincount(v, weights=xx + x0, minlength=n + 1)
     keep = np.nonzero(area[1:])[0] + 1
     return {"label": keep, "area": area[keep], "centroid_y": sy[keep] / area[keep],
             "centroid_x": sx[keep] / area[keep], "probability": np.array([prob.get(int(i), np.nan) for i in keep])}
 
 
 def segment_files_blockwise(files, out_dir, model=None, *, block: int = 2048, overlap: int | None = None,
-                            overwrite: bool = False, quiet: bool = False, registry=None, **segment_kwargs):
-    """The ``segment --blocks N`` command: each 2-D image into ``DIR/<stem>.zarr`` (OME-Zarr labels)
-    and ``DIR/<stem>.csv`` (objects), the plain command's names otherwise; done images skipped,
-    a failed image reported and the batch goes on. Returns ``(done, skipped, failed, model name)``."""
+                            overwrite: bool = False, quiet: bool = False, registry=None, fmt: str = "zarr",
+                            **segment_kwargs):
+    """The ``segment --blocks N`` command: each 2-D image (file, zarr array or OME-Zarr image) into
+    ``DIR/<stem>.zarr`` (OME-Zarr labels; ``fmt="tif"``: a tiled ``DIR/<stem>.tif``) and
+    ``DIR/<stem>.csv`` (objects), the plain command's names otherwise; done images skipped, a
+    failed image reported and the batch goes on. Returns ``(done, skipped, failed, model name)``."""
     import sys
 
     from ..cli.progress import TerminalProgress
     from ..cli.segment import plan_outputs
-    from ..core import tables
-    from ..core.images import expand_inputs
     from ..core.registry import ModelRegistry
+    from .large import expand, labels_path, segment_one
 
     if block < 16:
         raise ValueError(f"--blocks must be 16 or more pixels (got {block})")
     registry = registry or ModelRegistry()
     card = registry.get(model) if model else registry.default("segment")
-    files = expand_inputs([files] if isinstance(files, (str, Path)) else files)
+    files = expand([files] if isinstance(files, (str, Path)) else files)
     if not files:
         raise ValueError("no input images found")
     out = Path(out_dir)
-    plan = [(tif.with_suffix(".zarr"), csv) for tif, csv in plan_outputs(files, out)]
+    plan = [(labels_path(tif, fmt), csv) for tif, csv in plan_outputs(files, out)]
     out.mkdir(parents=True, exist_ok=True)
     done = skipped = failed = 0
-    for i, (f, (zpath, csv)) in enumerate(zip(files, plan)):
-        if zpath.exists() and csv.exists() and not overwrite:
+    for i, (f, (lpath, csv)) in enumerate(zip(files, plan)):
+        if lpath.exists() and csv.exists() and not overwrite:
             skipped += 1
             continue
         bar = TerminalProgress(f"[{i + 1}/{len(files)}] {f.name}", enabled=not quiet)
         try:
             try:
-                table = segment_file_blockwise(f, zpath, card, block, overlap, progress=bar, **segment_kwargs)
+                table = segment_one(f, lpath, csv, card, block, overlap, progress=bar, **segment_kwargs)
             finally:
                 bar.close()
-            tables.write_table(csv, table)
         except Exception as exc:  # this image fails; the batch goes on
             print(f"napari-cnnvision: {f}: {str(exc).strip() or type(exc).__name__}", file=sys.stderr)
             failed += 1
             continue
         if not quiet:
-            print(f"{f.name}: {len(table['label'])} objects -> {zpath}", file=sys.stderr)
+            print(f"{f.name}: {len(table['label'])} objects -> {lpath}", file=sys.stderr)
         done += 1
     print(f"segmented {done}, skipped {skipped} (already done), failed {failed}; model {card.name} (blocks of {block})")
     return done, skipped, failed, card.name
