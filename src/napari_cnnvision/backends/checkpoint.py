@@ -244,6 +244,32 @@ def set_rng_state(rng: np.random.Generator, state: dict | None) -> None:
         rng.bit_generator.state = state
 
 
+def training_state(epoch: int, model, optimizer, scheduler=None, rng: np.random.Generator | None = None,
+                   **extra) -> dict:
+    """What a trainer saves after an epoch: the model, optimizer and scheduler states, the numpy
+    generator's and torch's random states, and ``extra`` (history, best metric and weights...)."""
+    import torch
+
+    return {"epoch": int(epoch), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_state(rng) if rng is not None else None, "torch_rng": torch.get_rng_state(), **extra}
+
+
+def restore_state(state: dict, model, optimizer, scheduler=None, rng: np.random.Generator | None = None) -> int:
+    """Put a :func:`training_state` back; returns its epoch."""
+    import torch
+
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler"):
+        scheduler.load_state_dict(state["scheduler"])
+    if rng is not None:
+        set_rng_state(rng, state.get("rng"))
+    if state.get("torch_rng") is not None:
+        torch.set_rng_state(state["torch_rng"])
+    return int(state["epoch"])
+
+
 def disk_message(exc: OSError) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "the disk is full"

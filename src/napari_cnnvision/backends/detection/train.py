@@ -231,7 +231,7 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
     """
     import torch
 
-    from ..checkpoint import RunCheckpoints, fingerprint, run_dir
+    from ..checkpoint import RunCheckpoints, fingerprint, restore_state, run_dir, training_state
     from .models import save_detector
 
     s = settings if isinstance(settings, DetectorTrainSettings) else DetectorTrainSettings.from_dict(settings)
@@ -260,8 +260,7 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
             progress, file=s.checkpoint)
         c = ckpts.begin(s.resume if resume is None else bool(resume))
         if c is not None:
-            model.load_state_dict(c["model"])
-            opt.load_state_dict(c["optimizer"])
+            restore_state(c, model, opt)
             history = {kk: [float(v) for v in vals] for kk, vals in c["history"].items()}
             best_map, best_epoch, best_state = float(c["best_metric"]), int(c["best_epoch"]), c["best_state"]
             start_epoch, step, elapsed0 = int(c["epoch"]) + 1, int(c["step"]), float(c["seconds"])
@@ -293,7 +292,8 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
                 losses = model(imgs, tgs)
                 loss = sum(losses.values())
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the training loss is not finite at epoch {epoch} ({ {k2: float(v) for k2, v in losses.items()} })")
+                    parts = {k2: float(v) for k2, v in losses.items()}
+                    raise FloatingPointError(f"the training loss is not finite at epoch {epoch} ({parts})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if s.grad_clip:
@@ -318,10 +318,8 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
                 history[key].append(float(v))
             epoch_seconds.append(time.time() - te)
             if ckpts is not None:
-                ckpts.save({"model": {kk: v.detach().cpu() for kk, v in model.state_dict().items()},
-                            "optimizer": opt.state_dict(), "scheduler": None, "epoch": epoch, "step": step,
-                            "best_state": best_state, "best_metric": best_map, "best_epoch": best_epoch,
-                            "history": history, "seconds": elapsed})
+                ckpts.save(training_state(epoch, model, opt, step=step, best_state=best_state, best_metric=best_map,
+                                      best_epoch=best_epoch, history=history, seconds=elapsed))
             frac_done = epoch / s.epochs if not budget else max(epoch / s.epochs, elapsed / budget)
             progress(min(frac_done, 1.0), f"epoch {epoch}/{s.epochs}", epoch=epoch,
                      train_loss=history["train_loss"][-1], val_loss=vl, val_map=vm, best_epoch=best_epoch,

@@ -10,7 +10,8 @@ the mean squared error of the normalized ``cx, cy, w, h``) with AdamW and a cosi
 time budget, whichever ends first). After every epoch the validation images are scored
 (accuracy, balanced accuracy, mean box IoU); the epoch with the best ``selection`` score
 (their mean) is kept. ``progress.stop_requested`` stops the run after the current step, keeping
-the best epoch so far.
+the best epoch so far. With a run folder, a checkpoint after every epoch lets an interrupted run
+resume (:mod:`..checkpoint`).
 
 PyTorch is imported inside the functions; no DataLoader workers (the compute worker is a
 daemon process and may not fork).
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.progress import NULL_PROGRESS, Progress
+from .augment import augment_batch  # noqa: F401 (its former home)
 from .metrics import localization_scores
 from .settings import LocalizerAugment, LocalizerTrainSettings
 
@@ -83,63 +85,6 @@ def class_balance(labels: np.ndarray, n_classes: int, settings: LocalizerTrainSe
     w = eff ** -settings.class_weight_power
     w /= (w[labels] * p).sum()  # mean weight 1 over the sampled images
     return p, w.astype(np.float32)
-
-
-def augment_batch(x, boxes, rng: np.random.Generator, settings: LocalizerTrainSettings | LocalizerAugment):
-    """Random flips / 90° turns, zoom + shift and intensity jitter of a batch ``(n, c, h, w)``
-    with its normalized ``cx, cy, w, h`` boxes, transformed alike (torch tensors in and out).
-
-    The localizer's own augmentation, batched in torch; the shared :mod:`..augment` is not used
-    here because the shipped ``wbc-localizer`` was trained with this one (kept as it is)."""
-    import torch
-    from torch.nn import functional as F
-
-    if isinstance(settings, LocalizerTrainSettings):
-        settings = settings.augment
-
-    n, c, h, w = x.shape
-    x = x.clone()
-    b = boxes.clone()
-    turns = h == w and settings.turns
-    for i in range(n):
-        k = int(rng.integers(8 if turns else 4))
-        if k & 4:
-            x[i] = x[i].transpose(1, 2).clone()
-            b[i] = b[i][[1, 0, 3, 2]].clone()
-        if k & 1:
-            x[i] = x[i].flip(2).clone()
-            b[i, 0] = 1 - b[i, 0]
-        if k & 2:
-            x[i] = x[i].flip(1).clone()
-            b[i, 1] = 1 - b[i, 1]
-    if settings.zoom > 0 or settings.shift > 0:
-        s = 1.0 / (1.0 + rng.uniform(-settings.zoom, settings.zoom, n))  # < 1: zoom in
-        t = rng.uniform(-settings.shift, settings.shift, (n, 2))
-        nb = b.numpy().astype(np.float64).copy()
-        for i in range(n):
-            c_m1 = 2 * nb[i, :2] - 1
-            centre = ((c_m1 - t[i]) / s[i] + 1) / 2
-            size = nb[i, 2:] / s[i]
-            lo, hi = np.clip(centre - size / 2, 0, 1), np.clip(centre + size / 2, 0, 1)
-            full = size.prod()
-            if full <= 0 or (hi - lo).prod() < 0.6 * min(full, 1.0):  # object mostly pushed out: no zoom/shift
-                s[i], t[i] = 1.0, 0.0
-                continue
-            nb[i] = np.concatenate([(lo + hi) / 2, hi - lo])
-        theta = torch.zeros(n, 2, 3)
-        theta[:, 0, 0] = torch.from_numpy(s).float()
-        theta[:, 1, 1] = torch.from_numpy(s).float()
-        theta[:, :, 2] = torch.from_numpy(t).float()
-        grid = F.affine_grid(theta, (n, c, h, w), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        b = torch.from_numpy(nb).float()
-    if settings.intensity > 0:
-        a = settings.intensity
-        gain = torch.from_numpy(1 + rng.uniform(-a, a, (n, 1, 1, 1))).float()
-        gain = gain * torch.from_numpy(1 + rng.uniform(-a / 3, a / 3, (n, c, 1, 1))).float()
-        offset = torch.from_numpy(rng.uniform(-a, a, (n, 1, 1, 1))).float()
-        x = x * gain + offset
-    return x, b
 
 
 def _lr_factor(frac: float, warm: float) -> float:
@@ -249,7 +194,7 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
     """
     import torch
 
-    from ..checkpoint import RunCheckpoints, fingerprint, rng_state, set_rng_state
+    from ..checkpoint import RunCheckpoints, fingerprint, restore_state, training_state
     from .model import LocalizerConfig, build_localizer
 
     s = settings if isinstance(settings, LocalizerTrainSettings) else LocalizerTrainSettings.from_dict(settings)
@@ -291,17 +236,12 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
                                 *((val.images, val.labels, val.boxes) if val is not None else ()))}, progress)
         ck = ckpts.begin(resume)
         if ck is not None:
-            model.load_state_dict(ck["model"])
+            epoch = restore_state(ck, model, opt, rng=rng)
             if ema is not None and ck.get("ema") is not None:
                 ema.model.load_state_dict(ck["ema"])
                 ema.steps = int(ck["ema_steps"])
-            opt.load_state_dict(ck["optimizer"])
-            history = [dict(r) for r in ck["history"]]
-            bm = ck["best_metric"]
+            history, bm = [dict(r) for r in ck["history"]], ck["best_metric"]
             best = (float(bm["score"]), int(ck["best_epoch"]), ck["best_state"], dict(bm["metrics"]))
-            epoch = int(ck["epoch"])
-            set_rng_state(rng, ck["rng"])
-            torch.set_rng_state(ck["torch_rng"])
             t0 = time.monotonic() - float(ck["seconds"])
     elif resume:
         raise ValueError("resume needs the run folder (out_dir) of the interrupted run")
@@ -364,13 +304,11 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
                 best = (score, epoch, copy.deepcopy(net.state_dict()), sc)
             if ckpt_dir is not None:
                 _save_weights(ckpt_dir, net, best[1], row, sc, history, progress)
-                ckpts.save({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": None,
-                            "ema": ema.model.state_dict() if ema is not None else None,
-                            "ema_steps": ema.steps if ema is not None else 0,
-                        "history": [_plain_floats(r) for r in history],
-                            "best_metric": {"score": float(best[0]), "metrics": _plain_floats(best[3])},
-                            "best_epoch": best[1], "best_state": best[2], "rng": rng_state(rng),
-                            "torch_rng": torch.get_rng_state(), "seconds": time.monotonic() - t0})
+                ckpts.save(training_state(
+                    epoch, model, opt, rng=rng, ema=ema.model.state_dict() if ema is not None else None,
+                    ema_steps=ema.steps if ema is not None else 0, history=[_plain_floats(r) for r in history],
+                    best_metric={"score": float(best[0]), "metrics": _plain_floats(best[3])}, best_epoch=best[1],
+                    best_state=best[2], seconds=time.monotonic() - t0))
             progress(min(1.0, fraction()), f"epoch {epoch}", **{k: v for k, v in row.items() if k != "epoch"},
                      epoch=epoch, best_epoch=best[1])
             if s.time_budget and time.monotonic() - t0 >= s.time_budget:
@@ -406,7 +344,8 @@ def train_job(progress, images, boxes, labels, class_names, val_images=None, val
         from ...core.registry import ModelRegistry
 
         out_dir = ModelRegistry().user_dir
-    s = LocalizerTrainSettings.from_dict(resume_settings(out_dir, name, settings, resume))  # InputError naming a bad field
+    # InputError naming a bad field (former names too)
+    s = LocalizerTrainSettings.from_dict(resume_settings(out_dir, name, settings, resume))
     norm = dict(normalization or DEFAULT_NORMALIZATION)
     train = prepare_set(list(images), boxes, labels, s.input_size, norm)
     val = (prepare_set(list(val_images), val_boxes, val_labels, s.input_size, norm)

@@ -284,7 +284,7 @@ def train_unet(
     history: dict[str, list[float]] = {"loss": [], "val_loss": [], "val_ap50": [], "lr": []}
     best = (-1.0, float("inf"))
     best_state, best_epoch, stopped = None, 0, False
-    from ..checkpoint import RunCheckpoints, fingerprint, rng_state, run_dir, set_rng_state
+    from ..checkpoint import RunCheckpoints, fingerprint, restore_state, run_dir, training_state
 
     ckpts = RunCheckpoints(run_dir(out_dir, name), name, {
         "kind": "unet", "architecture": config.to_dict(), "channels": n_ch, "epochs": s.epochs,
@@ -293,16 +293,12 @@ def train_unet(
     ck = ckpts.begin(resume)
     start = 1
     if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if sched is not None and ck.get("scheduler"):
-            sched.load_state_dict(ck["scheduler"])
+        start = restore_state(ck, model, opt, sched, rng) + 1
+        if sched is not None:
             sched.T_max = total_steps  # the planned length of this call (a resumption may change the epochs)
         history = {k: [float(v) for v in vals] for k, vals in ck["history"].items()}
         best, best_epoch = (float(ck["best_metric"][0]), float(ck["best_metric"][1])), int(ck["best_epoch"])
-        best_state, start = ck["best_state"], int(ck["epoch"]) + 1
-        set_rng_state(rng, ck["rng"])
-        torch.set_rng_state(ck["torch_rng"])
+        best_state = ck["best_state"]
         t0 = time.time() - float(ck["seconds"])
     try:
         for epoch in range(start, s.epochs + 1):
@@ -329,10 +325,8 @@ def train_unet(
                 best = (ap50, val_loss)
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
                 best_epoch = epoch
-            ckpts.save({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict() if sched is not None else None, "history": history,
-                        "best_metric": list(best), "best_epoch": best_epoch, "best_state": best_state,
-                        "rng": rng_state(rng), "torch_rng": torch.get_rng_state(), "seconds": time.time() - t0})
+            ckpts.save(training_state(epoch, model, opt, sched, rng, history=history, best_metric=list(best),
+                                      best_epoch=best_epoch, best_state=best_state, seconds=time.time() - t0))
             progress(epoch / s.epochs, f"epoch {epoch}/{s.epochs}", epoch=epoch, loss=loss_avg, val_loss=val_loss,
                      val_ap50=ap50, best_epoch=best_epoch, seconds=time.time() - t0)
             if progress.stop_requested:
