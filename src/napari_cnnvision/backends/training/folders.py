@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ...core.axes import InputError
-from .plan import TASKS, TrainPair
+from .pairs import TrainPair
+from .plan import TASKS
 
 MASK_SUFFIXES = (".tif", ".tiff")
 #: the annotation formats ``--format`` names (the masks folder is ``--masks``)

@@ -6,10 +6,9 @@ and the user's choices into the compute worker's job request.
 :class:`TrainPair` s at once, an optional base :class:`~napari_cnnvision.core.registry.ModelCard`
 (``None``: a fresh network) and :class:`TrainOptions`; they return a :class:`TrainPlan`
 ``(job, kwargs, summary, stop_after)``. The training sets come from :mod:`.segmentation`,
-:mod:`.detection` and :mod:`.localization` (partial annotation: only the valid regions count).
-Pairs of different sizes are zero-padded into one stack; the padding lies outside every valid
-region, so it never enters a training crop. :func:`folder_pairs` reads pairs from folders
-(``--images DIR --masks DIR`` or ``--annotations FILE_OR_DIR``).
+:mod:`.detection` and :mod:`.localization` (partial annotation: only the valid regions count);
+several pairs are one stack there (:mod:`.pairs`). :func:`.folders.folder_pairs` reads pairs
+from folders (``--images DIR --masks DIR`` or ``--annotations FILE_OR_DIR``).
 
 numpy only (no Qt, napari or framework); the trainers' settings classes are read for their
 field names (modules that import no framework).
@@ -26,10 +25,13 @@ from typing import NamedTuple
 import numpy as np
 
 from ...core.axes import InputError
-from .regions import Region
+from .pairs import TrainPair, check_pairs, pad_stack, rgb_frames, stack_box_pairs, stack_label_pairs
+
+__all__ = ["TrainPair", "TrainOptions", "TrainPlan", "plan", "segment_plan", "detect_plan", "localize_plan",
+           "upsampling_choices"]
 
 TASKS = ("segment", "detect", "localize")
-#: task -> (fresh job, metric key in the job's epoch events, metric label)
+#: task -> the job that trains a fresh network
 FRESH_JOB = {"segment": "unet.train", "detect": "yolo.train", "localize": "localizer.train"}
 #: task -> (learning rate of a fresh network, when fine-tuning)
 AUTO_LR = {"segment": (1e-3, 3e-4), "detect": (2e-3, 6e-4), "localize": (2e-3, 6e-4)}
@@ -58,25 +60,6 @@ class TrainPlan(NamedTuple):
     kwargs: dict
     summary: str
     stop_after: float | None = None
-
-
-@dataclass
-class TrainPair:
-    """One image and its annotation. Segmentation: ``labels`` (YX / TYX instance labels, 0 not
-    annotated); detection / localization: ``boxes`` (n, 4) ``(y0, x0, y1, x1)`` pixels, one class
-    name each and, for a stack, one ``frames`` index each. ``valid`` (optional) says where the
-    annotation is complete: a mask of the labels' shape, or a list of
-    :class:`~.regions.Region` (frame indices of this pair); ``None``: the bounding box of what is
-    annotated (``"all"``: the whole image, as for dataset files). ``name``: how the data summary
-    names it (e.g. ``"image 'cells' + labels 'my labels'"``)."""
-
-    image: np.ndarray
-    labels: np.ndarray | None = None
-    boxes: np.ndarray | None = None
-    classes: list | None = None
-    frames: np.ndarray | None = None
-    valid: object = None
-    name: str = ""
 
 
 @dataclass
@@ -240,37 +223,6 @@ def check_settings(job: str, settings: dict) -> None:
     klass.from_dict(dict(settings))
 
 
-# -- stacking pairs -------------------------------------------------------------------------------
-def _frames_of(pair: TrainPair, stacked: bool) -> list[np.ndarray]:
-    img = np.asarray(pair.image)
-    return list(img) if stacked else [img]
-
-
-def _pad_stack(frames: list[np.ndarray], fill=0) -> np.ndarray:
-    """Frames of (maybe) different heights/widths -> one stack, zero-padded at the bottom/right."""
-    h = max(f.shape[0] for f in frames)
-    w = max(f.shape[1] for f in frames)
-    dtype = np.result_type(*[f.dtype for f in frames])
-    out = np.full((len(frames), h, w) + frames[0].shape[2:], fill, dtype)
-    for i, f in enumerate(frames):
-        out[i, :f.shape[0], :f.shape[1]] = f
-    return out
-
-
-def _check_pairs(pairs) -> list[TrainPair]:
-    pairs = list(pairs)
-    if not pairs:
-        raise InputError("no training data: give at least one image with its annotation")
-    return pairs
-
-
-def _same_channels(frames: list[np.ndarray], what: str) -> None:
-    chans = {1 if f.ndim == 2 else f.shape[-1] for f in frames}
-    if len(chans) > 1:
-        raise InputError(f"the {what} mix channel counts ({', '.join(map(str, sorted(chans)))}); give images "
-                         "with the same number of channels")
-
-
 def _describe(pairs: list[TrainPair], opts: TrainOptions) -> str:
     names = [p.name or f"image {np.asarray(p.image).shape}" for p in pairs]
     shown = "; ".join(names[:5]) + (f"; ... ({len(names)} pairs)" if len(names) > 5 else "")
@@ -278,54 +230,6 @@ def _describe(pairs: list[TrainPair], opts: TrainOptions) -> str:
 
 
 # -- segmentation ---------------------------------------------------------------------------------
-def segmentation_data(pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Several pairs as one (T, H, W[, C]) image stack, its labels and (maybe) its valid mask."""
-    from .segmentation import _frames
-
-    images, labels, valids, any_valid = [], [], [], False
-    for i, p in enumerate(_check_pairs(pairs)):
-        if p.labels is None:
-            raise InputError(f"pair {i + 1}: segmentation needs a label image")
-        where = f"{p.name}: " if p.name else ""
-        try:
-            img, lab = _frames(p.image, p.labels)
-        except InputError as e:
-            raise InputError(f"{where}{e}") from None
-        if isinstance(p.valid, str) and p.valid == "all":
-            v = np.ones(lab.shape, bool)
-            any_valid = True
-        elif p.valid is not None:
-            v = np.asarray(p.valid)
-            v = v[None] if v.ndim == 2 else v
-            if v.shape != lab.shape:
-                raise InputError(f"{where}the 'fully annotated' mask has shape {np.shape(p.valid)}, the annotation "
-                                 f"{np.shape(p.labels)}")
-            v = v != 0
-            any_valid = True
-        else:
-            v = None
-        images.extend(list(img))
-        labels.extend(list(lab))
-        valids.append((v, lab))
-    _same_channels(images, "images")
-    if any_valid:  # pairs without a mask: the bounding box of their labels per frame
-        from .regions import bbox_region
-
-        masks = []
-        for v, lab in valids:
-            if v is None:
-                v = np.zeros(lab.shape, bool)
-                for t in range(len(lab)):
-                    r = bbox_region(lab[t] > 0)
-                    if r is not None:
-                        v[t][r.slices] = True
-            masks.extend(list(v))
-        valid = _pad_stack(masks, False)
-    else:
-        valid = None
-    return _pad_stack(images), _pad_stack([lab.astype(np.int32) for lab in labels]), valid
-
-
 def segment_plan(pairs, base=None, options: TrainOptions | None = None, name: str = "",
                  out_dir=None) -> TrainPlan:
     """The training request of a segmentation model (fresh U-Net, or fine-tuning ``base``:
@@ -335,8 +239,8 @@ def segment_plan(pairs, base=None, options: TrainOptions | None = None, name: st
     opts = options or TrainOptions()
     opts.check()
     job = train_job_of("segment", base)
-    pairs = _check_pairs(pairs)
-    image, labels, valid = segmentation_data(pairs)
+    pairs = check_pairs(pairs)
+    image, labels, valid = stack_label_pairs(pairs)
     ts = segmentation_set(image if len(image) > 1 else image[0], labels if len(labels) > 1 else labels[0],
                           valid=None if valid is None else (valid if len(valid) > 1 else valid[0]),
                           val_fraction=float(opts.val_fraction), seed=int(opts.seed))
@@ -354,61 +258,6 @@ def segment_plan(pairs, base=None, options: TrainOptions | None = None, name: st
 
 
 # -- detection / localization -----------------------------------------------------------------------
-def _box_data(pairs, task: str):
-    """Several pairs as one stack, boxes, classes, frame per box and valid regions (or None)."""
-    frames, boxes, classes, fr, regions, any_valid = [], [], [], [], [], False
-    for i, p in enumerate(_check_pairs(pairs)):
-        where = f"{p.name}: " if p.name else f"pair {i + 1}: "
-        if p.boxes is None or p.classes is None:
-            raise InputError(f"{where}{task} training needs boxes with class names")
-        img = np.asarray(p.image)
-        b = np.asarray(p.boxes, np.float64).reshape(-1, 4)
-        if len(b) == 0:
-            raise InputError(f"{where}no boxes: draw some rectangles first")
-        if len(p.classes) != len(b):
-            raise InputError(f"{where}{len(b)} boxes but {len(p.classes)} class names")
-        stacked = p.frames is not None
-        if stacked and (img.ndim < 3 or (img.ndim == 3 and img.shape[-1] in (3, 4))):
-            raise InputError(f"{where}boxes have frame indices but the image (shape {img.shape}) is not a stack")
-        own = _frames_of(p, stacked)
-        f = np.asarray(p.frames, np.int64).reshape(-1) if stacked else np.zeros(len(b), np.int64)
-        if len(f) != len(b) or f.min() < 0 or f.max() >= len(own):
-            raise InputError(f"{where}boxes lie in frames {sorted(set(f.tolist()))[:10]}, the image has {len(own)}")
-        h, w = own[0].shape[:2]
-        if (b[:, 2] <= b[:, 0]).any() or (b[:, 3] <= b[:, 1]).any():
-            raise InputError(f"{where}some boxes have zero width or height")
-        if (b[:, :2] < -0.5).any() or (b[:, 2] > h + 0.5).any() or (b[:, 3] > w + 0.5).any():
-            raise InputError(f"{where}some boxes lie outside the image ({w}x{h} pixels)")
-        off = len(frames)
-        if isinstance(p.valid, str) and p.valid == "all":
-            regions.extend(Region(off + t, 0, 0, h, w) for t in sorted(set(f.tolist())))
-            any_valid = True
-        elif p.valid is not None:
-            regions.extend(Region(off + r.frame, r.y0, r.x0, r.y1, r.x1) for r in p.valid)
-            any_valid = True
-        else:
-            for t in sorted(set(f.tolist())):
-                s = b[f == t]
-                regions.append(Region(off + t, int(np.floor(s[:, 0].min())), int(np.floor(s[:, 1].min())),
-                                      int(np.ceil(s[:, 2].max())), int(np.ceil(s[:, 3].max()))))
-        frames.extend(own)
-        boxes.append(b)
-        classes.extend(str(c) for c in p.classes)
-        fr.append(f + off)
-    return frames, np.concatenate(boxes), classes, np.concatenate(fr), regions if any_valid else None
-
-
-def _rgb_frames(frames: list[np.ndarray]) -> list[np.ndarray]:
-    """Gray and colour frames mixed: all as 3 channels."""
-    if len({f.ndim for f in frames}) == 1 and len({f.shape[2:] for f in frames}) == 1:
-        return frames
-    out = []
-    for f in frames:
-        x = f if f.ndim == 3 else f[..., None]
-        out.append(np.repeat(x[..., :1], 3, axis=-1) if x.shape[-1] == 1 else x[..., :3])
-    return out
-
-
 def detect_plan(pairs, base=None, options: TrainOptions | None = None, name: str = "", out_dir=None) -> TrainPlan:
     """The training request of a detector (fresh YOLO-style network, or fine-tuning ``base``;
     its class head is rebuilt for the pairs' class set)."""
@@ -418,9 +267,9 @@ def detect_plan(pairs, base=None, options: TrainOptions | None = None, name: str
     opts = options or TrainOptions()
     opts.check()
     job = train_job_of("detect", base)
-    pairs = _check_pairs(pairs)
-    frames, boxes, classes, fr, regions = _box_data(pairs, "detection")
-    stack = _pad_stack(_rgb_frames(frames))
+    pairs = check_pairs(pairs)
+    frames, boxes, classes, fr, regions = stack_box_pairs(pairs, "detection")
+    stack = pad_stack(rgb_frames(frames))
     dset = detection_set(stack, boxes, classes, frames=fr, valid_regions=regions,
                          val_fraction=float(opts.val_fraction), seed=int(opts.seed))
     settings, stop_after = _settings("detect", job, opts, dset.defaults, base is not None)
@@ -452,8 +301,8 @@ def localize_plan(pairs, base=None, options: TrainOptions | None = None, name: s
         train_job_of("localize", base)  # a model of another task is refused by name
         raise InputError(f"the localizer trains fresh only; leave out the base model ({base.name!r})")
     job = FRESH_JOB["localize"]
-    pairs = _check_pairs(pairs)
-    frames, boxes, classes, fr, _ = _box_data(pairs, "localization")
+    pairs = check_pairs(pairs)
+    frames, boxes, classes, fr, _ = stack_box_pairs(pairs, "localization")
     if len({f.shape for f in frames}) > 1:
         raise InputError("localization images must all have one size (got "
                          f"{', '.join(str(s) for s in sorted({f.shape for f in frames})[:4])})")
