@@ -285,6 +285,17 @@ class TrainWidget(JobWidget):
         self._unpaired = unpaired
         return [read(im, ann) for im, ann in found]
 
+    @staticmethod
+    def _boxes_of(img_layer, shp):
+        """``(annotation, image)`` of an Image + Shapes layer: ``annotation.boxes`` / ``.classes`` /
+        ``.frame`` (the layer checks of :func:`._train_layers.boxes_pair`)."""
+        from types import SimpleNamespace
+
+        from ._train_layers import boxes_pair
+
+        p = boxes_pair(img_layer, shp)
+        return SimpleNamespace(boxes=p.boxes, classes=p.classes, frame=p.frames), p.image
+
     def options(self, resume: bool = False):
         """The widget's settings as :class:`~..backends.training.plan.TrainOptions`."""
         from ..backends.training.plan import TrainOptions
