@@ -208,6 +208,24 @@ def test_an_untrusted_pickle_as_checkpoint_is_refused(tmp_path, how):
     assert not marker.exists()
 
 
+def test_interrupted_runs_lists_left_checkpoints_but_not_a_run_training_now(tmp_path):
+    import json
+    import socket
+    import subprocess
+
+    assert interrupted_runs(tmp_path) == [] and interrupted_runs(tmp_path / "missing") == []
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for name, pid, active in (("killed", int(gone.stdout), True), ("errored", os.getpid(), False),
+                              ("training-now", os.getpid(), True), ("no-checkpoint", None, False)):
+        folder = run_dir(tmp_path, name)
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "active": active}))
+        if pid is not None:
+            (folder / CHECKPOINT_NAME).write_bytes(b"")
+    assert interrupted_runs(tmp_path) == ["errored", "killed"]
+    assert [c.name for c in ModelRegistry(user_dir=tmp_path, shipped_dir=os.devnull).list() if c.source == "user"] == []
+
+
 # --- through the compute worker: a killed worker --------------------------------------------------
 def test_a_killed_training_worker_leaves_its_checkpoint_and_the_run_resumes(pool):
     """Cancel kills the worker process mid-training (the localizer job: no StarDist import in the

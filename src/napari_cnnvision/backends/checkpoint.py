@@ -130,6 +130,11 @@ def resume_settings(user_dir: str | Path, name: str, settings: dict | None, resu
         return settings
     info = run_info(user_dir, name)
     got = (info or {}).get("request", {}).get("settings")
+    if info is None:  # no run.json: the checkpoint holds the request too
+        try:
+            got = load_checkpoint(run_dir(user_dir, name) / CHECKPOINT_NAME)["request"].get("settings")
+        except InputError:
+            return None  # resuming says what is wrong with the run
     return dict(got) if isinstance(got, dict) else None
 
 
@@ -280,11 +285,13 @@ class RunCheckpoints:
     """The checkpoints of one training run (see the module notes).
 
     ``begin(resume)`` returns the saved state to continue from (after checking the request), or
-    None for a fresh run (an earlier run of that name is discarded); ``save(state)`` writes one
-    after an epoch and, when the disk is full (any OSError), keeps the previous checkpoint, reports
-    it through ``progress`` and returns False (the training goes on: the model in memory is fine,
-    and the disk may have room again for the next epoch or the final save); ``finish()`` removes
-    the folder once the model is registered.
+    None for a fresh run (an earlier run of that name is replaced by its first checkpoint);
+    ``save(state)`` writes one after an epoch and, when the disk is full (any OSError), keeps the
+    previous checkpoint, reports it through ``progress`` and returns False. The training goes on:
+    the model in memory is fine, a lost checkpoint only matters if the run is interrupted too, and
+    the disk may have room again for the next epoch or the final save (a run stopped for a full
+    disk would lose the epochs since the last checkpoint for nothing). ``finish()`` removes the
+    folder once the model is registered.
     """
 
     def __init__(self, folder: str | Path, name: str, request: dict, progress: Progress = NULL_PROGRESS,
@@ -306,9 +313,9 @@ class RunCheckpoints:
                 if _alive(info) and info.get("pid") != os.getpid():
                     raise InputError(f"the training run {self.name!r} is running now (process {info.get('pid')}); "
                                      "wait for it, stop it, or choose another name")
-                self.progress(None, f"starting anew: the interrupted run {self.name!r} is replaced")
-                self.file.unlink(missing_ok=True)
-                self.info_path.unlink(missing_ok=True)
+                # kept until this run's first checkpoint replaces it (a failure before loses nothing)
+                self.progress(None, f"starting anew: the interrupted run {self.name!r} is replaced "
+                                    "after the first epoch")
             return None
         info = self._read_info()
         if not self.file.is_file() and self.info_path.parent != self.folder:
@@ -332,19 +339,22 @@ class RunCheckpoints:
         epoch = int(state.get("epoch", 0))
         try:
             save_checkpoint(self.file, state, self.request)
-            info = {"name": self.name, "kind": self.request.get("kind"), "epoch": epoch,
-                    "epochs": self.request.get("epochs"), "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "pid": os.getpid(), "host": socket.gethostname(), "active": True, "request": self.request}
-            atomic_write_text(self.info_path, json.dumps(info, indent=1) + "\n")
         except OSError as exc:
             kept = (f"the checkpoint of epoch {self.saved_epoch} is kept" if self.saved_epoch
-                    else "no earlier checkpoint")
+                    else "there is no earlier checkpoint of this run")
             msg = (f"could not save the checkpoint of epoch {epoch} ({disk_message(exc)}): {kept}; "
                    "training goes on (free disk space, or the model cannot be saved at the end)")
             self.warnings.append(msg)
             self.progress(None, msg, checkpoint_error=msg)
             return False
         self.saved_epoch = epoch
+        info = {"name": self.name, "kind": self.request.get("kind"), "epoch": epoch,
+                "epochs": self.request.get("epochs"), "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "pid": os.getpid(), "host": socket.gethostname(), "active": True, "request": self.request}
+        try:
+            atomic_write_text(self.info_path, json.dumps(info, indent=1) + "\n")
+        except OSError:
+            pass  # run.json only describes the run; the checkpoint holds the request too
         return True
 
     def release(self) -> None:
