@@ -198,6 +198,7 @@ def main(argv=None) -> int:
     g.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--skip-layers", action="store_true")
     ap.add_argument("--skip-coco", action="store_true")
+    ap.add_argument("--skip-before", action="store_true", help="do not evaluate the base model (it does not change)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     if not DATA.is_dir():
@@ -233,7 +234,9 @@ def main(argv=None) -> int:
         if rename:
             missing = [c for c in user_classes if c not in (base.classes or [])]
             print(f"  base model has no class {missing}: their AP is 0 before fine-tuning")
-        before = evaluate(base_card, val, user_classes, pool)
+        before = ({"map50": float("nan"), "map": float("nan"), "ap50": {c: float("nan") for c in user_classes},
+                   "n_truth": sum(n_va.values()), "seconds": 0.0} if a.skip_before
+                  else evaluate(base_card, val, user_classes, pool))
         ap50 = ", ".join(f"{k} {v:.3f}" for k, v in before["ap50"].items())
         print(f"before ({base.name}, classes mapped by name): val mAP@0.5 {before['map50']:.3f}; AP@0.5 {ap50}; "
               f"mAP@[.5:.95] {before['map']:.3f} ({before['n_truth']} val boxes, {before['seconds']:.1f} s)")

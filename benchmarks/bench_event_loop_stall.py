@@ -120,6 +120,13 @@ def main(argv=None) -> int:
         app.processEvents()
         time.sleep(0.01)
 
+    cpu_at = {}  # tick time -> the GUI thread's CPU time then (what it did in a gap vs. waiting for a CPU)
+
+    def tick(ticks):
+        t = time.perf_counter()
+        ticks.append(t)
+        cpu_at[t] = (time.thread_time(), time.process_time())
+
     def measure(arm):
         """Tick every interval until ``arm(loop)`` makes the loop quit; returns the tick times."""
         ticks = []
@@ -127,8 +134,8 @@ def main(argv=None) -> int:
         timer = QTimer()
         timer.setTimerType(Qt.PreciseTimer)
         timer.setInterval(args.interval_ms)
-        timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-        ticks.append(time.perf_counter())
+        timer.timeout.connect(lambda: tick(ticks))
+        tick(ticks)
         timer.start()
         arm(loop)
         loop.exec_()
@@ -161,7 +168,7 @@ def main(argv=None) -> int:
         bar.reset()
 
     if args.train:
-        status = train_phase(args, viewer, measure, base_st, control_st)
+        status = train_phase(args, viewer, measure, base_st, control_st, cpu_at)
         viewer.close()
         return status
 
@@ -278,7 +285,7 @@ class Timed:
         return by
 
 
-def train_phase(args, viewer, measure, base_st, control_st) -> int:
+def train_phase(args, viewer, measure, base_st, control_st, cpu_at) -> int:
     """The Train widget fine-tunes a U-Net from a Labels layer with a time budget; the probe runs
     from the Train press to the widget's last callback."""
     from qtpy.QtCore import QTimer
@@ -316,11 +323,20 @@ def train_phase(args, viewer, measure, base_st, control_st) -> int:
     state = {"t0": None, "end": None, "timed_out": False}
     finished = {"n": 0}
 
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+
     def start():
         state["t0"] = time.perf_counter()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
+        prof.enable()
         w.run()
+        prof.disable()
         timed.calls.append((t, time.perf_counter(), "run() (layers -> training set -> submit)"))
+        state["run_cpu"] = time.thread_time() - c
 
     def arm(loop):
         QTimer.singleShot(20, start)
@@ -341,7 +357,8 @@ def train_phase(args, viewer, measure, base_st, control_st) -> int:
         QTimer.singleShot(int((args.train + 240) * 1000), too_long)
 
     ticks = measure(arm)
-    ticks = [t for t in ticks if state["t0"] is None or t >= state["t0"]]
+    if state["t0"] is not None:  # from the last tick before the Train press (its gap holds run())
+        ticks = ticks[max(0, max((i for i, t in enumerate(ticks) if t < state["t0"]), default=0)):]
     st = gap_stats(ticks)
     by = timed.summary()
     first_metrics = min((t0 for t0, _, lab in timed.calls if lab == "_on_metrics"), default=None)
@@ -363,11 +380,30 @@ def train_phase(args, viewer, measure, base_st, control_st) -> int:
     print("GUI-thread work of the widget (calls, median / max ms):")
     for lab, ds in sorted(by.items(), key=lambda kv: -max(kv[1])):
         print(f"  {lab:45s} {len(ds):4d} calls  {median(ds) * 1e3:7.1f} / {max(ds) * 1e3:7.1f}")
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(12)
+    lines = [ln for ln in out.getvalue().splitlines() if ln.strip() and ("/" in ln or "{" in ln)]
+    print(f"run() on the GUI thread: {state.get('run_cpu', float('nan')) * 1e3:.1f} ms CPU; its top entries "
+          "(cumulative s):")
+    for ln in lines[:12]:
+        parts = ln.split(None, 5)
+        if len(parts) == 6:
+            where = parts[5].replace(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/", "")
+            print(f"  {parts[3]:>8s}  {where[-110:]}")
     gaps = sorted(((b - a, a, b) for a, b in zip(ticks, ticks[1:])), reverse=True)[:8]
-    print("longest gaps and what of the widget ran inside them:")
+    print("longest gaps: the CPU time used in them (far below the gap: napari waited for a CPU, i.e. the "
+          "machine's load, or for the X server) and what of the widget ran inside them:")
     for g, a, b in gaps:
         inside = ", ".join(f"{lab} {d * 1e3:.0f} ms" for lab, d in timed.inside(a, b)) or "nothing of the widget"
-        print(f"  {g * 1e3:7.1f} ms at {a - ticks[0]:6.2f} s: {inside}")
+        cpu = (cpu_at[b][0] - cpu_at[a][0]) * 1e3 if a in cpu_at and b in cpu_at else float("nan")
+        proc = (cpu_at[b][1] - cpu_at[a][1]) * 1e3 if a in cpu_at and b in cpu_at else float("nan")
+        print(f"  {g * 1e3:7.1f} ms at {a - ticks[0]:6.2f} s: GUI thread CPU {cpu:6.1f} ms, all threads of "
+              f"napari's process {proc:6.1f} ms; {inside}")
+    cpu_gaps = [(cpu_at[b][0] - cpu_at[a][0]) for a, b in zip(ticks, ticks[1:]) if a in cpu_at and b in cpu_at]
+    if cpu_gaps:
+        print(f"GUI-thread CPU time per gap: median {median(cpu_gaps) * 1e3:.1f} ms, p99 "
+              f"{quantile(cpu_gaps, 0.99) * 1e3:.1f} ms, max {max(cpu_gaps) * 1e3:.1f} ms (the stall the "
+              "work itself would cause on an idle machine)")
     status = 0
     if state["timed_out"] or not w.status.value.startswith("saved model"):
         print(f"TRAINING FAILED: timed_out={state['timed_out']} status={w.status.value!r}")
