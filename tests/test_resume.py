@@ -179,6 +179,26 @@ def test_a_full_disk_during_a_checkpoint_save_keeps_the_previous_checkpoint(tmp_
     assert epochs_of(events) == [2, 3, 4] and res.epochs_run == 4
 
 
+def test_a_full_disk_at_the_final_save_leaves_the_run_which_resumes_to_the_save(tmp_path, monkeypatch):
+    from napari_cnnvision.backends.unet import io as unet_io
+    from napari_cnnvision.backends.unet.train import train_job
+
+    real = unet_io.save_model
+
+    def no_space(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(unet_io, "save_model", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        train_job(Progress(), out_dir=tmp_path, name="late", **unet_kwargs(epochs=2))
+    assert interrupted_runs(tmp_path) == ["late"] and run_info(tmp_path, "late")["epoch"] == 2
+    monkeypatch.setattr(unet_io, "save_model", real)  # space freed
+    events = []
+    res = train_job(Progress(events.append), out_dir=tmp_path, name="late", resume=True, **unet_kwargs(epochs=2))
+    assert epochs_of(events) == [] and res.epochs_run == 2 and len(res.history["loss"]) == 2  # no epoch again
+    assert (tmp_path / "late" / "weights.pt").is_file() and interrupted_runs(tmp_path) == []
+
+
 class _RunsCode:
     def __init__(self, marker):
         self.marker = marker
