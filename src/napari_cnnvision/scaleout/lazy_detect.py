@@ -1,13 +1,14 @@
-"""Detection on a lazy image (dask, zarr, ...) too large to load, block by block from the caller's
-process: each overlapping block is read alone and handed to a callable that runs the detector on
-it (in napari: the detect job in the compute worker, which tiles the block at the model's input
-size itself); the blocks' boxes are merged like the tiles of one image (:mod:`..backends.detection.
-tiling`: a box cut by a block's inner border that another block holds whole goes), then a
-class-wise NMS removes the objects seen whole by two blocks.
+"""Detection on a lazy image (dask, zarr, ...) too large to load, tile by tile from the caller's
+process: the image is cut into the tiles a whole-image run uses (the model's input size, with
+overlap); a few at a time are read, one after another, and handed to a callable that runs the
+detector on them (in napari: the detect job in the compute worker) with the network's raw
+thresholds; the raw boxes are merged as :mod:`..backends.detection.tiling` merges a whole image's
+tiles (a box cut by a tile's inner border that another tile holds whole goes), then the score
+threshold and a class-wise NMS apply -- the same steps, on the same tiles, as a whole-image run.
 
 Intensities: an integer image within the model's range (8-bit data for a 1/255 model) goes as it
-is -- each block then gets exactly the whole image's scaling; otherwise the whole image's scaling
-(or percentiles) is taken from a regular subsample and applied here, each block reaching the model
+is -- each tile then gets exactly the whole image's scaling; otherwise the whole image's scaling
+(or percentiles) is taken from a regular subsample and applied here, each tile reaching the model
 as float 0..1 (percentile-normalized values above 1, the brightest pixels, are clipped to 1).
 
 No framework is imported here (the NMS is numpy).
@@ -17,15 +18,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ..core.results import DetectionResult
 
-#: block (core) size and overlap of block-wise detection; the overlap must exceed the largest box
+#: tiles of a model without an input size (and its overlap: more than the largest box)
 DETECT_BLOCK = 2048
 DETECT_OVERLAP = 256
+#: tiles read, stacked and sent to the detector at a time
+TILE_BATCH = 4
 SAMPLE_PIXELS = 4_000_000
 
 
@@ -36,9 +40,9 @@ def _subsample(source, max_pixels: int | None = None) -> np.ndarray:
     return np.asarray(source[::step, ::step])
 
 
-def block_input(source, card, warnings_: list[str]):
-    """``(convert, card, normalization)``: ``convert(block)`` is what goes to the detector with
-    ``card`` (the model's, or one with a fixed scale of 1 when the block is normalized here);
+def tile_input(source, card, warnings_: list[str]):
+    """``(convert, card, normalization)``: ``convert(tile)`` is what goes to the detector with
+    ``card`` (the model's, or one with a fixed scale of 1 when the tile is normalized here);
     ``normalization`` says what the image got."""
     from ..backends.detection.predict import _percentiles, _scale_factor
     from ..core.normalize import resolve_normalization
@@ -48,8 +52,8 @@ def block_input(source, card, warnings_: list[str]):
     if norm["type"] == "scale":
         full = 1.0 / norm["factor"]
         if np.issubdtype(dtype, np.integer) and np.iinfo(dtype).max <= full:
-            # exact: every block gets the whole image's factor
-            return (lambda block: block), card, {"type": "scale", "factor": norm["factor"]}
+            # exact: every tile gets the whole image's factor
+            return (lambda tile: tile), card, {"type": "scale", "factor": norm["factor"]}
         sub = _subsample(source)
         offset, factor = 0.0, _scale_factor(sub, norm["factor"], warnings_)
         top = 1.0
@@ -63,9 +67,9 @@ def block_input(source, card, warnings_: list[str]):
                          f"{norm['pmax']:g}th percentile were clipped")
     fixed = dataclasses.replace(card, normalization={"type": "scale", "factor": 1.0})
 
-    def convert(block):
-        x = block.astype(np.float32)
-        if np.issubdtype(block.dtype, np.floating):
+    def convert(tile):
+        x = tile.astype(np.float32)
+        if np.issubdtype(tile.dtype, np.floating):
             x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         x = (x - np.float32(offset)) * np.float32(factor)
         return np.minimum(x, np.float32(top), out=x)
@@ -101,55 +105,87 @@ def class_nms(boxes, class_ids, scores, iou_thresh: float) -> np.ndarray:
     return keep_arr[np.argsort(-np.asarray(scores, np.float64)[keep_arr], kind="stable")] if keep else keep_arr
 
 
-#: ``run_block(block, card, span)`` -> the block's DetectionResult (boxes in block pixels)
-RunBlock = Callable[[np.ndarray, object, tuple], DetectionResult]
+def tile_plan(card, shape: tuple[int, int]):
+    """``(tile (h, w), overlap (h, w))``: the tiles a whole-image run of ``card`` cuts an image of
+    ``shape`` into (:func:`..backends.detection.predict.tile_plan`, from the model folder's
+    ``config.json``: no weights loaded); :data:`DETECT_BLOCK` / :data:`DETECT_OVERLAP` for a model
+    without an input size (it would run a whole image at once)."""
+    from ..backends.detection.models import read_config
+    from ..backends.detection.predict import Detector, _size2
+    from ..backends.detection.predict import tile_plan as plan
+
+    cfg = read_config(card.path) if card.path and Path(card.path, "config.json").is_file() else {}
+    det = Detector(None, list(card.classes), card.name, input_size=_size2(cfg.get("input_size")),
+                   tile_overlap=cfg.get("tile_overlap"))
+    tile, overlap = plan(shape, det)
+    if tile is None:
+        side = (min(DETECT_BLOCK + DETECT_OVERLAP, shape[0]), min(DETECT_BLOCK + DETECT_OVERLAP, shape[1]))
+        tile, overlap = side, (min(DETECT_OVERLAP, side[0] - 1), min(DETECT_OVERLAP, side[1] - 1))
+    return tile, overlap
 
 
-def detect_lazy(source, card, run_block: RunBlock, *, score_thresh: float, nms_thresh: float,
-                block: int | None = None, overlap: int | None = None, progress=None,
-                check: Callable[[], None] | None = None) -> DetectionResult:
-    """Detect objects in the lazy ``source`` (H, W[, C]) block by block; see the module docstring.
+#: ``run_tiles(stack, card, span)`` -> the DetectionResult of a stack of tiles (``frame``: the
+#: tile's index in the stack), run untiled with the network's raw thresholds
+RunTiles = Callable[[np.ndarray, object, tuple], DetectionResult]
 
-    ``check()`` (e.g. raising ``Cancelled``) runs before each block; ``progress(fraction,
-    message)`` gets one event per block; ``block`` / ``overlap`` default to :data:`DETECT_BLOCK` /
-    :data:`DETECT_OVERLAP`."""
+
+def detect_lazy(source, card, run_tiles: RunTiles, *, score_thresh: float, nms_thresh: float,
+                batch: int | None = None, progress=None, check: Callable[[], None] | None = None) -> DetectionResult:
+    """Detect objects in the lazy ``source`` (H, W[, C]) tile by tile, as a whole-image run does.
+
+    The tiles are the whole-image run's (:func:`tile_plan`); ``batch`` of them at a time are read
+    (one after another), stacked and handed to ``run_tiles``; their raw boxes are merged as in
+    :func:`..backends.detection.tiling.detect_tiled` (cut boxes held whole by another tile go),
+    then the score threshold and a class-wise NMS apply. ``check()`` (e.g. raising ``Cancelled``)
+    runs before each batch; ``progress(fraction, message)`` gets one event per batch."""
     from ..backends.detection.tiling import drop_cut_boxes, tile_windows
 
-    block = DETECT_BLOCK if block is None else block
-    overlap = DETECT_OVERLAP if overlap is None else overlap
-
     t0 = time.perf_counter()
+    batch = max(1, int(TILE_BATCH if batch is None else batch))
     shape = (int(source.shape[0]), int(source.shape[1]))
-    size = (min(int(block) + int(overlap), shape[0]), min(int(block) + int(overlap), shape[1]))
-    ov = (min(int(overlap), size[0] - 1), min(int(overlap), size[1] - 1))
-    wins = tile_windows(shape, size, ov)
+    tile, overlap = tile_plan(card, shape)
+    wins = tile_windows(shape, tile, overlap)
     warnings_: list[str] = []
     if progress is not None:
         progress(0.0, "normalization: sampling the image")
-    convert, fixed, used_norm = block_input(source, card, warnings_)
+    convert, fixed, used_norm = tile_input(source, card, warnings_)
     boxes, ids, scores, tile_of = [], [], [], []
     class_names, model = list(card.classes), card.name
-    for k, (y0, x0, y1, x1) in enumerate(wins):
+    for start in range(0, len(wins), batch):
         if check is not None:
             check()
-        res = run_block(convert(np.asarray(source[y0:y1, x0:x1])), fixed, (k / len(wins), (k + 1) / len(wins)))
+        group = wins[start:start + batch]
+        stack = np.stack([convert(np.asarray(source[y0:y1, x0:x1])) for (y0, x0, y1, x1) in group])
+        res = run_tiles(stack, fixed, (start / len(wins), (start + len(group)) / len(wins)))
+        del stack
         class_names, model = list(res.class_names), res.model
-        boxes.append(res.boxes + np.array([y0, x0, y0, x0], np.float64))
+        origin = np.array([[y0, x0, y0, x0] for (y0, x0, _, _) in group], np.float64)
+        boxes.append(res.boxes + origin[res.frame])
         ids.append(res.class_ids)
         scores.append(res.scores)
-        tile_of.append(np.full(res.n_objects, k, np.int64))
+        tile_of.append(start + res.frame)
         warnings_.extend(w for w in res.warnings if w not in warnings_)
         if progress is not None:
-            progress((k + 1) / len(wins), f"block {k + 1}/{len(wins)}: {res.n_objects} objects")
+            progress((start + len(group)) / len(wins), f"tiles {start + len(group)}/{len(wins)}")
     b = np.concatenate(boxes) if boxes else np.zeros((0, 4))
     c = np.concatenate(ids) if ids else np.zeros(0, np.int64)
     s = np.concatenate(scores) if scores else np.zeros(0)
     t = np.concatenate(tile_of) if tile_of else np.zeros(0, np.int64)
     keep = np.flatnonzero(drop_cut_boxes(b, t, wins, shape))
+    keep = keep[s[keep] >= score_thresh]
     keep = keep[class_nms(b[keep], c[keep], s[keep], nms_thresh)]
-    timings = {"total_s": time.perf_counter() - t0, "blocks": float(len(wins))}
+    timings = {"total_s": time.perf_counter() - t0}
     return DetectionResult(b[keep], c[keep], s[keep], class_names, model, shape, None, False, score_thresh,
                            nms_thresh, warnings_, timings, used_norm)
 
 
-__all__ = ["DETECT_BLOCK", "DETECT_OVERLAP", "block_input", "class_nms", "detect_lazy"]
+def raw_thresholds(score_thresh: float, nms_thresh: float) -> tuple[float, float]:
+    """The thresholds to run tiles with so that their raw boxes are those a whole-image run
+    merges (:data:`..backends.detection.predict.RAW_SCORE` / ``RAW_NMS``)."""
+    from ..backends.detection.predict import RAW_NMS, RAW_SCORE
+
+    return min(RAW_SCORE, float(score_thresh)), max(RAW_NMS, float(nms_thresh))
+
+
+__all__ = ["DETECT_BLOCK", "DETECT_OVERLAP", "TILE_BATCH", "tile_input", "class_nms", "detect_lazy", "raw_thresholds",
+           "tile_plan"]

@@ -45,6 +45,7 @@ class BoxJob:
     mode: str
     frames: list[int] | None = None  # the stack's frames this run replaces; None: the whole result
     rerun: bool = False  # a re-run of the shown result (new thresholds)
+    blockwise: bool = False  # a large lazy layer read tile by tile
 
 
 # -- the image layer's input --------------------------------------------------------------------
@@ -210,7 +211,7 @@ class BoxesWidget(JobWidget):
         if layer is not None and self._card is not None:
             try:
                 layer_frames(layer)
-                lazy = _lazy.describe(layer, "detected") if self.blockwise else ""
+                lazy = _lazy.describe(layer, "detected", "tile") if self.blockwise else ""
                 note = " ".join(n for n in (lazy, channel_note(layer, self._card)) if n)
             except InputError as exc:
                 note = str(exc)
@@ -256,7 +257,7 @@ class BoxesWidget(JobWidget):
         message = f"{self.verb} {ctx.layer.name}{where} with {ctx.card.name} ..." + (f" {note}" if note else "")
         if callable(job):  # block by block
             _lazy.start_task(self, job, on_done=lambda res: self._on_done(res, ctx),
-                             message=message.replace(" ...", " block by block ..."), on_finished=self.after_job)
+                             message=message.replace(" ...", " tile by tile ..."), on_finished=self.after_job)
             return
         self.start_job(job, kwargs, on_done=lambda res: self._on_done(res, ctx), message=message,
                        on_finished=self.after_job)
@@ -300,7 +301,7 @@ class BoxesWidget(JobWidget):
                                                              translate=layer.translate, points=True)
         for kw in (skw, pkw):
             kw["metadata"][RESULT_KEY].update(mode=ctx.mode, frames=res.frames)
-            if res.timings.get("blocks"):
+            if ctx.blockwise:
                 kw["metadata"][RESULT_KEY]["blockwise"] = True
         source, model = layer.name, res.model
         self._shown[(source, model)] = res
@@ -338,9 +339,8 @@ class BoxesWidget(JobWidget):
             text = f"frame {ctx.frames[0]}: {text}; {shown.n_objects} in the stack"
         took = this_run.timings.get("total_s")
         name = f"{ctx.layer.name} [{shown.model}]"
-        blocks = int(this_run.timings.get("blocks", 0))
         text += (f" ({name}" + (f", {took:.1f} s" if took is not None else "")
-                 + (f", {blocks} blocks" if blocks else "") + ")")
+                 + (", read tile by tile" if ctx.blockwise else "") + ")")
         if layers["points_only"]:
             text += (f". Over {MAX_SHAPES} boxes: only their centres are shown (napari's Shapes layer is slow "
                      "with that many); raise the score threshold to see the boxes")

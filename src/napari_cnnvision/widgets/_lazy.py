@@ -25,14 +25,14 @@ def blockwise_source(layer):
     return data if lazy_layers.needs_blocks(data, bool(layer.rgb)) else None
 
 
-def describe(layer, what: str) -> str:
-    """The note shown for a layer that will be processed block by block ('' for others)."""
+def describe(layer, what: str, unit: str = "block") -> str:
+    """The note shown for a layer that will be processed ``unit`` by ``unit`` ('' for others)."""
     src = blockwise_source(layer)
     if src is None:
         return ""
     h, w = lazy_layers.plane_shape(src.shape, bool(layer.rgb))
-    return (f"Large lazy image ({w}x{h} pixels per plane): {what} block by block, reading one block at a "
-            "time; it is never loaded whole.")
+    return (f"Large lazy image ({w}x{h} pixels per plane): {what} {unit} by {unit}, read as it goes; it is "
+            "never loaded whole.")
 
 
 def check_plane(layer, src, what: str) -> None:

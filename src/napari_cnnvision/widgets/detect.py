@@ -5,9 +5,9 @@ a colour per class) and a Points layer of the box centres, both named ``"<image>
 Changing a threshold after a run re-runs only the post-processing: the compute worker keeps the
 network's raw boxes of each frame, so only the score filter and NMS run again.
 
-A large lazy layer (dask, zarr, an OME-Zarr pyramid) is read one block at a time, each block
-detected in the compute worker and the boxes merged across block borders
-(:mod:`..scaleout.lazy_detect`); a threshold change then waits for the Detect button.
+A large lazy layer (dask, zarr, an OME-Zarr pyramid) is read a few tiles at a time (the tiles a
+whole-image run uses), each batch detected in the compute worker and the boxes merged across tile
+borders (:mod:`..scaleout.lazy_detect`); a threshold change then waits for the Detect button.
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ class DetectWidget(BoxesWidget):
                 and abs(float(meta.get("nms_thresh", -1)) - self.nms.value) < 1e-6)
         if not same:
             if meta.get("blockwise"):  # the whole image read again: only when asked
-                self.report("Thresholds changed: press Detect to detect again block by block.")
+                self.report("Thresholds changed: press Detect to detect again tile by tile.")
                 return
             self._debounce.start()
 
@@ -131,8 +131,8 @@ class DetectWidget(BoxesWidget):
             frames = [min(self.current_frame(), n_frames - 1)] if current else None
         src = _lazy.blockwise_source(layer)
         if src is not None:
-            return self._blockwise_task(layer, card, src, n_frames, frames), None, BoxJob(layer, card, MODE, frames,
-                                                                                         rerun)
+            return (self._blockwise_task(layer, card, src, n_frames, frames), None,
+                    BoxJob(layer, card, MODE, frames, rerun, blockwise=True))
         image, axes = job_image(layer, frames)
         kwargs = dict(image=image, model=card_payload(card), axes=axes, score_thresh=float(self.score.value),
                       nms_thresh=float(self.nms.value))
@@ -140,38 +140,39 @@ class DetectWidget(BoxesWidget):
 
     def _blockwise_task(self, layer, card, src, n_frames, frames):
         """``task(ctx)``: the lazy layer (each of its ``frames``, all when None) read and detected
-        block by block; frames come back numbered 0..k-1 like :func:`job_image`'s stack."""
+        tile by tile; frames come back numbered 0..k-1 like :func:`job_image`'s stack."""
         from ..backends.dispatch import card_payload, job_for
-        from ..scaleout.lazy_detect import detect_lazy
+        from ..scaleout.lazy_detect import detect_lazy, raw_thresholds
         from ._boxes_widget import concat, renumber
 
         job = job_for(card, task="detect")
         score, nms = float(self.score.value), float(self.nms.value)
-        base = dict(axes="YXC" if layer.rgb else "YX", score_thresh=score, nms_thresh=nms)
+        raw_score, raw_nms = raw_thresholds(score, nms)
+        base = dict(axes="TYXC" if layer.rgb else "TYX", score_thresh=raw_score, nms_thresh=raw_nms, tile_size=0)
         todo = None if n_frames is None else (list(range(n_frames)) if frames is None else list(frames))
 
         def task(ctx):
             def one(plane, span):
                 a, b = span
 
-                def run_block(block, fixed, sub):
-                    return ctx.run(job, dict(base, image=block, model=card_payload(fixed)),
+                def run_tiles(stack, fixed, sub):
+                    return ctx.run(job, dict(base, image=stack, model=card_payload(fixed)),
                                    (a + (b - a) * sub[0], a + (b - a) * sub[1]))
 
                 def progress(f, message=""):
                     ctx.progress(a + (b - a) * f, message)
 
-                return detect_lazy(plane, card, run_block, score_thresh=score, nms_thresh=nms, progress=progress,
+                return detect_lazy(plane, card, run_tiles, score_thresh=score, nms_thresh=nms, progress=progress,
                                    check=ctx.check)
 
             if todo is None:
                 return one(src, (0.0, 1.0))
-            out, took, blocks = None, 0.0, 0.0
+            out, took = None, 0.0
             for k, f in enumerate(todo):
                 res = renumber(one(src[f], (k / len(todo), (k + 1) / len(todo))), [k])
-                took, blocks = took + res.timings["total_s"], blocks + res.timings["blocks"]
+                took += res.timings["total_s"]
                 out = res if out is None else concat(out, res)
-            out.timings = {"total_s": took, "blocks": blocks}
+            out.timings = {"total_s": took}
             return out
 
         return task
