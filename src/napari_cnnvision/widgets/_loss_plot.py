@@ -149,7 +149,7 @@ class LossPlot:
             self._wake.notify()
 
     def _show(self, image, generation: int):
-        if generation < self._shown:
+        if generation < self._shown or not _alive(self.label):  # an image that arrives after the widget is gone
             return
         from qtpy.QtGui import QPixmap
 
