@@ -40,10 +40,11 @@ SETTINGS_CLASS = {
     "unet.train": "napari_cnnvision.backends.unet.train:UNetTrainSettings",
     "stardist.train": "napari_cnnvision.backends.stardist.train:StarDistTrainSettings",
     "yolo.train": "napari_cnnvision.backends.detection.train:DetectorTrainSettings",
+    "detector.train": "napari_cnnvision.backends.detection.train:DetectorTrainSettings",
     "localizer.train": "napari_cnnvision.backends.localizer.settings:LocalizerTrainSettings",
 }
 #: jobs that continue an interrupted run (``resume=True``; checkpoints in ``<user dir>/.training/<name>``)
-RESUMABLE = ("unet.train", "yolo.train", "localizer.train")
+RESUMABLE = ("unet.train", "yolo.train", "detector.train", "localizer.train")
 #: epochs when a time budget decides the end
 MANY_EPOCHS = 10000
 #: the zoom of the "scale" augmentation (per axis, up to 1 + this either way)
@@ -186,7 +187,7 @@ def _settings(task: str, job: str, opts: TrainOptions, defaults: dict, fine_tune
         s["epochs"] = int(opts.epochs)
     if opts.batch_size is not None:
         s["batch_size"] = int(opts.batch_size)
-    if opts.patch_size is not None and "patch_size" in known and job != "yolo.train" and job != "localizer.train":
+    if opts.patch_size is not None and "patch_size" in known and job not in ("yolo.train", "detector.train", "localizer.train"):
         s["patch_size"] = int(opts.patch_size)
     s["augment"] = augment_dict(opts, job)
     if opts.upsampling is not None:
