@@ -31,7 +31,7 @@ NO_REGION = "(the annotation's bounding box)"
 ONE_PAIR, ALL_PAIRS = "this image + annotation", "every annotation layer with its image"
 #: task -> (annotation layer type, backends that train from layers here, fresh backend, metric label)
 TRAINABLE = {"segment": ("Labels", ("unet", "stardist2d"), "unet", "AP@0.5"),
-             "detect": ("Shapes", ("yolo",), "yolo", "mAP@0.5"),
+             "detect": ("Shapes", ("yolo", "fasterrcnn"), "yolo", "mAP@0.5"),
              "localize": ("Shapes", (), "localizer", "accuracy")}  # the localizer trains fresh only
 WIDGET_OF = {"segment": "Segment", "detect": "Detect", "localize": "Localize"}
 EPOCHS, MINUTES = "epochs", "minutes"
