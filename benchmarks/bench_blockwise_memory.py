@@ -3,8 +3,8 @@
 For each size (default 4096², 8192², 16384²) a synthetic nuclei image (uint16, Gaussian blobs of
 radius 4-7 px on a jittered 32 px lattice that repeats every 1024 px, 3 in 4 lattice cells filled,
 noise) is generated chunk by chunk into a zarr array on disk (never whole in memory), then segmented
-by the plain command in a fresh process -- ``napari-cnnvision segment IMG.zarr --out DIR`` (a zarr input goes block-wise by
-itself, blocks of 2048) -- and that process's peak RSS (``ru_maxrss``), wall time and objects/s are
+by the plain command in a fresh process -- ``napari-cnnvision segment IMG.zarr --out DIR`` (a zarr
+input goes block-wise by itself, blocks of 2048) -- and that process's peak RSS (``ru_maxrss``), wall time and objects/s are
 printed. Goal: peak < 3 GB at every size, and flat (the largest within 1.5x of the smallest).
 ``--segmenter threshold`` runs a cheap stand-in for the network (threshold + connected components)
 through the same block-wise path (reading, stitching, OME-Zarr writing, object table): the path's own

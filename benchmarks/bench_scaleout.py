@@ -1,6 +1,6 @@
 """Throughput of Dask batches (scaleout/) against the plain in-process command.
 
-The same N small synthetic nuclei images (128 x 128, uint16) are segmented with the shipped
+The same N small synthetic nuclei images (256 x 256 by default, uint16) are segmented with the shipped
 U-Net (PyTorch) three times, each run a fresh ``napari-cnnvision segment`` process into an
 empty output folder, timed from start to exit (so start-up -- the cluster's and the model's --
 counts, as it does for a user):
@@ -12,13 +12,18 @@ counts, as it does for a user):
 and prints images/s of each and the ratios ``workers 1 / plain`` (goal >= 0.9: the overhead of
 Dask's scheduling, the task round trips and the client-side writing) and ``workers 2 / workers 1``
 (ideal: the number of cores, when nothing else runs). All outputs are checked to be complete.
+The Dask runs also print where their time went (from the command's own ``dask:`` lines): the
+cluster's start, the first image (the worker imports the framework and loads the model), the
+steady time per image after it, and the cluster's close -- the figures of the cluster model in
+benchmarks/README.md.
 
-    .venv/bin/python benchmarks/bench_scaleout.py [--n 200] [--size 128] [--model nuclei-unet]
+    .venv/bin/python benchmarks/bench_scaleout.py [--n 200] [--size 256] [--model nuclei-unet]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -48,21 +53,65 @@ def make_images(folder: Path, n: int, size: int, seed: int = 0) -> None:
                          .astype(np.uint16))
 
 
-def timed_run(inp: Path, out: Path, model: str, extra: list[str], n: int) -> float:
+PHASES = {"start": r"started in ([\d.]+) s", "first": r"first image done ([\d.]+) s",
+          "all": r"images in ([\d.]+) s after submitting", "close": r"closed in ([\d.]+) s"}
+
+
+def timed_run(inp: Path, out: Path, model: str, extra: list[str], n: int) -> tuple[float, dict]:
     t0 = time.perf_counter()
     r = subprocess.run([CLI, "segment", str(inp), "--out", str(out), "--model", model, "--quiet", *extra],
                        capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0 or f"segmented {n}," not in r.stdout:
         raise SystemExit(f"run {' '.join(extra) or 'plain'} failed:\n{r.stdout}\n{r.stderr[-3000:]}")
-    return wall
+    phases = {k: float(m.group(1)) for k, pat in PHASES.items() if (m := re.search(pat, r.stderr))}
+    return wall, phases
+
+
+def _noop(i):
+    return i
+
+
+def probe_overheads(n_tasks: int, out: Path) -> dict:
+    """Per-task figures of the cluster model: the scheduler round trip of a task that does nothing
+    (one worker process, as_completed as in run_batch) and the client's writing of one image's
+    outputs (labels TIFF + table CSV of a segmented image from ``out``)."""
+    import logging
+
+    from distributed import Client, LocalCluster, as_completed
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        client.gather(client.map(_noop, range(20), pure=False))  # warm
+        t0 = time.perf_counter()
+        for f in as_completed(client.map(_noop, range(n_tasks), pure=False)):
+            f.result()
+        sched = (time.perf_counter() - t0) / n_tasks
+    import csv
+
+    import tifffile
+
+    from napari_cnnvision.cli.segment import write_outputs
+    from napari_cnnvision.core.results import SegmentationResult
+
+    tif = sorted(out.glob("*.tif"))[0]
+    with open(tif.with_suffix(".csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    table = {k: np.array([float(r[k]) for r in rows]) for k in (rows[0] if rows else ["label"])}
+    res = SegmentationResult(tifffile.imread(tif), table, "m")
+    t0 = time.perf_counter()
+    for k in range(20):
+        write_outputs(res, out / f"probe{k}.tif", out / f"probe{k}.csv")
+    write = (time.perf_counter() - t0) / 20
+    return {"sched_ms": 1e3 * sched, "write_ms": 1e3 * write}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="number of images (default 200)")
-    ap.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    ap.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     ap.add_argument("--model", default="nuclei-unet")
+    ap.add_argument("--probe-tasks", type=int, default=300, help="no-op tasks timed for the scheduler overhead")
     args = ap.parse_args()
     print(f"bench_scaleout: {args.n} images of {args.size} x {args.size}, model {args.model}; {machine_note()}")
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
@@ -73,9 +122,19 @@ def main() -> int:
         runs = {"plain": [], "workers 1": ["--workers", "1"], "workers 2": ["--workers", "2"]}
         rate = {}
         for name, extra in runs.items():
-            wall = timed_run(inp, tmp / name.replace(" ", "-"), args.model, extra, args.n)
+            wall, ph = timed_run(inp, tmp / name.replace(" ", "-"), args.model, extra, args.n)
             rate[name] = args.n / wall
-            print(f"  {name:<10} {wall:7.1f} s  {rate[name]:6.2f} images/s")
+            more = ""
+            if {"start", "first", "all", "close"} <= set(ph):
+                steady = (ph["all"] - ph["first"]) / max(1, args.n - 1)
+                rest = wall - ph["start"] - ph["all"] - ph["close"]
+                more = (f"   cluster start {ph['start']:.1f} s, first image {ph['first']:.1f} s, then "
+                        f"{1e3 * steady:.0f} ms/image, close {ph['close']:.1f} s, rest (imports, planning) {rest:.1f} s")
+            print(f"  {name:<10} {wall:7.1f} s  {rate[name]:6.2f} images/s{more}   (load {os.getloadavg()[0]:.1f})",
+                  flush=True)
+        pr = probe_overheads(args.probe_tasks, tmp / "plain")
+        print(f"  per task: scheduler round trip {pr['sched_ms']:.1f} ms (no-op tasks, 1 worker), client writes "
+              f"one image's outputs in {pr['write_ms']:.1f} ms", flush=True)
     over = rate["workers 1"] / rate["plain"]
     scale = rate["workers 2"] / rate["workers 1"]
     print(f"  workers 1 / plain     : {over:.2f}  (goal >= {GOAL_OVERHEAD}) {'PASS' if over >= GOAL_OVERHEAD else 'FAIL'}")

@@ -121,3 +121,19 @@ def test_zarr_labels_to_tiled_tiff_tile_by_tile(tmp_path):
         assert tf.pages[0].is_tiled and tf.pages[0].tilewidth == 32
         np.testing.assert_array_equal(tf.asarray(), lab)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
+
+
+@pytest.mark.parametrize("extra", [[], ["--blocks", "64"]])
+def test_zarr_output_that_would_overwrite_the_zarr_input_is_refused(tmp_path, capsys, extra):
+    import zarr
+
+    from napari_cnnvision.cli.main import main
+
+    z = zarr.open_array(str(tmp_path / "x.zarr"), mode="w", shape=(40, 40), chunks=(20, 20), dtype=np.uint16,
+                        zarr_format=2)
+    z[:] = 7
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert main(["segment", str(tmp_path / "x.zarr"), "--out", str(tmp_path), "--model", "nuclei-unet", *extra]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "x.zarr"), mode="r")[:], 7)

@@ -167,12 +167,18 @@ def run(args) -> int:
         raise ValueError("no input images found")
     plan = plan_outputs(files, out)  # before anything is written
     threshold = large.block_threshold()
+    blockwise_of = [large.goes_blockwise(f, threshold) for f in files]  # too large to load whole: block by block
+    inputs = {f.resolve() for f in files}
+    for f, (tif, _), big in zip(files, plan, blockwise_of):
+        if big and large.labels_path(tif, args.format or "zarr").resolve() in inputs:
+            raise OutputConflict(f"the output {large.labels_path(tif, args.format or 'zarr')} would overwrite the "
+                                 "input of that name; choose another --out folder")
     out.mkdir(parents=True, exist_ok=True)
     norm = {k: getattr(args, k) for k in ("pmin", "pmax") if getattr(args, k) is not None}  # else the card's
     debug = getattr(args, "debug", False)
     done = skipped = failed = 0
     for i, (f, (tif, csv)) in enumerate(zip(files, plan)):
-        blockwise = large.goes_blockwise(f, threshold)  # too large to load whole: block by block
+        blockwise = blockwise_of[i]
         if blockwise:
             tif = large.labels_path(tif, args.format or "zarr")
         if tif.exists() and csv.exists() and not args.overwrite:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,8 +92,12 @@ def _run(client, compute, task, files, sink, errors, summary, payload, kwargs, r
     index = {f.key: i for f, i in zip(futures, sink.pending)}
     n = len(futures)
     bar(0.0, f"0/{n}")
+    t0 = time.perf_counter()
     try:
         for fut in as_completed(futures):
+            if fut is not None and summary.done + summary.failed == 0:
+                print(f"\rdask: first image done {time.perf_counter() - t0:.1f} s after submitting "
+                      "(the workers load the model once)".ljust(100), file=stream)
             i = index[fut.key]
             try:
                 res = fut.result()
@@ -118,3 +123,6 @@ def _run(client, compute, task, files, sink, errors, summary, payload, kwargs, r
     finally:
         client.cancel([f for f in futures if not f.done()])
         bar.close()
+        k = summary.done + summary.failed
+        if k > 1:
+            print(f"dask: {k} images in {time.perf_counter() - t0:.1f} s after submitting", file=stream)

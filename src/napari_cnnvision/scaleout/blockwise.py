@@ -238,6 +238,10 @@ def segment_files_blockwise(files, out_dir, model=None, *, block: int = 2048, ov
         raise ValueError("no input images found")
     out = Path(out_dir)
     plan = [(labels_path(tif, fmt), csv) for tif, csv in plan_outputs(files, out)]
+    inputs = {f.resolve() for f in files}
+    for lpath, _ in plan:
+        if lpath.resolve() in inputs:
+            raise ValueError(f"the output {lpath} would overwrite the input of that name; choose another --out folder")
     out.mkdir(parents=True, exist_ok=True)
     done = skipped = failed = 0
     for i, (f, (lpath, csv)) in enumerate(zip(files, plan)):

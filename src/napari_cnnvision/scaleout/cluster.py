@@ -30,6 +30,7 @@ def connect(workers: int | None = None, scheduler: str | None = None, framework:
     stream = stream or sys.stderr
     resources = resources_for(framework)
     cluster = None
+    t0 = time.perf_counter()
     if workers is not None:
         if workers < 1:
             raise ValueError(f"--workers must be 1 or more (got {workers})")
@@ -40,14 +41,17 @@ def connect(workers: int | None = None, scheduler: str | None = None, framework:
     else:
         client = Client(scheduler)
     try:
-        print(f"dask: scheduler {client.scheduler.address}; dashboard: {dashboard(client)}", file=stream)
+        up = f" (local cluster of {workers} started in {time.perf_counter() - t0:.1f} s)" if cluster is not None else ""
+        print(f"dask: scheduler {client.scheduler.address}; dashboard: {dashboard(client)}{up}", file=stream)
         if resources:
             wait_for_resource(client, framework, stream)
         yield client
     finally:
+        t1 = time.perf_counter()
         client.close()
         if cluster is not None:
             cluster.close()
+            print(f"dask: local cluster closed in {time.perf_counter() - t1:.1f} s", file=stream)
 
 
 def _local_cluster(LocalCluster, workers: int, resources: dict, threads: int | None = None):
