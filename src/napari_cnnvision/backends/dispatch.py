@@ -19,8 +19,8 @@ BACKEND_JOBS: dict[tuple[str, str], dict[str, str]] = {
     ("segment", "stardist3d"): {"predict": "stardist.predict", "train": "stardist.train"},
     ("segment", "unet"): {"predict": "unet.predict", "train": "unet.train"},
     ("segment", "bioimageio"): {"predict": "bioimageio.predict"},
-    ("detect", "yolo"): {"predict": "yolo.predict", "train": "yolo.train"},
-    ("detect", "fasterrcnn"): {"predict": "fasterrcnn.predict"},
+    ("detect", "yolo"): {"predict": "yolo.predict", "train": "detector.train"},
+    ("detect", "fasterrcnn"): {"predict": "fasterrcnn.predict", "train": "detector.train"},
     ("localize", "localizer"): {"predict": "localizer.predict", "train": "localizer.train"},
 }
 

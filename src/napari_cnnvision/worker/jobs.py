@@ -26,7 +26,8 @@ JOBS: dict[str, tuple[str, str]] = {
     "bioimageio.export_unet": ("torch", "napari_cnnvision.backends.bioimageio.export:export_job"),
     "bioimageio.export_stardist": ("tf", "napari_cnnvision.backends.bioimageio.export:export_job"),
     "yolo.predict": ("torch", "napari_cnnvision.backends.detection.predict:predict_job"),
-    "yolo.train": ("torch", "napari_cnnvision.backends.training.jobs:detector_train_job"),
+    "detector.train": ("torch", "napari_cnnvision.backends.training.jobs:detector_train_job"),  # YOLO + Faster R-CNN
+    "yolo.train": ("torch", "napari_cnnvision.backends.training.jobs:detector_train_job"),  # former name of detector.train
     "fasterrcnn.predict": ("torch", "napari_cnnvision.backends.detection.predict:predict_job"),
     "localizer.predict": ("torch", "napari_cnnvision.backends.localizer.predict:predict_job"),
     "localizer.train": ("torch", "napari_cnnvision.backends.localizer.train:train_job"),

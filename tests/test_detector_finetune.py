@@ -1,0 +1,105 @@
+"""Fine-tuning Faster R-CNN through the detector training job (``detector.train``), as YOLO:
+heads rebuilt for the user's classes, the model registered with a threshold chosen on val."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_cnnvision.core.axes import InputError
+from napari_cnnvision.core.registry import ModelRegistry
+
+#: the smallest Faster R-CNN of backends/detection/models.py: MobileNetV3-FPN, a 32-wide box head, few proposals
+TINY_FRCNN = {"arch": "fasterrcnn_mobilenet_v3_large_fpn", "in_channels": 3, "input_size": 64, "scale": 1.0,
+              "anchor_sizes": [8, 12, 16, 24, 32], "box_head": {"conv": [], "fc": [32]},
+              "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 100,
+              "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 32, "box_detections_per_img": 50}
+
+
+def _sample(seed: int, n_classes: int) -> dict:
+    """A 64x64 RGB image with bright squares; labels cycle through 1..n_classes."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 30, (64, 64, 3), dtype=np.uint8)
+    boxes, labels = [], []
+    for i, (y, x) in enumerate([(6, 6), (6, 38), (38, 6), (38, 38)]):
+        img[y:y + 16, x:x + 16] = 200 if i % 2 == 0 else 120
+        boxes.append([x, y, x + 16, y + 16])
+        labels.append(i % n_classes + 1)
+    return {"image": img, "boxes": np.array(boxes, np.float32), "labels": np.array(labels, np.int64)}
+
+
+@pytest.fixture
+def frcnn_base(tmp_path):
+    """A tiny Faster R-CNN of classes [cell] saved in a temporary user folder."""
+    import torch
+
+    from napari_cnnvision.backends.detection.models import build_detector, save_detector
+
+    torch.manual_seed(0)
+    cfg = {**TINY_FRCNN, "classes": ["cell"]}
+    save_detector(build_detector(cfg), cfg, tmp_path / "tiny-frcnn", {"description": "a tiny test base"})
+    return ModelRegistry(user_dir=tmp_path).get("tiny-frcnn")
+
+
+def test_job_for_faster_rcnn_train_is_the_detector_job():
+    from napari_cnnvision.backends.dispatch import job_for
+    from napari_cnnvision.worker.jobs import JOBS, kind_of, resolve
+
+    frcnn = ModelRegistry().get("bloodcells-frcnn")
+    assert frcnn.backend == "fasterrcnn"
+    assert job_for(frcnn, "train", "detect") == "detector.train"
+    assert job_for(ModelRegistry().get("bloodcells-yolo"), "train", "detect") == "detector.train"
+    assert kind_of("detector.train") == "train" and JOBS["yolo.train"] == JOBS["detector.train"]
+    assert resolve("yolo.train") is resolve("detector.train")
+
+
+def test_faster_rcnn_fine_tuned_to_other_classes_is_registered_and_loads(tmp_path, frcnn_base):
+    from napari_cnnvision.backends.detection.models import load_detector
+    from napari_cnnvision.backends.detection.thresholds import read_thresholds
+    from napari_cnnvision.backends.dispatch import card_payload
+    from napari_cnnvision.backends.training.jobs import detector_train_job
+
+    base_weights = (tmp_path / "tiny-frcnn" / "weights.pt").read_bytes()
+    events = []
+
+    class Rec:
+        stop_requested = False
+
+        def __call__(self, fraction, message="", **metrics):
+            events.append((fraction, message, metrics))
+
+    res = detector_train_job(Rec(), train=[_sample(1, 2)], val=[_sample(2, 2)], classes=["big", "small"],
+                             name="tuned-frcnn", base=card_payload(frcnn_base), out_dir=str(tmp_path),
+                             settings={"epochs": 1, "batch_size": 1})
+    assert res.epochs_run == 1 and res.model_dir
+    card = ModelRegistry(user_dir=tmp_path).get("tuned-frcnn")
+    assert card.task == "detect" and card.backend == "fasterrcnn" and card.classes == ["big", "small"]
+    t = card.training
+    assert t["base_model"] == "tiny-frcnn" and t["settings"]["epochs"] == 1 and t["settings"]["batch_size"] == 1
+    # the box predictor (1 class + background before, 2 + background now) was rebuilt, the rest kept
+    assert any(k.startswith("roi_heads.box_predictor.cls_score") for k in t["rebuilt_weights"])
+    assert not any(k.startswith("backbone") for k in t["rebuilt_weights"])
+    assert "map@0.5" in card.metrics["val"] and 0 <= card.metrics["val"]["map@0.5"] <= 1
+    model, cfg = load_detector(card.path)
+    assert cfg["classes"] == ["big", "small"] and cfg["arch"] == TINY_FRCNN["arch"]
+    assert model.roi_heads.box_predictor.cls_score.out_features == 3
+    # the score threshold was chosen on val, written next to the weights and read by Detect
+    thr = json.loads((tmp_path / "tuned-frcnn" / "thresholds.json").read_text())
+    assert thr["chosen_on"].startswith("val") and read_thresholds(card)["score"] == thr["score"]
+    assert card.metrics["val"]["score_thresh"] == thr["score"]
+    assert any("score threshold" in m for _, m, _ in events)
+    # the base is untouched
+    assert (tmp_path / "tiny-frcnn" / "weights.pt").read_bytes() == base_weights
+    assert json.loads((tmp_path / "tiny-frcnn" / "config.json").read_text())["classes"] == ["cell"]
+
+
+def test_a_base_of_another_task_is_refused_clearly(tmp_path):
+    from napari_cnnvision.backends.dispatch import card_payload
+    from napari_cnnvision.backends.training.jobs import detector_train_job
+
+    unet = ModelRegistry().get("nuclei-unet")
+    with pytest.raises(InputError, match=r"'nuclei-unet' is a segment model, not a detection model"):
+        detector_train_job(train=[_sample(1, 1)], val=[_sample(2, 1)], classes=["cell"], name="nope",
+                           base=card_payload(unet), out_dir=str(tmp_path), settings={"epochs": 1})
+    assert not (tmp_path / "nope").exists() and not (tmp_path / ".training" / "nope").exists()
