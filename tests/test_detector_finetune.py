@@ -103,3 +103,21 @@ def test_a_base_of_another_task_is_refused_clearly(tmp_path):
         detector_train_job(train=[_sample(1, 1)], val=[_sample(2, 1)], classes=["cell"], name="nope",
                            base=card_payload(unet), out_dir=str(tmp_path), settings={"epochs": 1})
     assert not (tmp_path / "nope").exists() and not (tmp_path / ".training" / "nope").exists()
+
+
+def test_the_train_plan_of_a_faster_rcnn_base_is_the_resumable_detector_job():
+    """What the Train widget, `train detect --base bloodcells-frcnn` and api.train send (no job run)."""
+    from napari_cnnvision.backends.training.plan import TrainOptions, TrainPair, detect_plan
+
+    frcnn = ModelRegistry().get("bloodcells-frcnn")
+    pairs = []
+    for k in range(2):
+        s = _sample(k, 2)
+        boxes = s["boxes"][:, [1, 0, 3, 2]]  # y0, x0, y1, x1 as in a Shapes layer
+        pairs.append(TrainPair(s["image"], boxes=boxes, classes=["WBC" if c == 1 else "blob" for c in s["labels"]],
+                               valid="all", name=f"img{k}"))
+    p = detect_plan(pairs, frcnn, TrainOptions(epochs=3, patch_size=256, resume=True), name="my-frcnn")
+    assert p.job == "detector.train" and p.kwargs["resume"] is True
+    assert p.kwargs["base"]["name"] == "bloodcells-frcnn" and p.kwargs["classes"] == ["WBC", "blob"]
+    s = p.kwargs["settings"]
+    assert s["epochs"] == 3 and s["learning_rate"] == 6e-4 and "patch_size" not in s  # fine-tune lr; whole images
