@@ -384,3 +384,102 @@ def test_shipped_wbc_localizer(shared_data):
         truth = [float(r["ymin"]), float(r["xmin"]), float(r["ymax"]), float(r["xmax"])]
         assert box_iou(res.boxes, [truth])[0] > 0.3, (r, res.boxes)
     json.loads(Path(card.path, "training.json").read_text())
+
+
+# --- the fast pre-processing and the batched frames give the plain path's results ------------------------
+
+def _plain_localize(image, card, frames_first: bool):
+    """The plain path localize() replaced: each frame on its own, reference_input, a batch-1 network call."""
+    from napari_cnnvision.backends.localizer.model import cxcywh_to_yxyx
+    from napari_cnnvision.backends.localizer.predict import predict_inputs
+    from napari_cnnvision.backends.localizer.preprocess import reference_input
+
+    loaded = lio.load_model(card.path)
+    cfg = loaded.config
+    planes = list(image) if frames_first else [image]
+    boxes, probs = [], []
+    for plane in planes:
+        x = reference_input(plane, cfg.input_size, {k: v for k, v in card.normalization.items() if k != "source"},
+                            cfg.in_channels)
+        b, p = predict_inputs(loaded.model, x[None])
+        h, w = plane.shape[:2]
+        boxes.append(np.clip(cxcywh_to_yxyx(b, h, w)[0], 0, [h, w, h, w]))
+        probs.append(p[0])
+    return np.array(boxes), np.array(probs)
+
+
+def _assert_same_results(res, boxes, probs):
+    assert res.class_ids.tolist() == probs.argmax(1).tolist()
+    assert np.abs(res.boxes - boxes).max() <= 1e-4, np.abs(res.boxes - boxes).max()
+    assert np.abs(res.probabilities - probs).max() <= 1e-5
+
+
+def test_to_input_equals_the_plain_recipe_bit_for_bit():
+    from napari_cnnvision.backends.localizer.preprocess import percentiles, reference_input, to_input
+
+    rng = np.random.default_rng(3)
+    base = rng.normal(0.3, 0.2, (37, 53, 3))
+    images = {"uint8": (np.clip(base, 0, 1) * 255).astype(np.uint8),
+              "uint16": (np.clip(base, 0, 1) * 60000).astype(np.uint16),
+              "int16": (base * 3000).astype(np.int16), "int32": (base * 1e6).astype(np.int32),
+              "float32": base.astype(np.float32), "float64": base * 1e3,
+              "gray_uint8": (np.clip(base[..., 0], 0, 1) * 255).astype(np.uint8), "gray_float": base[..., 1],
+              "rgba": np.dstack([(np.clip(base, 0, 1) * 255).astype(np.uint8), np.full((37, 53), 255, np.uint8)])}
+    nan = base[..., 0].astype(np.float32)
+    nan[3, 4] = np.nan
+    images["nan"] = nan
+    norms = [NORM, {"type": "percentile", "pmin": 0.0, "pmax": 100.0}, {"type": "percentile", "pmin": 37.3, "pmax": 62.9},
+             {"type": "scale", "factor": 0.01}]
+    for name, im in images.items():
+        for channels in (3, 1):
+            for size in [(32, 32), (64, 80), (37, 53)]:
+                for norm in norms:
+                    a, b = to_input(im, size, norm, channels), reference_input(im, size, norm, channels)
+                    assert a.shape == b.shape == (channels,) + size and a.dtype == b.dtype == np.float32
+                    assert a.tobytes() == b.tobytes(), (name, channels, size, norm, np.abs(a - b).max())
+    for im in images.values():
+        if np.issubdtype(im.dtype, np.floating) and not np.isfinite(im).all():
+            continue
+        for repeat in (1, 3):
+            flat = np.repeat(im[..., :1], repeat, -1).astype(np.float32)
+            for q, got in zip((0.0, 1.0, 50.0, 99.8, 100.0), percentiles(im[..., :1], (0.0, 1.0, 50.0, 99.8, 100.0),
+                                                                        repeat)):
+                assert np.float32(got).tobytes() == np.percentile(flat, q).tobytes(), (im.dtype, repeat, q)
+
+
+def test_localize_equals_the_plain_path_and_batches_the_frames(trained):
+    card = _card(trained["folder"])
+    rng = np.random.default_rng(21)
+    frames = [draw((70, 90), k % 2, 25 + 3 * k, 30 + 4 * k, 11, rng)[0] for k in range(10)]
+    stack = (np.clip(np.stack(frames), 0, 1) * 255).astype(np.uint8)
+    for im in (frames[0], stack[3]):
+        _assert_same_results(localize(im, card), *_plain_localize(im, card, False))
+    model = lio.load_model(card.path).model
+    calls = []
+    hook = model.register_forward_hook(lambda m, inp, out: calls.append(len(inp[0])))
+    try:
+        rec = RecordingProgress()
+        res = localize(stack, card, progress=rec)
+    finally:
+        hook.remove()
+    assert calls == [10]  # the 10 frames in one network call, not 10
+    assert [e.message for e in rec.events if e.message.startswith("frame 10/10")]  # progress still per frame
+    assert res.frame.tolist() == list(range(10))
+    _assert_same_results(res, *_plain_localize(stack, card, True))
+    from napari_cnnvision.core.progress import Cancelled
+
+    with pytest.raises(Cancelled):  # Cancel still ends a stack between frames
+        localize(stack, card, progress=RecordingProgress(stop_after=2))
+
+
+def test_shipped_wbc_localizer_equals_the_plain_path(shared_data):
+    from napari_cnnvision.core.images import read_image
+    from napari_cnnvision.core.registry import ModelRegistry
+
+    card = ModelRegistry().get("wbc-localizer")
+    rows = list(csv.DictReader(open(shared_data / "bccd" / "derived" / "wbc_subtype_localization_val.csv")))[:4]
+    images = [read_image(shared_data / "bccd" / "images" / r["image"]) for r in rows]
+    for im in images[:2] + [images[2][..., 1], images[3].astype(np.uint16) * 250]:
+        _assert_same_results(localize(im, card), *_plain_localize(im, card, False))
+    stack = np.stack(images)
+    _assert_same_results(localize(stack, card), *_plain_localize(stack, card, True))

@@ -145,25 +145,50 @@ def localize(image, card, axes: str | None = None, frames=None, regions=None, pr
         raise InputError(f"none of the frames {list(frames)} exists (the stack has {image.shape[0]} frames)")
     timings = {"network_s": 0.0}
 
-    def one_frame(step):
-        plane = image[step.index]
-        f = int(step.index[0]) if step.index else 0
-        crops = [(None, (0, 0) + spatial)] if parsed is None else [
-            (k, box) for k, (fr, box) in enumerate(parsed) if fr is None or fr == f]
+    def crops_of(index):
+        f = int(index[0]) if index else 0
+        return f, ([(None, (0, 0) + spatial)] if parsed is None else [
+            (k, box) for k, (fr, box) in enumerate(parsed) if fr is None or fr == f])
+
+    # frames go through the network together, up to BATCH crops at a time (one batch-1 call per
+    # frame costs several times more on a busy CPU); a chunk runs when its first frame comes up
+    chunks, cur, n_cur = [], [], 0
+    for pos, idx in enumerate(indices):
+        n = len(crops_of(idx)[1])
+        if cur and n_cur + n > BATCH:
+            chunks.append(cur)
+            cur, n_cur = [], 0
+        cur.append(pos)
+        n_cur += n
+    chunks.append(cur)
+    first_of = {c[0]: c for c in chunks}
+    ready: dict[int, list] = {}
+
+    def run_chunk(chunk, step):
+        items, xs = [], []
         with step.timed("preprocess_s"):
-            x = np.stack([to_input(plane[y0:y1, x0:x1], cfg.input_size, norm_apply, cfg.in_channels)
-                          for _, (y0, x0, y1, x1) in crops]) if crops else None
-        if x is None:
-            return []
+            for pos in chunk:
+                step.progress.check()
+                f, crops = crops_of(indices[pos])
+                plane = image[indices[pos]]
+                ready[pos] = []
+                for k, (y0, x0, y1, x1) in crops:
+                    xs.append(to_input(plane[y0:y1, x0:x1], cfg.input_size, norm_apply, cfg.in_channels))
+                    items.append((pos, f, k, (y0, x0, y1, x1)))
+        if not xs:
+            return
         with step.timed("network_s"):
-            nb, pr = predict_inputs(loaded.model, x, tta=tta)
-        out = []
-        for (k, (y0, x0, y1, x1)), b, p in zip(crops, nb, pr):
+            nb, pr = predict_inputs(loaded.model, np.stack(xs), tta=tta)
+        for (pos, f, k, (y0, x0, y1, x1)), b, p in zip(items, nb, pr):
             h, w = y1 - y0, x1 - x0
             yx = cxcywh_to_yxyx(b[None], h, w)[0]
             yx = np.clip(yx, 0, [h, w, h, w]) + [y0, x0, y0, x0]
-            out.append((f, k, yx, p))
-        return out
+            ready[pos].append((f, k, yx, p))
+
+    def one_frame(step):
+        if step.position in first_of:
+            run_chunk(first_of[step.position], step)
+        return ready.pop(step.position)
 
     describe = (lambda o: ", ".join(f"{loaded.class_names[int(np.argmax(p))]} {p.max():.2f}" for *_, p in o[:3])
                 + (" ..." if len(o) > 3 else ""))
