@@ -137,3 +137,17 @@ def test_zarr_output_that_would_overwrite_the_zarr_input_is_refused(tmp_path, ca
     assert "would overwrite the input" in capsys.readouterr().err
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "x.zarr"), mode="r")[:], 7)
+
+
+def test_streamed_object_table_is_the_plain_writers_file(tmp_path):
+    from napari_cnnvision.core.tables import write_table
+    from napari_cnnvision.scaleout.large import write_table_streamed
+
+    rng = np.random.default_rng(2)
+    n = 45
+    table = {"label": np.arange(1, n + 1), "area": rng.integers(1, 99, n).astype(float),
+             "centroid_y": rng.random(n) * 1e4, "centroid_x": rng.random(n), "probability": rng.random(n)}
+    table["probability"][[3, 7]] = np.nan
+    write_table(tmp_path / "a.csv", table)
+    write_table_streamed(tmp_path / "b.csv", table, rows=10)  # in 5 pieces
+    assert (tmp_path / "b.csv").read_bytes() == (tmp_path / "a.csv").read_bytes()

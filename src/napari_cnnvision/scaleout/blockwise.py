@@ -129,6 +129,25 @@ def segment_file_blockwise(source, out_path, card, block: int = 2048, overlap: i
     return segment_blockwise(source, out_path, one, block, overlap, progress)
 
 
+def _trim_heap() -> None:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``; elsewhere nothing). The
+    windows' arrays (tens of MB) come from the heap once glibc's mmap threshold has adapted to them,
+    and without this the heap's high-water mark creeps up window after window."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
 def _write_ome_labels(path: Path, shape, chunks, dtype):
     import zarr
 
@@ -159,7 +178,7 @@ def segment_blockwise(source, out_path: str | Path, segment_window, block: int =
     out_path = Path(out_path)
     shape = tuple(int(s) for s in source.shape)
     pairs = list(windows(shape, block, overlap))
-    prob: dict[int, float] = {}
+    prob = np.full(1024, np.nan)  # by stitched label; grown as labels are added
     next_label = 1
     with staged_dir(out_path) as tmp:
         out = _write_ome_labels(tmp, shape, (min(block, shape[0]), min(block, shape[1])), np.int32)
@@ -178,16 +197,21 @@ def segment_blockwise(source, out_path: str | Path, segment_window, block: int =
                 taken = np.bincount(lab[cur > 0].ravel(), minlength=n)
                 ids = ids[taken[ids] < DUPLICATE * area[ids]]
             if ids.size:
-                lut = np.zeros(int(lab.max()) + 1, np.int64)
+                lut = np.zeros(int(lab.max()) + 1, np.int32)  # the output's dtype
                 lut[ids] = np.arange(next_label, next_label + ids.size)
                 new = lut[lab]
                 free = (cur == 0) & (new > 0)
                 cur[free] = new[free]
                 out[wy0:wy1, wx0:wx1] = cur
-                p = dict(zip(np.asarray(t["label"], np.int64).tolist(), np.asarray(
-                    t.get("probability", np.full(len(t["label"]), np.nan)), float).tolist()))
-                prob.update({int(lut[i]): p[int(i)] for i in ids})
+                by_label = np.full(len(lut), np.nan)
+                by_label[np.asarray(t["label"], np.int64)] = np.asarray(
+                    t.get("probability", np.full(len(t["label"]), np.nan)), float)
+                if next_label + ids.size > len(prob):
+                    prob = np.concatenate([prob, np.full(max(len(prob), ids.size), np.nan)])
+                prob[lut[ids]] = by_label[ids]
                 next_label += ids.size
+            res = lab = cur = new = free = area = taken = None  # before the next window is read
+            _trim_heap()
             if progress is not None:
                 progress((k + 1) / len(pairs), f"block {k + 1}/{len(pairs)}")
         table = object_table(out, next_label - 1, prob, block)
@@ -195,8 +219,8 @@ def segment_blockwise(source, out_path: str | Path, segment_window, block: int =
 
 
 def object_table(labels, n: int, prob: dict, step: int) -> dict:
-    """label, area, centroid_y, centroid_x, probability of labels 1..n of the (lazy) 2-D ``labels``,
-    read in ``step x step`` chunks (memory set by the chunk, not the image's width); objects left
+    """label, area, centroid_y, centroid_x, probability of labels 1..n of the (lazy) 2-D ``labels``
+    (``prob``: by label, a dict or an array indexed by label), read in ``step x step`` chunks (memory set by the chunk, not the image's width); objects left
     with no pixel are dropped."""
     area = np.zeros(n + 1)
     sy = np.zeros(n + 1)
@@ -210,9 +234,15 @@ def object_table(labels, n: int, prob: dict, step: int) -> dict:
             area += np.bincount(v, minlength=n + 1)
             sy += np.bincount(v, weights=yy + y0, minlength=n + 1)
             sx += np.bincount(v, weights=xx + x0, minlength=n + 1)
+            lab = yy = xx = v = None
+            _trim_heap()
     keep = np.nonzero(area[1:])[0] + 1
+    if isinstance(prob, dict):
+        p = np.array([prob.get(int(i), np.nan) for i in keep])
+    else:  # an array by label
+        p = np.where(keep < len(prob), np.asarray(prob)[np.minimum(keep, len(prob) - 1)], np.nan)
     return {"label": keep, "area": area[keep], "centroid_y": sy[keep] / area[keep],
-            "centroid_x": sx[keep] / area[keep], "probability": np.array([prob.get(int(i), np.nan) for i in keep])}
+            "centroid_x": sx[keep] / area[keep], "probability": p}
 
 
 def segment_files_blockwise(files, out_dir, model=None, *, block: int = 2048, overlap: int | None = None,

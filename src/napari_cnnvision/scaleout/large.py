@@ -96,7 +96,6 @@ def segment_one(src: Path, labels: Path, csv: Path, card, block: int = DEFAULT_B
                 progress=None, **segment_kwargs) -> dict:
     """Segment ``src`` block-wise into ``labels`` (``.zarr``: OME-Zarr labels; ``.tif``: a tiled
     TIFF) and ``csv`` (the object table); returns the table. Nothing half-written is left."""
-    from ..core import tables
     from .blockwise import segment_file_blockwise
 
     if labels.suffix.lower() == ".zarr":
@@ -110,11 +109,32 @@ def segment_one(src: Path, labels: Path, csv: Path, card, block: int = DEFAULT_B
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tables.write_table(csv, table)
+        write_table_streamed(csv, table)
     except BaseException:
         (shutil.rmtree if labels.is_dir() else Path.unlink)(labels)  # no labels without their table
         raise
     return table
+
+
+def write_table_streamed(path: Path, table: dict, rows: int = 20_000) -> Path:
+    """:func:`napari_cnnvision.core.tables.write_table`'s file (the same bytes), written ``rows`` rows
+    at a time instead of built whole in memory first (a large image has hundreds of thousands of
+    objects); atomic."""
+    import csv
+
+    from ..core.io import atomic_write_with
+
+    cols = list(table)
+    n = len(table[cols[0]]) if cols else 0
+
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(cols)
+            for i in range(0, n, rows):
+                w.writerows(zip(*(np.asarray(table[c][i:i + rows]).tolist() for c in cols)))
+
+    return atomic_write_with(path, write)
 
 
 def zarr_to_tiff(src: Path, dest: Path, tile: int = TIFF_TILE) -> Path:
