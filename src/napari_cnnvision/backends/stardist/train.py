@@ -218,7 +218,8 @@ def train_stardist2d(
     older way to start from weights. ``atomic``: train in a temporary sibling folder that replaces
     ``out_dir/name`` only when everything is written. The final weights are those of
     :data:`CANDIDATES` with the highest val AP@0.5 (thresholds re-optimized on the validation
-    images for the plugin's post-processing when ``optimize_thresholds``).
+    images for the plugin's post-processing when ``optimize_thresholds``; on at most
+    ``threshold_images`` of them when given, for a large validation set).
 
     ``progress`` receives one event per epoch with the losses (and ``val_ap50``); a stop request
     or the time budget ends training after the current batch and keeps the best weights so far.
