@@ -184,7 +184,8 @@ def test_a_single_class_fine_tunes_a_three_class_base(tmp_path):
     assert read_card(res.model_dir).classes == ["WBC"]
 
 
-# -- non-rectangular shapes in a detection layer (the Train widget's reading of a Shapes layer) ----
+# -- non-rectangular shapes in a detection layer (the Train widget's reading of a Shapes layer:
+#    widgets/_train_layers.boxes_pair) ---------------------------------------------------------
 
 def _shapes(data, shape_type, classes=None):
     from napari.layers import Shapes
@@ -201,7 +202,7 @@ def _rect(y, x, h, w):
 def test_non_rectangular_shapes_are_refused(kind):
     from napari.layers import Image
 
-    from napari_cnnvision.widgets.train import TrainWidget
+    from napari_cnnvision.widgets._train_layers import boxes_pair
 
     img = Image(np.zeros((100, 120), np.uint8), name="img")
     rect = _rect(10, 10, 20, 30)
@@ -216,7 +217,7 @@ def test_non_rectangular_shapes_are_refused(kind):
         layer = _shapes([rect, other], ["rectangle", kind], ["WBC", "RBC"])
     before = [d.copy() for d in layer.data]
     with pytest.raises(InputError, match="not (axis-aligned )?rectangles"):
-        TrainWidget._boxes_of(img, layer)
+        boxes_pair(img, layer)
     assert all(np.array_equal(a, b) for a, b in zip(layer.data, before))  # the layer is untouched
 
 
@@ -224,13 +225,13 @@ def test_a_missing_class_in_a_shapes_layer_reaches_a_clear_message():
     import pandas as pd
     from napari.layers import Image
 
-    from napari_cnnvision.widgets.train import TrainWidget
+    from napari_cnnvision.widgets._train_layers import boxes_pair
 
     img = Image(np.zeros((100, 120), np.uint8), name="img")
     layer = _shapes([_rect(10, 10, 20, 30), _rect(50, 50, 20, 20)], "rectangle")
     layer.features = pd.DataFrame({"class": ["WBC", None]})
-    a, image = TrainWidget._boxes_of(img, layer)
-    refused("1 of 2 boxes have no class name", detection_set, image, a.boxes, a.classes)
+    p = boxes_pair(img, layer)
+    refused("1 of 2 boxes have no class name", detection_set, p.image, p.boxes, p.classes)
 
 
 # -- localization: a stack with one rectangle per frame --------------------------------------
