@@ -211,6 +211,10 @@ def main() -> int:
         ratio = peaks[max(peaks)] / peaks[min(peaks)]
         print(f"  flat: peak {max(peaks)}² / {min(peaks)}² = {ratio:.2f}  (goal <= {GOAL_FLAT}) "
               f"{'PASS' if ratio <= GOAL_FLAT else 'FAIL'}")
+        inner = [s for s in peaks if s >= 3 * 2048]  # sizes with a block that has margins on all four sides
+        if len(inner) > 1:
+            print(f"  among sizes with inner blocks (>= 3 blocks a side, the largest windows): peak {max(inner)}² / "
+                  f"{min(inner)}² = {peaks[max(inner)] / peaks[min(inner)]:.2f}")
     return 0
 
 
