@@ -15,11 +15,8 @@ field names (modules that import no framework).
 """
 from __future__ import annotations
 
-import ast
 import importlib
-import importlib.util
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -49,7 +46,6 @@ RESUMABLE = ("unet.train", "yolo.train", "detector.train", "localizer.train")
 MANY_EPOCHS = 10000
 #: the zoom of the "scale" augmentation (per axis, up to 1 + this either way)
 SCALE_ZOOM = 0.2
-_FALLBACK_UPSAMPLING = ("nearest", "bilinear", "transposed")
 
 
 class TrainPlan(NamedTuple):
@@ -107,30 +103,10 @@ class TrainOptions:
 
 # -- choices --------------------------------------------------------------------------------------
 def upsampling_choices() -> tuple[str, ...]:
-    """The U-Net's upsampling choices: ``UPSAMPLING`` of :mod:`..unet.model` (read from its source:
-    importing it would import PyTorch) that the U-Net trainer's settings accept."""
-    from ..unet.train import UNetTrainSettings
+    """A fresh U-Net's upsampling choices (:data:`..unet.options.UPSAMPLING`; no PyTorch import)."""
+    from ..unet.options import UPSAMPLING
 
-    out = []
-    for c in _model_upsampling():
-        try:
-            UNetTrainSettings(upsampling=c)
-        except InputError:
-            continue
-        out.append(c)
-    return tuple(out) or _FALLBACK_UPSAMPLING
-
-
-def _model_upsampling() -> tuple[str, ...]:
-    try:
-        spec = importlib.util.find_spec("napari_cnnvision.backends.unet.model")
-        tree = ast.parse(Path(spec.origin).read_text())
-        for node in tree.body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "UPSAMPLING" for t in node.targets):
-                return tuple(str(v) for v in ast.literal_eval(node.value))
-    except (OSError, SyntaxError, ValueError, AttributeError, TypeError):
-        pass
-    return _FALLBACK_UPSAMPLING
+    return tuple(UPSAMPLING)
 
 
 def train_job_of(task: str, base) -> str:

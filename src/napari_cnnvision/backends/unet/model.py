@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-UPSAMPLING = ("nearest", "bilinear", "transposed", "unpool")
+from .options import UPSAMPLING  # noqa: F401  (re-exported)
 CLASS_NAMES = ("background", "interior", "boundary")
 
 

@@ -24,6 +24,7 @@ from ...core.normalize import percentile_normalize
 from ...core.progress import NULL_PROGRESS, Progress
 from ..augment import AugmentSettings, augment
 from ..settings import EpochTrainSettings
+from .options import UPSAMPLING
 from .targets import instances_from_probs, labels_to_target
 
 SEED_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.3 .. 0.9
@@ -74,8 +75,8 @@ class UNetTrainSettings(EpochTrainSettings):
         if self.depth > 6:
             self._fail(f"depth must be 1..6, got {self.depth}")
         self._int("base_filters")
-        if self.upsampling not in ("nearest", "bilinear", "transposed"):
-            self._fail(f"upsampling must be nearest, bilinear or transposed, got {self.upsampling!r}")
+        if self.upsampling not in UPSAMPLING:
+            self._fail(f"upsampling must be one of {', '.join(UPSAMPLING)}, got {self.upsampling!r}")
         super().validate()
         if self.patch_shape[0] != self.patch_shape[1]:
             self._fail(f"patch_size: square patches only (one side), got {self.patch_size!r}")
