@@ -74,12 +74,7 @@ def _order_statistics(a: np.ndarray, ks: list[int], repeat: int) -> np.ndarray:
     ``repeat`` times, as float32 (what sorting ``a.astype(float32)`` so repeated would give)."""
     if _small_int(a):
         flat = a.ravel()
-        if a.dtype == np.uint8:
-            import torch
-
-            counts = torch.bincount(torch.from_numpy(flat), minlength=256).numpy()
-            offset = 0
-        elif a.dtype.kind == "u":
+        if a.dtype.kind == "u":  # numpy's single-threaded bincount: torch's is slower on a busy CPU
             offset = 0
             counts = np.bincount(flat)
         else:  # signed: shifted to start at 0
