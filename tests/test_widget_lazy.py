@@ -158,6 +158,13 @@ def test_needs_blocks_only_for_large_lazy_arrays(small_blocks):
     assert full_resolution(levels, multiscale=True) is levels[0]
 
 
+def test_blockwise_labels_go_to_the_cache_or_the_chosen_folder_under_a_safe_name(small_blocks, tmp_path):
+    from napari_cnnvision.scaleout.lazy_layers import output_path
+
+    assert output_path(None, "scan: 1/2", "nuclei-unet") == small_blocks / "labels" / "scan_ 1_2 [nuclei-unet].zarr"
+    assert output_path(tmp_path / "mine", "a", "m") == tmp_path / "mine" / "a [m].zarr"
+
+
 def test_numpy_class_nms_keeps_what_torchvision_keeps():
     from napari_cnnvision.backends.detection.tiling import class_nms as torch_nms
     from napari_cnnvision.scaleout.lazy_detect import class_nms

@@ -124,9 +124,10 @@ def tile_plan(card, shape: tuple[int, int]):
     return tile, overlap
 
 
-#: ``run_tiles(stack, card, span)`` -> the DetectionResult of a stack of tiles (``frame``: the
-#: tile's index in the stack), run untiled with the network's raw thresholds
-RunTiles = Callable[[np.ndarray, object, tuple], DetectionResult]
+#: ``run_tiles(stack, card, span, label)`` -> the DetectionResult of a stack of tiles (``frame``:
+#: the tile's index in the stack), run untiled with the network's raw thresholds; ``span`` is the
+#: ``(start, end)`` fraction of the whole run it covers, ``label`` e.g. ``"tiles 5-8/64"``
+RunTiles = Callable[[np.ndarray, object, tuple, str], DetectionResult]
 
 
 def detect_lazy(source, card, run_tiles: RunTiles, *, score_thresh: float, nms_thresh: float,
@@ -156,7 +157,8 @@ def detect_lazy(source, card, run_tiles: RunTiles, *, score_thresh: float, nms_t
             check()
         group = wins[start:start + batch]
         stack = np.stack([convert(np.asarray(source[y0:y1, x0:x1])) for (y0, x0, y1, x1) in group])
-        res = run_tiles(stack, fixed, (start / len(wins), (start + len(group)) / len(wins)))
+        res = run_tiles(stack, fixed, (start / len(wins), (start + len(group)) / len(wins)),
+                        f"tiles {start + 1}-{start + len(group)}/{len(wins)}")
         del stack
         class_names, model = list(res.class_names), res.model
         origin = np.array([[y0, x0, y0, x0] for (y0, x0, _, _) in group], np.float64)

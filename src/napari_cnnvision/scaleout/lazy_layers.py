@@ -112,10 +112,11 @@ class BlockwiseLabels:
         return len(self.table.get("label", ()))
 
 
-#: ``run_window(window, card, span)`` -> the window's SegmentationResult; ``window`` is the
-#: image's normalized window, ``card`` the model card to run it with (normalization fixed),
-#: ``span`` the ``(start, end)`` fraction of the whole run that this window covers.
-RunWindow = Callable[[np.ndarray, object, tuple], object]
+#: ``run_window(window, card, span, label)`` -> the window's SegmentationResult; ``window`` is
+#: the image's normalized window, ``card`` the model card to run it with (normalization fixed),
+#: ``span`` the ``(start, end)`` fraction of the whole run that this window covers, ``label``
+#: e.g. ``"block 3/16"``.
+RunWindow = Callable[[np.ndarray, object, tuple, str], object]
 
 
 def segment_lazy(source, out_path: str | Path, card, run_window: RunWindow, *, block: int | None = None,
@@ -146,7 +147,7 @@ def segment_lazy(source, out_path: str | Path, card, run_window: RunWindow, *, b
             check()
         k = seen["k"]
         x = window if fixed is card else (window.astype(np.float32) - np.float32(lo)) * scale
-        res = run_window(x, fixed, (k / n, (k + 1) / n))
+        res = run_window(x, fixed, (k / n, (k + 1) / n), f"block {k + 1}/{n}")
         seen["k"] = k + 1
         seen["res"] = res
         for w in res.warnings:

@@ -155,9 +155,9 @@ class DetectWidget(BoxesWidget):
             def one(plane, span):
                 a, b = span
 
-                def run_tiles(stack, fixed, sub):
+                def run_tiles(stack, fixed, sub, label):
                     return ctx.run(job, dict(base, image=stack, model=card_payload(fixed)),
-                                   (a + (b - a) * sub[0], a + (b - a) * sub[1]))
+                                   (a + (b - a) * sub[0], a + (b - a) * sub[1]), prefix=f"{label}: ")
 
                 def progress(f, message=""):
                     ctx.progress(a + (b - a) * f, message)

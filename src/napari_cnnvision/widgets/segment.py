@@ -266,6 +266,9 @@ class SegmentWidget(JobWidget):
 
         layer, card = ctx.layer, ctx.card
         _lazy.check_plane(layer, src, "segmentation")
+        if layer.rgb:
+            raise InputError(f"block-wise segmentation takes a single-channel image; the layer {layer.name!r} is a "
+                             "large lazy colour image")
         if axes != "YX" or self._model_ndim != 2:
             raise InputError(f"block-wise segmentation takes a 2-D image (YX) and a 2-D model; the layer "
                              f"{layer.name!r} is read as {axes} with the {self._model_ndim}-D model {card.name!r}")
@@ -279,8 +282,8 @@ class SegmentWidget(JobWidget):
         out = lazy_layers.output_path(self.labels_dir.value, layer.name, card.name)
 
         def task(tctx):
-            def run_window(window, fixed, span):
-                return tctx.run(job, dict(base, image=window, model=card_payload(fixed)), span)
+            def run_window(window, fixed, span, label):
+                return tctx.run(job, dict(base, image=window, model=card_payload(fixed)), span, prefix=f"{label}: ")
 
             return lazy_layers.segment_lazy(src, out, card, run_window, block=lazy_layers.SEGMENT_BLOCK, pmin=pmin,
                                             pmax=pmax, progress=tctx.progress, check=tctx.check, tta=base["tta"])
