@@ -70,3 +70,34 @@ def test_annotations_through_the_api(tmp_path):
     back = api.read_annotations(tmp_path / "coco" / "annotations.json", images=tmp_path)
     np.testing.assert_allclose(back.images[0].boxes, [[1, 2, 11, 22]])
     assert back.images[0].classes == ["white cell é"]
+
+
+def test_api_export_model_writes_a_valid_package_in_the_worker(tmp_path, pool, monkeypatch):
+    """api.export_model runs the export job in the torch worker (not here) and writes a package
+    that bioimageio.spec validates and whose test tensors pass; an existing folder and a model
+    of another kind are clear refusals."""
+    pytest.importorskip("torch")
+    pytest.importorskip("bioimageio.spec")
+    from napari_cnnvision import api
+    from napari_cnnvision.backends.unet.io import save_model
+    from napari_cnnvision.backends.unet.model import UNetConfig, build_unet
+    from napari_cnnvision.core.registry import CorruptModel, ModelRegistry, read_card
+    from napari_cnnvision.sample_data import load_sample
+
+    cfg = UNetConfig(depth=1, base_filters=4)
+    save_model(ModelRegistry().user_dir / "tiny-unet", build_unet(cfg), cfg, pmin=0.0, pmax=100.0)
+    monkeypatch.setattr(api, "_pool", pool)
+    out = api.export_model("tiny-unet", tmp_path / "pkg", test_image=np.asarray(load_sample("nuclei_2d"))[:64, :72])
+    assert out == tmp_path / "pkg"
+    assert "torch" in pool.workers  # the job ran in the compute worker
+    # (the export validated the package and ran its test tensors before writing it; test_bioimageio checks again)
+    assert (out / "test_input.npy").is_file() and (out / "test_output.npy").is_file()
+    card = read_card(out, "path")
+    assert card.backend == "bioimageio" and card.task == "segment"
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(CorruptModel, match="exists already"):
+        api.export_model("tiny-unet", out)
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing touched
+    with pytest.raises(CorruptModel, match="only U-Net and 2-D StarDist"):
+        api.export_model(ModelRegistry().get("wbc-localizer"), tmp_path / "loc")
+    assert not (tmp_path / "loc").exists()

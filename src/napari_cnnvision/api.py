@@ -229,6 +229,51 @@ def train(task: str, images, annotations=None, base: str | ModelCard | None = No
     return job_outcome(result, name, task, card=ModelRegistry(user_dir=registry.user_dir).get(name))
 
 
+def export_model(name_or_card: str | ModelCard, to_dir, *, test_image=None, overwrite: bool = False,
+                 progress=None, registry: ModelRegistry | None = None):
+    """Export our U-Net or 2-D StarDist model ``name_or_card`` (name, folder or card) as a
+    bioimage.io package into the new folder ``to_dir``; returns its path. The same backend as
+    ``napari-cnnvision models export`` and the Models widget's Export button: weights, RDF,
+    pre-processing, test tensors from ``test_image`` (default: the bundled nuclei sample) and
+    the card's training data and metrics; the package is written only once ``bioimageio.spec``
+    validates it and its own test tensors pass. It runs in the model's compute worker (PyTorch
+    for a U-Net, TensorFlow for StarDist), never here. An existing ``to_dir`` is refused unless
+    ``overwrite``; a model that cannot be exported (a detector, a pretrained entry) is a clear
+    :class:`~napari_cnnvision.core.registry.CorruptModel`.
+    """
+    from pathlib import Path
+
+    from .backends.bioimageio.export import export_job_name
+    from .backends.dispatch import card_payload
+    from .core.registry import CorruptModel
+    from .worker import JobError
+
+    registry = registry or ModelRegistry()
+    card = name_or_card if isinstance(name_or_card, ModelCard) else registry.get(name_or_card)
+    job = export_job_name(card)
+    dest = Path(to_dir).expanduser()
+    if dest.exists() and not overwrite:
+        raise CorruptModel(f"{dest} exists already; choose a new folder or pass overwrite=True")
+    kwargs = {"model": card_payload(card), "dest": str(dest), "overwrite": overwrite}
+    if test_image is not None:
+        import numpy as np
+
+        kwargs["test_image"] = np.asarray(test_image)
+    try:
+        out = _worker_pool().run(job, kwargs, on_event=None if progress is None else (
+            lambda ev: progress(ev.fraction, ev.message, **ev.metrics)),
+            should_cancel=None if progress is None else (lambda: progress.stop_requested))
+    except JobError as exc:  # the exporter's own checks (validation, test tensors, bad input): the message as it is
+        from .core.axes import InputError
+        from .core.registry import ModelNotFound
+
+        for cls in (CorruptModel, ModelNotFound, InputError):
+            if cls.__name__ in exc.kinds:
+                raise cls(str(exc)) from exc
+        raise
+    return Path(out)
+
+
 def _is_path(x) -> bool:
     from pathlib import Path
 
