@@ -1,5 +1,6 @@
-"""The Detect dock widget in a real napari window, with a tiny YOLO-style detector trained here on
-two coloured squares (a few seconds); its jobs run in one compute worker shared by these tests."""
+"""The Detect dock widget in a real napari window, with a tiny YOLO-style detector trained on two
+coloured squares (conftest's ``tiny_detector``, once per session); its jobs run in one compute
+worker shared by these tests."""
 import os
 import signal
 
@@ -24,23 +25,16 @@ def squares(seed=0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A folder of user models: the square detector and, for the wrong-task checks, a tiny localizer."""
-    from napari_cnnvision.backends.detection.models import build_detector
-    from napari_cnnvision.backends.detection.train import DetTrainSettings, train_detector
+def models(tmp_path_factory, tiny_detector):
+    """A folder of user models: the square detector (conftest's ``tiny_detector``, trained once per
+    session) and, for the wrong-task checks, a tiny localizer."""
+    import shutil
+
     from napari_cnnvision.backends.localizer import io as lio
     from napari_cnnvision.backends.localizer.model import LocalizerConfig, build_localizer
 
     root = tmp_path_factory.mktemp("user-models")
-    torch.manual_seed(0)
-    cfg = {"arch": "yolo", "widths": [8, 16, 16, 32], "depths": [0, 1, 0, 0], "stride": 4, "head_channels": 16,
-           "classes": CLASSES, "in_channels": 3, "input_size": 64}
-    im = squares()
-    sample = {"image": im, "boxes": np.array([[10, 8, 26, 24], [36, 38, 54, 56]], np.float32),
-              "labels": np.array([1, 2])}
-    settings = DetTrainSettings(epochs=60, batch_size=1, lr=2e-2, warmup_steps=2, flips=False, gain=(1.0, 1.0),
-                                offset=0.0, seed=0, device="cpu", val_every=60)
-    train_detector(build_detector(cfg), cfg, [sample], [sample], root / MODEL, settings)
+    shutil.copytree(tiny_detector / MODEL, root / MODEL)
     lcfg = LocalizerConfig(n_classes=2, input_size=(32, 32), widths=(8, 16))
     lio.save_model(root / "tiny-loc", build_localizer(lcfg), lcfg, ["a", "b"])
     return root

@@ -67,27 +67,9 @@ class NoWholeRead:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """A user model folder with test_detect_widget's square detector (trained here on one thread:
-    a few seconds, where torch's default threads on a busy machine take minutes)."""
-    from napari_cnnvision.backends.detection.models import build_detector
-    from napari_cnnvision.backends.detection.train import DetTrainSettings, train_detector
-
-    root = tmp_path_factory.mktemp("user-models")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        cfg = {"arch": "yolo", "widths": [8, 16, 16, 32], "depths": [0, 1, 0, 0], "stride": 4, "head_channels": 16,
-               "classes": CLASSES, "in_channels": 3, "input_size": 64}
-        sample = {"image": squares(), "boxes": np.array([[10, 8, 26, 24], [36, 38, 54, 56]], np.float32),
-                  "labels": np.array([1, 2])}
-        settings = DetTrainSettings(epochs=60, batch_size=1, lr=2e-2, warmup_steps=2, flips=False, gain=(1.0, 1.0),
-                                    offset=0.0, seed=0, device="cpu", val_every=60)
-        train_detector(build_detector(cfg), cfg, [sample], [sample], root / MODEL, settings)
-    finally:
-        torch.set_num_threads(threads)
-    return root
+def models(tiny_detector):
+    """A user model folder with test_detect_widget's square detector (conftest's, trained once)."""
+    return tiny_detector
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +85,9 @@ def shared_pool():
 def small_blocks(monkeypatch, tmp_path):
     """Block-wise processing above 100x100 pixels, in small blocks; results in a test cache folder."""
     from napari_cnnvision.scaleout import lazy_detect, lazy_layers
+    from napari_cnnvision.scaleout.large import BLOCK_PIXELS_ENV
 
-    monkeypatch.setattr(lazy_layers, "BLOCKWISE_PIXELS", 100 * 100)
+    monkeypatch.setenv(BLOCK_PIXELS_ENV, str(100 * 100))  # the command line's threshold, shared
     monkeypatch.setattr(lazy_layers, "SEGMENT_BLOCK", 144)
     monkeypatch.setattr(lazy_layers, "PYRAMID_SIDE", 128)
     monkeypatch.setattr(lazy_layers, "SAMPLE_PIXELS", 150 * 150)  # the normalization's subsample: every 2nd pixel
@@ -156,6 +139,22 @@ def test_needs_blocks_only_for_large_lazy_arrays(small_blocks):
     assert needs_blocks(da.zeros((200, 200, 3)), rgb=True) and not needs_blocks(da.zeros((200, 50, 3)), rgb=True)
     levels = [da.zeros((400, 400)), np.zeros((50, 50))]
     assert full_resolution(levels, multiscale=True) is levels[0]
+
+
+def test_the_widgets_threshold_is_the_command_lines(monkeypatch):
+    from napari_cnnvision.scaleout import large
+    from napari_cnnvision.scaleout.lazy_layers import needs_blocks
+
+    monkeypatch.delenv(large.BLOCK_PIXELS_ENV, raising=False)
+    assert not needs_blocks(da.zeros((4096, 4096), chunks=1024))  # the default: 4096 x 4096
+    assert needs_blocks(da.zeros((4096, 4097), chunks=1024))
+    monkeypatch.setattr(large, "DEFAULT_BLOCK_PIXELS", 200 * 200)  # read from large.py, not a copy
+    assert needs_blocks(da.zeros((200, 201)))
+    monkeypatch.setenv(large.BLOCK_PIXELS_ENV, "2e6")  # the same variable as the command line's
+    assert not needs_blocks(da.zeros((1000, 2000))) and needs_blocks(da.zeros((1000, 2001)))
+    monkeypatch.setenv(large.BLOCK_PIXELS_ENV, "lots")
+    with pytest.raises(ValueError, match=large.BLOCK_PIXELS_ENV):
+        needs_blocks(da.zeros((10, 10)))
 
 
 def test_blockwise_labels_go_to_the_cache_or_the_chosen_folder_under_a_safe_name(small_blocks, tmp_path):

@@ -3,8 +3,8 @@ block by block from the caller's process, each block's model run handed to a cal
 a job in the compute worker), so that the image is never loaded whole.
 
 * :func:`full_resolution` / :func:`is_lazy` / :func:`needs_blocks`: which layer data to process
-  block-wise -- lazy and larger than :data:`BLOCKWISE_PIXELS` pixels per plane (a smaller lazy
-  array is simply loaded);
+  block-wise -- lazy and larger than :func:`.large.block_threshold` pixels per plane, the
+  command line's threshold (``NAPARI_CNNVISION_BLOCK_PIXELS``; a smaller lazy array is simply loaded);
 * :func:`segment_lazy`: :func:`.blockwise.segment_blockwise` (overlapping windows, objects
   stitched across block borders, the image's own normalization fixed for every window) into an
   OME-Zarr labels folder, plus a pyramid of coarser levels (:func:`add_pyramid`) so that a viewer
@@ -24,8 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-#: a lazy plane (H x W) larger than this is processed block by block; smaller ones are loaded
-BLOCKWISE_PIXELS = 4096 * 4096
+from . import large
+
 #: block (core) size of block-wise segmentation, as the command line's ``--blocks`` default
 SEGMENT_BLOCK = 2048
 #: the whole image's normalization comes from a regular subsample of at most this many pixels
@@ -52,11 +52,12 @@ def plane_shape(shape, rgb: bool = False) -> tuple[int, int]:
 
 
 def needs_blocks(array, rgb: bool = False) -> bool:
-    """True when ``array`` is lazy and a plane of it is larger than :data:`BLOCKWISE_PIXELS`."""
+    """True when ``array`` is lazy and a plane of it is larger than :func:`.large.block_threshold`
+    pixels (the command line's threshold; a ValueError for a bad ``NAPARI_CNNVISION_BLOCK_PIXELS``)."""
     if not is_lazy(array) or len(np.shape(array)) < 2:
         return False
     h, w = plane_shape(np.shape(array), rgb)
-    return h * w > BLOCKWISE_PIXELS
+    return h * w > large.block_threshold()
 
 
 def load(array):
@@ -210,5 +211,5 @@ def open_labels(path: str | Path, mode: str = "r"):
     return levels if len(levels) > 1 else levels[0]
 
 
-__all__ = ["BLOCKWISE_PIXELS", "SEGMENT_BLOCK", "BlockwiseLabels", "full_resolution", "is_lazy", "needs_blocks",
+__all__ = ["SEGMENT_BLOCK", "BlockwiseLabels", "full_resolution", "is_lazy", "needs_blocks",
            "plane_shape", "load", "cache_dir", "output_path", "segment_lazy", "add_pyramid", "open_labels"]

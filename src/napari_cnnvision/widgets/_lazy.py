@@ -1,7 +1,8 @@
 """Large lazy image layers (dask, zarr, OME-Zarr pyramids) in the Segment and Detect widgets.
 
 A layer whose full-resolution data is lazy and larger than
-:data:`~..scaleout.lazy_layers.BLOCKWISE_PIXELS` per plane is never loaded whole: a thread of
+:func:`~..scaleout.large.block_threshold` pixels per plane (the command line's threshold,
+``NAPARI_CNNVISION_BLOCK_PIXELS``) is never loaded whole: a thread of
 napari's process reads it one block at a time and runs each block as a job in the compute worker
 (:mod:`..scaleout.lazy_layers`, :mod:`..scaleout.lazy_detect`), with progress per block; Cancel
 ends it between blocks (a second Cancel at once). A smaller lazy layer is loaded and runs as usual.
