@@ -1,4 +1,6 @@
-"""`napari-cnnvision segment` and `evaluate segment`: end to end (subprocesses) and the batch loop in-process."""
+"""`napari-cnnvision segment` and `evaluate segment`: end to end (the console script in a subprocess, where
+the network runs or the installed entry point is what is tested; in-process ``main(argv)`` otherwise) and the
+batch loop in-process."""
 import errno
 import json
 import subprocess
@@ -22,7 +24,7 @@ def tiny(tmp_path_factory):
     return make_tiny_stardist(tmp_path_factory.mktemp("models"))
 
 
-def test_segment_writes_tif_and_csv_and_skips_done(tmp_path, tiny):
+def test_segment_writes_tif_and_csv_and_skips_done(tmp_path, tiny, capsys):
     from napari_cnnvision.sample_data import load_sample
 
     src = tmp_path / "in"
@@ -43,15 +45,19 @@ def test_segment_writes_tif_and_csv_and_skips_done(tmp_path, tiny):
     header = (out / "a.csv").read_text().splitlines()
     assert header[0] == "label,area,centroid_y,centroid_x,probability"
     assert len(header) - 1 == len(set(np.unique(lab)) - {0})
-    r2 = run()
-    assert "segmented 0, skipped 2" in r2.stdout
+    # a second run finds both results: in-process (no model runs, so no subprocess is needed to keep
+    # TensorFlow out of pytest); the two files are not rewritten
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main(["segment", str(src), "--out", str(out), "--model", str(tiny), "--prob-thresh", "0.3"]) == 0
+    assert "segmented 0, skipped 2" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
     r3 = run("--tta", "--overwrite")  # test-time augmentation: same files, other network output
     assert r3.returncode == 0 and "segmented 2, skipped 0" in r3.stdout, r3.stderr[-2000:]
     assert tifffile.imread(out / "a.tif").shape == img.shape
     assert not np.array_equal(tifffile.imread(out / "a.tif"), lab)
 
 
-def test_evaluate_segment_against_truth(tmp_path):
+def test_evaluate_segment_against_truth(tmp_path, capsys):
     from napari_cnnvision.sample_data import _stardist_image
 
     truth = tifffile.imread(_stardist_image("mask2d.tif"))
@@ -70,9 +76,10 @@ def test_evaluate_segment_against_truth(tmp_path):
     assert s["iou"][0] == 0.5 and s["precision"][0] == 1.0
     assert s["recall"][0] == pytest.approx(kept / n)
     assert s["ap"][0] == pytest.approx(kept / n)  # TP/(TP+FP+FN) with FP = 0
-    txt = subprocess.run([CLI, "evaluate", "segment", "--pred", str(tmp_path / "p"), "--truth",
-                          str(tmp_path / "t")], capture_output=True, text=True, timeout=120)
-    assert "precision" in txt.stdout and "0.90" in txt.stdout
+    # the text report: in-process (the console script itself was run just above)
+    assert main(["evaluate", "segment", "--pred", str(tmp_path / "p"), "--truth", str(tmp_path / "t")]) == 0
+    txt = capsys.readouterr().out
+    assert "precision" in txt and "0.90" in txt
 
 
 # --- the batch loop in-process, with a stand-in for the network (fast, no TensorFlow) -------------

@@ -13,6 +13,17 @@ SHIPPED = {"nuclei-stardist": "stardist2d", "nuclei-unet": "unet"}
 
 
 @pytest.fixture(scope="module")
+def pool():
+    """One worker pool for the module (conftest's is per test): each framework's worker starts
+    once and loads each shipped model once; every test still runs its own jobs."""
+    from napari_cnnvision.worker import WorkerPool
+
+    p = WorkerPool()
+    yield p
+    p.shutdown()
+
+
+@pytest.fixture(scope="module")
 def sample_with_mask():
     import tifffile
 

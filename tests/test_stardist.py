@@ -2,15 +2,33 @@
 
 import numpy as np
 import pytest
-from stardist_helpers import card_dict, make_tiny_stardist
+from stardist_helpers import card_dict
 
 from napari_cnnvision.sample_data import load_sample
 from napari_cnnvision.worker import JobError
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_stardist(tmp_path_factory.mktemp("models"))
+def tiny_models(tmp_path_factory):
+    """The module's three tiny untrained models (2D 1-channel, 2D RGB, 3D), built in ONE TensorFlow
+    subprocess (each TensorFlow import costs seconds): {"2d": path, "rgb": path, "3d": path}."""
+    import subprocess
+    import sys
+
+    import stardist_helpers as h
+
+    base = tmp_path_factory.mktemp("models")
+    jobs = [(h.MAKE_TINY, [str(base), "tiny-stardist", "1"]), (h.MAKE_TINY, [str(base), "tiny-rgb", "3"]),
+            (h.MAKE_TINY_3D, [str(base), "tiny-stardist3d"])]
+    code = "import sys\n" + "".join(f"sys.argv = ['make'] + {argv!r}\nexec({src!r}, {{}})\n" for src, argv in jobs)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {"2d": base / "tiny-stardist", "rgb": base / "tiny-rgb", "3d": base / "tiny-stardist3d"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_models):
+    return tiny_models["2d"]
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +152,8 @@ def test_bad_input_is_a_clear_error(tf_pool, tiny, image, axes, message):
     assert ei.value.kind == "InputError"
 
 
-def test_rgb_model_rejects_grayscale(tf_pool, tmp_path):
-    rgb_model = make_tiny_stardist(tmp_path, "tiny-rgb", channels=3)
+def test_rgb_model_rejects_grayscale(tf_pool, tiny_models):
+    rgb_model = tiny_models["rgb"]
     with pytest.raises(JobError, match="expects a 3-channel"):
         tf_pool.run("stardist.predict", {"image": _blobs(), "model": card_dict(rgb_model)})
     res = tf_pool.run("stardist.predict", {"image": np.stack([_blobs()] * 3, -1), "model": card_dict(rgb_model)})
@@ -180,10 +198,8 @@ def test_polygons_for_2d(tf_pool, tiny):
         assert poly.shape == (8, 2)  # n_rays vertices (y, x)
 
 
-def test_3d_model_on_the_3d_sample(tf_pool, tmp_path):
-    from stardist_helpers import make_tiny_stardist3d
-
-    model = make_tiny_stardist3d(tmp_path)
+def test_3d_model_on_the_3d_sample(tf_pool, tiny_models):
+    model = tiny_models["3d"]
     vol = load_sample("nuclei_3d")[:16, :64, :64]
     res = tf_pool.run("stardist.predict", {"image": vol, "model": card_dict(model), "prob_thresh": 0.3})
     assert res.labels.shape == vol.shape
@@ -191,15 +207,13 @@ def test_3d_model_on_the_3d_sample(tf_pool, tmp_path):
     assert set(res.table["label"].tolist()) == set(np.unique(res.labels)) - {0}
 
 
-def test_tta_and_border_options_check_their_input(tf_pool, tiny, tmp_path):
-    from stardist_helpers import make_tiny_stardist3d
-
+def test_tta_and_border_options_check_their_input(tf_pool, tiny, tiny_models):
     res = tf_pool.run("stardist.predict", {"image": _blobs(), "model": card_dict(tiny), "prob_thresh": 0.2,
                                            "tta": True})
     assert res.tta and res.labels.shape == (128, 160)
     with pytest.raises(JobError, match="exclude_border must be >= 0"):
         tf_pool.run("stardist.predict", {"image": _blobs(), "model": card_dict(tiny), "exclude_border": -1})
-    model3d = make_tiny_stardist3d(tmp_path)
+    model3d = tiny_models["3d"]
     with pytest.raises(JobError, match="2D StarDist models only"):
         tf_pool.run("stardist.predict", {"image": np.zeros((8, 32, 32), np.float32), "model": card_dict(model3d),
                                          "tta": True})
@@ -287,18 +301,10 @@ def test_train_job_fine_tunes_into_a_loadable_model(tf_pool, tmp_path):
                           "--weights", "weights_e001.h5", "weights_e002.h5"], capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    check = subprocess.run([sys.executable, "-c", f"""
-import json, numpy as np
-from napari_cnnvision.backends.stardist.predict import load_model
-from napari_cnnvision.core.registry import read_card
-m = load_model(read_card({str(folder)!r}, "path")).keras_model
-w = {{}}
-for f in ("weights_e001.h5", "weights_e002.h5", "weights_avg.h5"):
-    m.load_weights({str(folder)!r} + "/" + f); w[f] = m.get_weights()
-d = max(float(np.abs(c - (a + b) / 2).max()) for a, b, c in zip(*w.values()))
-s = max(float(np.abs(a - b).max()) for a, b in zip(w["weights_e001.h5"], w["weights_e002.h5"]))
-print(json.dumps({{"diff": d, "spread": s}}))"""], capture_output=True, text=True, timeout=600)
-    res = json.loads([ln for ln in check.stdout.splitlines() if ln.startswith("{")][-1])
+    w = {f: _h5_weights(folder / f) for f in ("weights_e001.h5", "weights_e002.h5", "weights_avg.h5")}
+    assert [a.shape for a in w["weights_avg.h5"]] == [a.shape for a in w["weights_e001.h5"]]
+    res = {"diff": max(float(np.abs(c - (a + b) / 2).max()) for a, b, c in zip(*w.values())),
+           "spread": max(float(np.abs(a - b).max()) for a, b in zip(w["weights_e001.h5"], w["weights_e002.h5"]))}
     assert res["spread"] > 1e-4 and res["diff"] < 1e-6  # the two epochs differ; the file is their mean
     out = subprocess.run([sys.executable, str(script), "--run", str(folder), "--data", str(data), "--dest", str(dest),
                           "--candidates", "weights_e001.h5", "weights_e002.h5", "weights_avg.h5",
@@ -326,3 +332,18 @@ print(json.dumps({{"diff": d, "spread": s}}))"""], capture_output=True, text=Tru
     assert card.training["epochs_run"] == prev["training"]["epochs_run"] + 2
     assert 0 <= card.metrics["val"]["ap@0.5"] <= 1 and card.metrics["val"]["n_images"] == 1
     assert {"config.json", "weights_best.h5", "thresholds.json", "model.json"} <= {p.name for p in dest.iterdir()}
+
+
+def _h5_weights(path):
+    """The weight arrays of a Keras (legacy HDF5) weights file in the order Keras loads them
+    (``layer_names``, then each layer's ``weight_names``), read with h5py: no TensorFlow here."""
+    import h5py
+
+    def txt(v):
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    with h5py.File(path, "r") as f:
+        arrays = [np.asarray(f[txt(layer)][txt(name)])
+                  for layer in f.attrs["layer_names"] for name in f[txt(layer)].attrs.get("weight_names", [])]
+    assert arrays, f"no weights in {path}"
+    return arrays
