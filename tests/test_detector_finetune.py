@@ -121,3 +121,21 @@ def test_the_train_plan_of_a_faster_rcnn_base_is_the_resumable_detector_job():
     assert p.kwargs["base"]["name"] == "bloodcells-frcnn" and p.kwargs["classes"] == ["WBC", "blob"]
     s = p.kwargs["settings"]
     assert s["epochs"] == 3 and s["learning_rate"] == 6e-4 and "patch_size" not in s  # fine-tune lr; whole images
+
+
+def test_a_class_the_base_knows_keeps_its_rows_of_the_box_predictor(tmp_path):
+    import torch
+
+    from napari_cnnvision.backends.detection.models import build_detector, save_detector
+    from napari_cnnvision.backends.training.jobs import _with_classes
+
+    torch.manual_seed(0)
+    cfg = {**TINY_FRCNN, "classes": ["RBC", "WBC", "Platelets"]}
+    base = build_detector(cfg)
+    save_detector(base, cfg, tmp_path / "base")
+    model, _, rebuilt = _with_classes(tmp_path / "base", ["WBC", "new"])
+    a, b = base.state_dict(), model.state_dict()
+    w, d = "roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.bbox_pred.weight"
+    assert w in rebuilt and b[w].shape[0] == 3
+    assert torch.equal(a[w][0], b[w][0]) and torch.equal(a[w][2], b[w][1])  # background; WBC: base row 2 -> 1
+    assert torch.equal(a[d][8:12], b[d][4:8]) and not torch.equal(a[w][1], b[w][2])  # "new" is fresh

@@ -35,7 +35,7 @@ SCORE_GRID = tuple(round(0.05 * i, 2) for i in range(2, 17))  # 0.1 .. 0.8
 def _with_classes(base_folder, classes: list[str]):
     """The base detector rebuilt for ``classes``: every weight whose shape still fits is kept
     (the class head -- YOLO's class convolution, Faster R-CNN's box predictor -- is new when the
-    class count differs). One network is built: the base's weights are read, not loaded into one."""
+    class count differs; Faster R-CNN's keeps the rows of the classes the base knows by name). One network is built: the base's weights are read, not loaded into one."""
     from ...core.registry import CorruptModel
     from ..detection.models import WEIGHTS_NAME, _read_state, build_detector, read_config
 
@@ -49,8 +49,31 @@ def _with_classes(base_folder, classes: list[str]):
         raise CorruptModel(f"the weights in {folder / WEIGHTS_NAME} do not fit the {cfg['arch']} detector of its "
                            f"config ({len(foreign)} unknown, first: {foreign[0]})")
     kept = {k: v for k, v in state.items() if own[k].shape == v.shape}  # float16 files load as float32
+    rebuilt = sorted(set(own) - set(kept))
+    if cfg["arch"] != "yolo":  # the rows of the classes it knows are the base's
+        kept.update(_mapped_predictor(state, own, read_config(folder)["classes"], list(classes)))
     model.load_state_dict(kept, strict=False)
-    return model, cfg, sorted(set(own) - set(kept))
+    return model, cfg, rebuilt
+
+
+def _mapped_predictor(state: dict, own: dict, old: list[str], new: list[str]) -> dict:
+    """Faster R-CNN's box predictor for another class set: the rows of the background and of the
+    classes the base knows (by name) come from the base, those of new classes stay fresh."""
+    out = {}
+    for key in ("roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"):
+        for part in ("weight", "bias"):
+            k = f"{key}.{part}"
+            if k not in state or k not in own or state[k].shape == own[k].shape:
+                continue
+            a, b = state[k], own[k].clone()
+            m = a.shape[0] // (len(old) + 1)  # rows per class: 1 (scores), 4 (box deltas)
+            if a.shape[0] != m * (len(old) + 1) or b.shape[0] != m * (len(new) + 1) or a.shape[1:] != b.shape[1:]:
+                continue
+            pairs = [(0, 0)] + [(old.index(c) + 1, j + 1) for j, c in enumerate(new) if c in old]
+            for i, j in pairs:
+                b[j * m:(j + 1) * m] = a[i * m:(i + 1) * m]
+            out[k] = b
+    return out
 
 
 def _base_card(base):
