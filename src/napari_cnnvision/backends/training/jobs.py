@@ -35,7 +35,8 @@ SCORE_GRID = tuple(round(0.05 * i, 2) for i in range(2, 17))  # 0.1 .. 0.8
 def _with_classes(base_folder, classes: list[str]):
     """The base detector rebuilt for ``classes``: every weight whose shape still fits is kept
     (the class head -- YOLO's class convolution, Faster R-CNN's box predictor -- is new when the
-    class count differs; Faster R-CNN's keeps the rows of the classes the base knows by name). One network is built: the base's weights are read, not loaded into one."""
+    class count differs; Faster R-CNN's keeps the rows of the classes the base knows by name).
+    One network is built: the base's weights are read, not loaded into one."""
     from ...core.registry import CorruptModel
     from ..detection.models import WEIGHTS_NAME, _read_state, build_detector, read_config
 
