@@ -307,3 +307,24 @@ def test_the_detector_job_refuses_an_existing_name_and_leaves_the_model_as_it_wa
                            settings={"epochs": 1}, out_dir=tmp_path)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # nothing written beside it
+
+
+@pytest.mark.parametrize("job", ["unet", "localizer"])
+def test_the_train_jobs_refuse_an_existing_name_before_training(tmp_path, job):
+    """Any caller of the worker jobs (not only the widget and CLI, which check first) gets the
+    refusal; the existing model folder is left byte for byte."""
+    _model(tmp_path / "mine", "mine")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "mine").iterdir()}
+    img = np.zeros((32, 32), np.float32)
+    with pytest.raises(InputError, match="exists already"):
+        if job == "unet":
+            from napari_cnnvision.backends.unet.train import train_job
+
+            train_job(None, [img], [img.astype(np.int32)], [img], [img.astype(np.int32)], out_dir=str(tmp_path),
+                      name="mine", settings={"epochs": 1})
+        else:
+            from napari_cnnvision.backends.localizer.train import train_job
+
+            train_job(None, [img, img], np.array([[0, 0, 8, 8]] * 2), np.array([0, 0]), ["a"],
+                      out_dir=str(tmp_path), name="mine", settings={"epochs": 1})
+    assert {p.name: p.read_bytes() for p in (tmp_path / "mine").iterdir()} == before

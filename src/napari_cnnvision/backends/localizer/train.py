@@ -344,6 +344,11 @@ def train_job(progress, images, boxes, labels, class_names, val_images=None, val
         from ...core.registry import ModelRegistry
 
         out_dir = ModelRegistry().user_dir
+    if not resume:  # never overwrite a model silently (the widget and CLI check first; this holds for any caller)
+        from ...core.registry import ModelRegistry
+        from ..training.naming import check_new_name
+
+        name = check_new_name(name, ModelRegistry(user_dir=out_dir))
     # InputError naming a bad field (former names too)
     s = LocalizerTrainSettings.from_dict(resume_settings(out_dir, name, settings, resume))
     norm = dict(normalization or DEFAULT_NORMALIZATION)

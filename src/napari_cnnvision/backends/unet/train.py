@@ -393,6 +393,11 @@ def train_job(progress, images, masks, val_images, val_masks, out_dir=None, name
         from ...core.registry import ModelRegistry
 
         out = ModelRegistry().user_dir
+    if not resume:  # never overwrite a model silently (the widget and CLI check first; this holds for any caller)
+        from ...core.registry import ModelRegistry
+        from ..training.naming import check_new_name
+
+        name = check_new_name(name, ModelRegistry(user_dir=out))
     s = UNetTrainSettings.from_dict(resume_settings(out, name, settings, resume))
     with guarded_run(out, name):
         return train_unet(list(images), list(masks), list(val_images), list(val_masks), out, name, s,
