@@ -155,6 +155,15 @@ def test_the_widgets_threshold_is_the_command_lines(monkeypatch):
     monkeypatch.setenv(large.BLOCK_PIXELS_ENV, "lots")
     with pytest.raises(ValueError, match=large.BLOCK_PIXELS_ENV):
         needs_blocks(da.zeros((10, 10)))
+    from types import SimpleNamespace
+
+    from napari_cnnvision.core.axes import InputError
+    from napari_cnnvision.widgets import _lazy
+
+    layer = SimpleNamespace(data=da.zeros((10, 10)), multiscale=False, rgb=False, name="big")
+    with pytest.raises(InputError, match=large.BLOCK_PIXELS_ENV):  # the widgets' Run shows it as a message
+        _lazy.blockwise_source(layer)
+    assert large.BLOCK_PIXELS_ENV in _lazy.describe(layer, "segmented")  # the layer note says it, no traceback
 
 
 def test_blockwise_labels_go_to_the_cache_or_the_chosen_folder_under_a_safe_name(small_blocks, tmp_path):

@@ -23,12 +23,19 @@ def blockwise_source(layer):
     if layer is None:
         return None
     data = full_data(layer)
-    return data if lazy_layers.needs_blocks(data, bool(layer.rgb)) else None
+    try:
+        big = lazy_layers.needs_blocks(data, bool(layer.rgb))
+    except ValueError as e:  # a bad NAPARI_CNNVISION_BLOCK_PIXELS: a message, not a traceback
+        raise InputError(str(e)) from None
+    return data if big else None
 
 
 def describe(layer, what: str, unit: str = "block") -> str:
     """The note shown for a layer that will be processed ``unit`` by ``unit`` ('' for others)."""
-    src = blockwise_source(layer)
+    try:
+        src = blockwise_source(layer)
+    except InputError as e:
+        return str(e)
     if src is None:
         return ""
     h, w = lazy_layers.plane_shape(src.shape, bool(layer.rgb))
