@@ -139,3 +139,15 @@ def test_a_class_the_base_knows_keeps_its_rows_of_the_box_predictor(tmp_path):
     assert w in rebuilt and b[w].shape[0] == 3
     assert torch.equal(a[w][0], b[w][0]) and torch.equal(a[w][2], b[w][1])  # background; WBC: base row 2 -> 1
     assert torch.equal(a[d][8:12], b[d][4:8]) and not torch.equal(a[w][1], b[w][2])  # "new" is fresh
+
+
+def test_the_warmup_follows_a_time_budget_not_the_epoch_cap():
+    """A time-budgeted run (epochs set huge as a cap) warms up over about one epoch, not 100 steps
+    of a run that makes a dozen; an epoch-planned run keeps a tenth of its steps (at most 100)."""
+    from napari_cnnvision.backends.detection.train import DetectorTrainSettings
+    from napari_cnnvision.backends.training.jobs import default_warmup
+
+    timed = DetectorTrainSettings.from_dict({"epochs": 10000, "batch_size": 4, "time_budget": 240})
+    assert default_warmup(timed, 10) == 3  # 3 steps per epoch
+    planned = DetectorTrainSettings.from_dict({"epochs": 20, "batch_size": 4})
+    assert default_warmup(planned, 10) == 6 and default_warmup(planned, 1000) == 100

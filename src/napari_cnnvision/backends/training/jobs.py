@@ -147,6 +147,17 @@ def _record_thresholds(folder: Path, chosen: dict, nms: float) -> None:
     write_card(card, folder)
 
 
+def default_warmup(st, n_train: int) -> int:
+    """Warm-up steps: a tenth of the planned steps, at most 100. Under a time budget the epoch
+    count is only a cap (the widget and CLI set it huge), so plan on about ten epochs: a 4-minute
+    fine-tune of 10 images (a few steps per epoch) must not spend its whole run warming up."""
+    per_epoch = max(1, math.ceil(n_train / st.batch_size))
+    planned = st.epochs * per_epoch
+    if st.time_budget:
+        planned = min(planned, 10 * per_epoch)
+    return max(1, min(100, planned // 10))
+
+
 def detector_train_job(progress=NULL_PROGRESS, train=(), val=(), classes=(), name: str = "detector",
                        base=None, config: dict | None = None, settings: dict | None = None,
                        normalization: dict | None = None, data: dict | None = None, out_dir=None,
@@ -171,7 +182,7 @@ def detector_train_job(progress=NULL_PROGRESS, train=(), val=(), classes=(), nam
     settings = resume_settings(registry.user_dir, str(name or "").strip(), settings, resume)
     st = DetectorTrainSettings.from_dict(settings)  # InputError naming a bad field, before anything is built
     if "warmup_steps" not in (settings or {}):
-        st.warmup_steps = max(1, min(100, st.epochs * math.ceil(len(train) / st.batch_size) // 10))
+        st.warmup_steps = default_warmup(st, len(train))
     name = check_new_name(name, registry)
     classes = [str(c) for c in classes]
     if base_card is not None:
