@@ -63,9 +63,10 @@ def test_stardist_base_routes_to_its_trainer_with_the_same_kwargs_and_fine_tune_
     reg = ModelRegistry()
     card = reg.get("nuclei-stardist")
     p = segment_plan(_pairs(), card, TrainOptions(minutes=2), name="he")
-    assert p.job == "stardist.train" and p.kwargs["init_folder"] == card.path
+    assert p.job == "stardist.train" and p.kwargs["init_folder"]["path"] == card.path  # the card payload
     s = p.kwargs["settings"]
     assert s["learning_rate"] == 3e-4 and "upsampling" not in s
+    assert s["steps_per_epoch"] == 50 and s["patch_size"] >= 128  # the shipped H&E recipe's, not 20 x 80
     # a time budget: in the trainer's settings where they have one, else the caller stops it
     from napari_cnnvision.backends.stardist.train import StarDistTrainSettings
 

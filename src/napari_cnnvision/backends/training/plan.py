@@ -221,17 +221,33 @@ def segment_plan(pairs, base=None, options: TrainOptions | None = None, name: st
     ts = segmentation_set(image if len(image) > 1 else image[0], labels if len(labels) > 1 else labels[0],
                           valid=None if valid is None else (valid if len(valid) > 1 else valid[0]),
                           val_fraction=float(opts.val_fraction), seed=int(opts.seed))
-    settings, stop_after = _settings("segment", job, opts, ts.defaults, base is not None)
+    defaults = dict(ts.defaults)
+    if job == "stardist.train":  # the shipped nuclei-he-stardist recipe's steps: 10 x 20 steps at patch 80 lost AP
+        defaults.update(steps_per_epoch=50, epochs=max(int(defaults.get("epochs", 15)), 15),
+                        patch_size=max(int(defaults.get("patch_size", 128)), 128))
+    settings, stop_after = _settings("segment", job, opts, defaults, base is not None)
     summary = ts.summary()
     data = f"{_describe(pairs, opts)} ({ts.n_objects} objects); {summary}"
     kwargs = {"images": ts.images, "masks": ts.masks, "val_images": ts.val_images, "val_masks": ts.val_masks,
-              "settings": settings, "init_folder": base.path if base is not None else None, "data": data,
+              "settings": settings, "init_folder": _init_of(job, base), "data": data,
               "command": opts.command, "name": name}
     if out_dir is not None:
         kwargs["out_dir"] = str(out_dir)
     if opts.resume:
         kwargs["resume"] = True
     return TrainPlan(job, kwargs, summary, stop_after)
+
+
+def _init_of(job: str, base):
+    """What the trainer starts from: StarDist takes the card payload (a pretrained base has no
+    folder until its library downloads it), the U-Net the base's folder."""
+    if base is None:
+        return None
+    if job == "stardist.train":
+        from ..dispatch import card_payload
+
+        return card_payload(base)
+    return base.path
 
 
 # -- detection / localization -----------------------------------------------------------------------
