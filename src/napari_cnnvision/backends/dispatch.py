@@ -13,12 +13,14 @@ from ..core.axes import InputError
 from ..core.progress import NULL_PROGRESS
 from ..core.registry import ModelCard
 
-#: (task, backend) -> {action: job name}; actions are "predict" and "train".
+#: (task, backend) -> {action: job name}; actions are "predict" and "train". An entry
+#: ``"<action>@<framework>"`` is the job for a card whose ``extra["framework"]`` names that framework
+#: (a bioimage.io package with Keras weights only runs in the TensorFlow worker).
 BACKEND_JOBS: dict[tuple[str, str], dict[str, str]] = {
     ("segment", "stardist2d"): {"predict": "stardist.predict", "train": "stardist.train"},
     ("segment", "stardist3d"): {"predict": "stardist.predict", "train": "stardist.train"},
     ("segment", "unet"): {"predict": "unet.predict", "train": "unet.train"},
-    ("segment", "bioimageio"): {"predict": "bioimageio.predict"},
+    ("segment", "bioimageio"): {"predict": "bioimageio.predict", "predict@tf": "bioimageio.predict_tf"},
     ("detect", "yolo"): {"predict": "yolo.predict", "train": "detector.train"},
     ("detect", "fasterrcnn"): {"predict": "fasterrcnn.predict", "train": "detector.train"},
     ("localize", "localizer"): {"predict": "localizer.predict", "train": "localizer.train"},
@@ -46,7 +48,7 @@ def job_for(card: ModelCard, action: str = "predict", task: str | None = None) -
                          "of napari-cnnvision")
     if action not in jobs:
         raise InputError(f"model {card.name!r} ({card.backend}) cannot {action}")
-    return jobs[action]
+    return jobs.get(f"{action}@{card.extra.get('framework')}", jobs[action])
 
 
 def card_payload(card: ModelCard) -> dict:

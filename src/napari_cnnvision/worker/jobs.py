@@ -23,6 +23,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "unet.predict": ("torch", "napari_cnnvision.backends.unet.predict:predict_job"),
     "unet.train": ("torch", "napari_cnnvision.backends.unet.train:train_job"),
     "bioimageio.predict": ("torch", "napari_cnnvision.backends.bioimageio.predict:predict_job"),
+    "bioimageio.predict_tf": ("tf", "napari_cnnvision.backends.bioimageio.predict:predict_job"),  # Keras weights
     "bioimageio.export_unet": ("torch", "napari_cnnvision.backends.bioimageio.export:export_job"),
     "bioimageio.export_stardist": ("tf", "napari_cnnvision.backends.bioimageio.export:export_job"),
     "yolo.predict": ("torch", "napari_cnnvision.backends.detection.predict:predict_job"),

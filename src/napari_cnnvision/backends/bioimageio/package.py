@@ -233,18 +233,32 @@ def _sha256(p) -> str:
     return h.hexdigest()
 
 
-def verified_weights(descr, fmt: str | None = None, where: str = "the package", runnable=RUNNABLE) -> str:
-    """The weights format to run: ``fmt``, or the first of ``runnable`` that the package has
-    as a local file. The chosen file's sha256 is checked; a missing file, a hash mismatch or an
-    unsupported format raises :class:`CorruptModel`."""
+def runnable_formats(have) -> list[str]:
+    """The formats of ``have`` to try, in order: the torch worker's, or else (a Keras-only
+    package) the TensorFlow worker's -- one process never runs both frameworks."""
+    return [f for f in RUNNABLE if f in have] or [f for f in TF_RUNNABLE if f in have]
+
+
+def framework_of_formats(have) -> str:
+    """The worker framework that runs a package with weights formats ``have``: ``"tf"`` when
+    its only runnable weights are Keras, else ``"torch"``."""
+    fmts = runnable_formats(have)
+    return "tf" if fmts and fmts[0] in TF_RUNNABLE else "torch"
+
+
+def verified_weights(descr, fmt: str | None = None, where: str = "the package", runnable=None) -> str:
+    """The weights format to run: ``fmt``, or the first of ``runnable`` (default:
+    :func:`runnable_formats`) that the package has as a local file. The chosen file's sha256 is
+    checked; a missing file, a hash mismatch or an unsupported format raises :class:`CorruptModel`."""
     have = weight_formats(descr)
+    runnable = runnable_formats(have) if runnable is None else runnable
     if fmt is not None and fmt not in RUNNABLE + TF_RUNNABLE:
         raise CorruptModel(f"{where}: weights format {fmt!r} is not supported here (supported: "
                            f"{', '.join(RUNNABLE + TF_RUNNABLE)})")
     cands = [fmt] if fmt is not None else [f for f in runnable if f in have]
     if not cands:
         raise CorruptModel(f"{where} has weights in {', '.join(have) or 'no'} format(s); this plugin runs "
-                           f"{', '.join(RUNNABLE)}")
+                           f"{', '.join(RUNNABLE + TF_RUNNABLE)}")
     remote = []
     for f in cands:
         entry = getattr(descr.weights, f, None)
@@ -322,7 +336,7 @@ def package_card(path: str | Path, source: str = "path", validate: bool = False)
                                            "format_version": str(descr.format_version),
                                            "weights": weight_formats(descr), "outputs": m.out_channels,
                                            "warnings": warnings_, "validated": True},
-                            **_our_config(descr)})
+                            "framework": framework_of_formats(weight_formats(descr)), **_our_config(descr)})
 
 
 def _our_thresholds(ours) -> dict:

@@ -14,6 +14,7 @@ window is kept. ``bioimageio.core``, ``torch`` and ``onnxruntime`` are imported 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -73,6 +74,9 @@ def load_pipeline(path: str, weights: str | None = None, device: str | None = No
     m = mapping(descr, str(path), roles)
     fmt = verified_weights(descr, weights, str(path))
     keras = fmt in TF_RUNNABLE  # Keras in this (TensorFlow) process; no torch import for the device
+    if keras and "torch" in sys.modules:  # TensorFlow beside PyTorch can crash the process
+        raise CorruptModel(f"{path} has weights in {fmt} format; this plugin runs torchscript, pytorch_state_dict, "
+                           f"onnx here and {fmt} only in the TensorFlow worker (PyTorch is loaded in this process)")
     device = "cpu" if keras else (device or _device())
 
     def make():
@@ -218,7 +222,8 @@ def segment(
     defaults from :func:`thresholds_of`; ``nms_thresh`` has no meaning for a watershed and is
     ignored (as for the U-Net). The package's own preprocessing replaces the plugin's
     normalization (``pmin``/``pmax`` are ignored, with a warning). ``weights``: a weights format
-    (default: the first of torchscript, pytorch_state_dict, onnx the package has as a file).
+    (default: the first of torchscript, pytorch_state_dict, onnx the package has as a file; a package
+    with Keras weights only: keras_hdf5, run by the ``bioimageio.predict_tf`` job in the TensorFlow worker).
     ``n_tiles``: ``"auto"`` windows of about ``tile_size`` (default 512) pixels, ``None`` the
     whole image in one call where the model allows it, or a tile count per axis (Y, X).
     """

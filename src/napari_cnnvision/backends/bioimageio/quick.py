@@ -75,7 +75,7 @@ def quick_card(path: Path, raw: dict, rdf: str, source: str) -> ModelCard | None
     if kinds.count("foreground") != 1 or len(names) > 3 or len(set(kinds)) != len(kinds):
         raise CorruptModel(f"{where}: output channels {names} cannot be mapped to foreground / boundary / "
                            "background probabilities")
-    from .package import BACKEND, _our_thresholds
+    from .package import BACKEND, _our_thresholds, framework_of_formats
 
-    return ModelCard(backend=BACKEND, extra={"bioimageio": info, **_our_thresholds(cfg.get("napari_cnnvision"))},
-                     **card)
+    return ModelCard(backend=BACKEND, extra={"bioimageio": info, "framework": framework_of_formats(weights),
+                                             **_our_thresholds(cfg.get("napari_cnnvision"))}, **card)
