@@ -140,3 +140,20 @@ def test_test_time_augmentation_is_flip_equivariant(pool, sample_with_mask):
         ap_plain = score_segmentations([mask], [plain.labels]).at(0.5)["ap"]
         ap_aug = score_segmentations([mask], [aug.labels]).at(0.5)["ap"]
         assert ap_aug >= ap_plain - 0.03, (name, ap_plain, ap_aug)
+
+
+def test_nuclei_he_stardist_card_and_histo_val_slice(pool, shared_data):
+    """The RGB / H&E model: a complete card, and on a slice of the histo val split (the full split:
+    benchmarks/bench_he_finetune.py) it segments the RGB images as they are."""
+    from napari_cnnvision.backends.dispatch import card_payload, job_for
+    from napari_cnnvision.backends.evaluate import score_segmentations
+    from napari_cnnvision.core.datasets import load_segmentation_split
+
+    test_shipped_model_has_a_complete_card("nuclei-he-stardist", "stardist2d")
+    card = ModelRegistry().get("nuclei-he-stardist")
+    assert card.channels == 3 and card.training["base_model"] == "nuclei-stardist"
+    val = load_segmentation_split(shared_data / "dsb2018_histo", "val", limit=8)
+    assert val.images[0].ndim == 3 and val.images[0].shape[-1] == 3
+    preds = [pool.run(job_for(card), {"image": x, "model": card_payload(card)}).labels for x in val.images]
+    ap50 = score_segmentations(val.masks, preds).at(0.5)["ap"]
+    assert ap50 >= 0.5, ap50
