@@ -267,14 +267,17 @@ def test_weights_missing_or_failing_their_hash(tmp_path, weights_dir):
 
 
 def test_unsupported_weights_format(tmp_path, weights_dir):
-    def keras_only(rdf):
-        rdf["weights"] = {"keras_hdf5": {"source": "weights.pt", "sha256": rdf["weights"]["torchscript"]["sha256"],
-                                         "tensorflow_version": "2.15"}}
+    """A TensorFlow SavedModel bundle (bioimageio.core's TF adapter is TF1-only) is refused by name;
+    keras_hdf5 runs in the tf worker (tests/test_bioimageio_keras.py)."""
+    def saved_model_only(rdf):
+        rdf["weights"] = {"tensorflow_saved_model_bundle": {
+            "source": "weights.pt", "sha256": rdf["weights"]["torchscript"]["sha256"], "tensorflow_version": "2.15"}}
 
-    card = read_card(make_package(tmp_path / "pkg", weights_dir, rdf_edit=keras_only))
     from napari_cnnvision.backends.dispatch import run_model
 
-    with pytest.raises(CorruptModel, match="has weights in keras_hdf5 format.*this plugin runs torchscript"):
+    with pytest.raises(CorruptModel,
+                       match="weights in tensorflow_saved_model_bundle format.*this plugin runs torchscript.*keras_hdf5"):
+        card = read_card(make_package(tmp_path / "pkg", weights_dir, rdf_edit=saved_model_only))
         run_model(two_squares(), card, task="segment")
 
 
