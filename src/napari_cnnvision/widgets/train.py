@@ -87,14 +87,14 @@ class TrainWidget(JobWidget):
                                        "or the rectangles of a Shapes layer")
         self.name = LineEdit(label="new model name", value="")
         self.budget = ComboBox(label="train for", choices=[EPOCHS, MINUTES], value=EPOCHS)
-        self.epochs = SpinBox(label="epochs", min=0, max=10000, value=0,
+        self.epochs = SpinBox(label="epochs (0: auto)", min=0, max=10000, value=0,
                               tooltip="0: a default from the number of annotated objects")
         self.minutes = FloatSpinBox(label="minutes", min=0.1, max=1440.0, step=0.5, value=5.0, visible=False)
         self.lr = LineEdit(label="learning rate", value="auto", tooltip="'auto': 1e-3 for a fresh network, "
                                                                          "3e-4 when fine-tuning")
         self.val_fraction = FloatSpinBox(label="validation part", min=0.05, max=0.5, step=0.05, value=0.2)
-        self.batch = SpinBox(label="batch size", min=0, max=256, value=0, tooltip="0: the default")
-        self.patch = SpinBox(label="patch size", min=0, max=1024, step=16, value=0,
+        self.batch = SpinBox(label="batch size (0: auto)", min=0, max=256, value=0, tooltip="0: the default")
+        self.patch = SpinBox(label="patch size (0: auto)", min=0, max=1024, step=16, value=0,
                              tooltip="segmentation: the side of the training patches; 0: ~4 object diameters")
         self.flips = CheckBox(text="flips", value=True)
         self.turns = CheckBox(text="90° turns", value=True)
