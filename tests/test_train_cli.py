@@ -75,3 +75,27 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
         main(base + ["--annotations", str(mask_dir), "--format", "xml"])
     assert e.value.code == 2 and "invalid choice: 'xml'" in capsys.readouterr().err
     assert not (ModelRegistry().user_dir / "new-one").exists()
+
+
+def test_the_ctrl_c_handler_is_restored_even_when_the_former_one_was_not_pythons():
+    """After a run the SIGINT handler is a Python one again (an in-process `train` left its own
+    installed when the former handler had been set outside Python, so a later Ctrl-C only
+    printed 'stopping after this epoch')."""
+    import signal
+
+    from napari_cnnvision.cli.train import _StopOnInterrupt
+
+    class P:
+        stop_flag = False
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        with _StopOnInterrupt(P()):
+            assert signal.getsignal(signal.SIGINT) not in (signal.SIG_DFL, signal.default_int_handler)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+        with _StopOnInterrupt(P()) as guard:
+            guard.old = None  # what signal.signal returns when the former handler was not installed from Python
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

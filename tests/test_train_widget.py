@@ -188,7 +188,7 @@ def test_every_annotation_layer_with_its_image_a_stardist_base_and_the_choices_r
     w.base.value = "nuclei-stardist"  # StarDist fine-tuning: its own trainer, the same request
     assert w.upsampling.native.isHidden()
     p = w.training_plan("he")
-    assert p.job == "stardist.train" and p.kwargs["init_folder"] == w.registry.get("nuclei-stardist").path
+    assert p.job == "stardist.train" and p.kwargs["init_folder"]["path"] == w.registry.get("nuclei-stardist").path
     assert "upsampling" not in p.kwargs["settings"] and p.kwargs["settings"]["learning_rate"] == 3e-4
 
 

@@ -486,10 +486,11 @@ def test_fine_tuning_keeps_the_architecture_of_the_initial_model(trained, tmp_pa
     tuned = read_config(res.model_dir)["unet"]
     assert tuned == read_config(card.path)["unet"]  # depth 2 / 8 filters, not the settings' 4 / 32
     assert read_card(res.model_dir, "path").training["init_folder"] == card.path
-    rgb = [np.stack([d[0]] * 3, -1) for d in data]
-    with pytest.raises(ValueError, match="takes 1 channel"):
-        train_unet(rgb[:2], [d[1] for d in data[:2]], rgb[2:], [data[2][1]], tmp_path, "x", s,
-                   init_folder=card.path)
+    rgb = [np.stack([d[0]] * 3, -1) for d in data]  # RGB data, 1-channel base: the first conv is adapted
+    res = train_unet(rgb[:2], [d[1] for d in data[:2]], rgb[2:], [data[2][1]], tmp_path, "x", s,
+                     init_folder=card.path)
+    assert read_config(res.model_dir)["unet"]["in_channels"] == 3
+    assert read_card(res.model_dir, "path").training["channel_adaptation"]  # recorded in the card
 
 
 def test_modules_do_not_import_torch_on_import():

@@ -76,13 +76,14 @@ class _StopOnInterrupt:
     """The first Ctrl-C asks the training to stop after this epoch; a second one interrupts."""
 
     def __init__(self, progress, stream=sys.stderr):
-        self.progress, self.stream, self.old = progress, stream, None
+        self.progress, self.stream, self.old, self.installed = progress, stream, None, False
 
     def __enter__(self):
         try:
             self.old = signal.signal(signal.SIGINT, self._handle)
+            self.installed = True
         except ValueError:  # not the main thread
-            self.old = None
+            pass
         return self
 
     def _handle(self, *_):
@@ -92,8 +93,9 @@ class _StopOnInterrupt:
         self.stream.write("\nstopping after this epoch (the best model so far is kept); Ctrl-C again to quit\n")
 
     def __exit__(self, *exc):
-        if self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
+        if self.installed:  # None: the former handler was not set from Python (e.g. by Qt); Python's own then
+            signal.signal(signal.SIGINT, self.old if self.old is not None else signal.default_int_handler)
+            self.installed = False
         return False
 
 
