@@ -184,10 +184,6 @@ class BoxesWidget(JobWidget):
         self.image = create_widget(annotation="napari.layers.Image", label="image")
         self.picker = ModelPicker(self.registry, self.task)
         self.model, self.model_dir = self.picker.model, self.picker.folder
-        try:  # the task's default model (a shipped card may say "default": true), as the CLI's and API's
-            self.model.value = self.registry.default(self.task).name
-        except MODEL_ERRORS:
-            pass
         self.note = StatusLabel(label="", visible=False)
         self.centres = CheckBox(text="also add centre points", value=True)
         self.picker.connect(self._on_model)

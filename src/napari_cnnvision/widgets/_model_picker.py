@@ -29,7 +29,7 @@ class ModelPicker:
         self.zip_btn.clicked.connect(lambda *_: self.choose_zip())
         try:  # start on the task's default model (a card may say "default": true), as the CLI and API do
             self.model.value = registry.default(task).name
-        except (ModelNotFound, ValueError):
+        except MODEL_ERRORS:
             pass
         self.model.changed.connect(self._toggle_folder)
         self._toggle_folder()  # "browse" may be the only (so the first) choice: no change event fires

@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 from ...core.registry import CorruptModel, ModelCard
+from .package import _sha256
 
 WEIGHTS_NAME = "weights_best.h5"  # what StarDist2D(None, name, basedir) loads
 
@@ -50,14 +51,6 @@ def _attachment(raw: dict, name: str) -> tuple[str | None, str | None]:
         if src is not None and Path(str(src)).name == name:
             return str(src), (a.get("sha256") if isinstance(a, dict) else None)
     return None, None
-
-
-def _sha256(file) -> str:
-    h = hashlib.sha256()
-    with file.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _normalization(raw: dict, where: str) -> dict:
