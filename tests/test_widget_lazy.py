@@ -3,6 +3,7 @@ never loaded whole -- the layer's array refuses any read of the whole from the p
 the same objects as a whole-image run of the same image, and Cancel mid-way leaves the widget usable."""
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -34,6 +35,7 @@ class NoWholeRead:
         self.arr, self.limit = arr, limit
         self.reads: list[int] = []  # sizes of the plugin's reads
         self.violations: list[int] = []
+        self.delay = 0.0  # seconds each plugin read takes: a slow disk, so that Cancel lands mid-way
 
     shape = property(lambda self: self.arr.shape)
     dtype = property(lambda self: self.arr.dtype)
@@ -46,6 +48,7 @@ class NoWholeRead:
     def _read(self, n: int) -> None:
         if _plugin_is_reading():
             self.reads.append(int(n))
+            time.sleep(self.delay)
             if n > self.limit:
                 self.violations.append(int(n))
                 raise AssertionError(f"the plugin read {n} elements of the lazy image at once")
@@ -212,7 +215,8 @@ def test_segment_lazy_multiscale_layer_block_by_block_matches_a_whole_image_run(
     w.image.value = viewer.layers["lazy"]
     assert not w.lazy_note.native.isHidden() and "block by block" in w.lazy_note.value
     assert not w.labels_dir.native.isHidden()
-    # Cancel mid-way: after the first of 4 blocks
+    # Cancel mid-way: after the first of 4 blocks (each read slowed, so a fast machine cannot finish first)
+    lazy.delay = 0.5
     w.run()
     qtbot.waitUntil(lambda: w.progress.value >= 25, timeout=60000)
     w.cancel()
@@ -223,6 +227,7 @@ def test_segment_lazy_multiscale_layer_block_by_block_matches_a_whole_image_run(
     assert 0 < len(lazy.reads) < 4 + 1  # the normalization's subsample and the blocks read so far
 
     lazy.reads.clear()
+    lazy.delay = 0.0
     w.run()
     wait(w, qtbot)
     assert "objects in lazy [nuclei-unet]" in w.status.value and "4 blocks" in w.status.value, w.status.value
@@ -271,7 +276,9 @@ def test_detect_lazy_dask_layer_tile_by_tile_gives_the_whole_image_runs_boxes(
 
     w.image.value = viewer.layers["lazy"]
     assert not w.note.native.isHidden() and "tile by tile" in w.note.value
-    # the model's 64-pixel tiles with 32 pixels of overlap, as a whole-image run: 3 x 3, 2 at a time
+    # the model's 64-pixel tiles with 32 pixels of overlap, as a whole-image run: 3 x 3, 2 at a time;
+    # each read slowed, so that Cancel lands mid-way on a fast machine too
+    lazy.delay = 0.5
     w.run()
     qtbot.waitUntil(lambda: w.progress.value >= 20, timeout=60000)  # after the first 2 tiles
     w.cancel()
@@ -281,6 +288,7 @@ def test_detect_lazy_dask_layer_tile_by_tile_gives_the_whole_image_runs_boxes(
         lyr.metadata[RESULT_KEY]["source"] == "whole" for lyr in result_layers(viewer, "detection"))
 
     lazy.reads.clear()
+    lazy.delay = 0.0
     w.run()
     wait(w, qtbot)
     res = w.last_result
