@@ -6,7 +6,13 @@ One draw of :func:`augment`, in this order (the order of the random numbers draw
    (log-uniform), keeping the patch shape: zoom-in crops the centre, zoom-out pads with background;
 2. with ``flips``, a random 90° turn (``np.rot90`` by k = 0..3) and, with probability 1/2, a
    mirror flip of the X axis (the 8 flips / turns, each equally likely);
-3. an intensity jitter of the image only: ``x * U(gain) + U(-offset, offset)``.
+3. an intensity jitter of the image only: ``x * U(gain) + U(-offset, offset)``;
+4. with ``colour`` > 0 and an image of several channels (its channel axis: the one that is not
+   Y or X), a colour jitter of the image only: every output channel ``c`` is
+   ``x_c * U(1 - colour, 1 + colour) + sum_{d != c} x_d * U(-colour / 2, colour / 2)`` (each
+   channel's own gain and a little of the others mixed in: stain strength and hue varying from
+   slide to slide, e.g. H&E). A 1-channel image is left as it is (and draws nothing), so the
+   option can be on for every data set.
 
 The image, its label image and its boxes go through the same geometric transform: labels by
 nearest neighbour (they stay integer labels), boxes ``(y0, x0, y1, x1)`` with exclusive
@@ -40,6 +46,9 @@ class AugmentSettings:
     offset: float = 0.2
     #: per-axis zoom by up to ``1 + zoom`` either way (0: off)
     zoom: float = 0.0
+    #: colour jitter of multi-channel images: per-channel gain ``1 +- colour`` and cross-channel
+    #: mixing ``+- colour / 2`` (0: off; 1-channel images are never changed by it)
+    colour: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.gain, list):
@@ -55,10 +64,13 @@ class AugmentSettings:
         if (not isinstance(g, (tuple, list)) or len(g) != 2
                 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in g) or not 0 < g[0] <= g[1]):
             raise InputError(f"augment.gain must be two numbers 0 < low <= high, got {g!r}")
-        for name in ("offset", "zoom"):
+        for name in ("offset", "zoom", "colour"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise InputError(f"augment.{name} must be a number >= 0, got {v!r}")
+        if self.colour >= 1:
+            raise InputError(f"augment.colour must be below 1 (a channel's gain 1 - colour stays > 0), "
+                             f"got {self.colour!r}")
         if not isinstance(self.flips, bool):
             raise InputError(f"augment.flips must be true or false, got {self.flips!r}")
 
@@ -150,6 +162,29 @@ def zoom_patch(x, y=None, factors=(1.0, 1.0), y_axis: int = 0):
     return zx, _fit_to(zy, shape, 0)
 
 
+# ------------------------------------------------------------------------------- colour
+def colour_matrix(rng, n: int, strength: float) -> np.ndarray:
+    """The (n, n) matrix of one colour jitter: ``m[c, d]`` is how much input channel ``d`` goes
+    into output channel ``c`` (the gains on the diagonal are drawn first, then the mixing row by row)."""
+    m = np.diag(np.asarray(rng.uniform(1 - strength, 1 + strength, size=n), np.float64).reshape(n))
+    off = np.asarray(rng.uniform(-strength / 2, strength / 2, size=n * n), np.float64).reshape(n, n)
+    return m + off * (1 - np.eye(n))
+
+
+def colour_jitter(rng, x: np.ndarray, strength: float, y_axis: int = 0) -> np.ndarray:
+    """``x`` (YX, YXC or CYX with ``y_axis=1``) with its channels mixed by :func:`colour_matrix`;
+    an image without a channel axis, or with one channel, is returned as it is (nothing drawn)."""
+    if x.ndim != 3:
+        return x
+    c_axis = next(a for a in range(3) if a not in (y_axis, y_axis + 1))
+    n = x.shape[c_axis]
+    if n < 2:
+        return x
+    m = colour_matrix(rng, n, float(strength))
+    out = np.tensordot(np.moveaxis(x, c_axis, -1), m.T, axes=1)  # out[..., c] = sum_d x[..., d] m[c, d]
+    return np.moveaxis(out, -1, c_axis).astype(np.result_type(x.dtype, np.float32), copy=False)
+
+
 # ------------------------------------------------------------------------------- the draw
 def augment(rng, image: np.ndarray, labels: np.ndarray | None = None, *, boxes=None,
             settings: AugmentSettings | None = None, y_axis: int = 0) -> Augmented:
@@ -186,4 +221,6 @@ def augment(rng, image: np.ndarray, labels: np.ndarray | None = None, *, boxes=N
                 b = flip_x_boxes(b, x.shape[y_axis + 1])
     if s.jitter:
         x = x * rng.uniform(*s.gain) + rng.uniform(-s.offset, s.offset)
+    if s.colour > 0:
+        x = colour_jitter(rng, x, s.colour, y_axis)
     return Augmented(np.ascontiguousarray(x), None if y is None else np.ascontiguousarray(y), b, keep)
