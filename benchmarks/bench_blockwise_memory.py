@@ -2,17 +2,21 @@
 
 For each size (default 4096², 8192², 16384²) a synthetic nuclei image (uint16, Gaussian blobs of
 radius 4-7 px on a jittered 32 px lattice that repeats every 1024 px, 3 in 4 lattice cells filled,
-noise) is generated chunk by chunk into a zarr array on disk (never whole in memory), then segmented
-by the plain command in a fresh process -- ``napari-cnnvision segment IMG.zarr --out DIR`` (a zarr
-input goes block-wise by itself, blocks of 2048) -- and that process's peak RSS (``ru_maxrss``), wall time and objects/s are
-printed. Goal: peak < 3 GB at every size, and flat (the largest within 1.5x of the smallest).
-``--segmenter threshold`` runs a cheap stand-in for the network (threshold + connected components)
-through the same block-wise path (reading, stitching, OME-Zarr writing, object table): the path's own
-memory and speed, when the network is too slow on the machine for 16k.
+noise) is generated chunk by chunk on disk (never whole in memory) -- a contiguous TIFF (default) or
+a zarr array (``--input zarr``) -- then segmented the way a user would, by the installed command in a
+fresh process: ``napari-cnnvision segment IMG.tif --out DIR --model M`` (a TIFF above the command's
+threshold, 4096 x 4096 px, goes block-wise by itself, blocks of 2048; at or below it the run adds
+``--blocks 2048``; a zarr input always goes block-wise). Measured: wall time, objects/s and the peak
+memory of the whole process tree -- the command and every process it starts (a compute worker, say):
+the larger of (a) their summed RSS sampled every 50 ms from /proc and (b) the exact ``ru_maxrss`` of
+the largest single process. Goal: peak < 3 GB at every size, and flat (the largest within 1.5x of the
+smallest). ``--segmenter threshold`` runs a cheap stand-in for the network (threshold + connected
+components) through the same block-wise path (reading, stitching, OME-Zarr writing, object table):
+the path's own memory and speed, when the network is too slow on the machine for 16k.
 
-On the 4k case the image is also segmented whole (in memory, one ``api.segment`` call, its own
-process and peak RSS) and the stitched labels are compared with it: AP@0.5 = TP / (TP + FP + FN)
-with matches at IoU > 0.5 (goal >= 0.99).
+On the smallest size the image is also segmented whole by the same command (the threshold raised
+so that it loads the image whole; measured the same way), and the stitched labels are compared with
+it: AP@0.5 = TP / (TP + FP + FN) with matches at IoU > 0.5 (goal >= 0.99).
 
     .venv/bin/python benchmarks/bench_blockwise_memory.py [--sizes 4096 8192 16384] [--model nuclei-unet]
 """
@@ -70,16 +74,27 @@ def nuclei_chunk(y0: int, x0: int, h: int, w: int, seed: int = 0, noise: bool = 
 
 
 def child_generate(path: str, size: int) -> dict:
-    import zarr
-
+    """The image at ``path``: a zarr array (``.zarr``) or a contiguous, uncompressed TIFF (``.tif``),
+    written chunk by chunk."""
     t0 = time.perf_counter()
-    z = zarr.open_array(path, mode="w", shape=(size, size), chunks=(CHUNK, CHUNK), dtype=np.uint16, zarr_format=2)
+    if path.endswith(".tif"):
+        import tifffile
+
+        z = tifffile.memmap(path, shape=(size, size), dtype=np.uint16)
+    else:
+        import zarr
+
+        z = zarr.open_array(path, mode="w", shape=(size, size), chunks=(CHUNK, CHUNK), dtype=np.uint16,
+                            zarr_format=2)
     pattern = nuclei_chunk(0, 0, CHUNK, CHUNK, noise=False) + 100  # = every chunk's nuclei (periodic lattice)
     for y0 in range(0, size, CHUNK):
         for x0 in range(0, size, CHUNK):
             rng = np.random.default_rng([y0, x0])
             z[y0:y0 + CHUNK, x0:x0 + CHUNK] = np.clip(pattern + rng.normal(0, 20, pattern.shape).astype(np.float32),
                                                       0, 65535).astype(np.uint16)
+    if hasattr(z, "flush"):
+        z.flush()
+    del z
     return {"s": time.perf_counter() - t0}
 
 
@@ -88,16 +103,114 @@ def _peak_gb() -> float:
     return kb / 1024 ** 2
 
 
-def child_blockwise(path: str, out: str, model: str) -> dict:
-    from napari_cnnvision.cli.main import main
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
+
+def tree_rss(root: int) -> tuple[int, int]:
+    """Summed resident memory (bytes) of process ``root`` and all its descendants, and how many
+    they are (Linux ``/proc``; pages shared between them are counted once per process, so this
+    errs high)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    total = n = 0
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/statm") as fh:
+                total += int(fh.read().split()[1]) * PAGE
+            n += 1
+        except (OSError, ValueError, IndexError):
+            continue
+        todo.extend(children.get(pid, ()))
+    return total, n
+
+
+def child_measure(cmd: str, env: str, log: str) -> dict:
+    """Run the command ``cmd`` (JSON list; ``env``: JSON dict of extra variables) and measure its
+    whole process tree: the summed RSS of the command and all its descendants (a compute worker,
+    say) sampled every 50 ms, and the exact peak RSS of the largest single process (``ru_maxrss``
+    of this process's children: the command and every descendant it waited for). The command's
+    output goes to ``log``, each line (progress-bar updates too) with the seconds since the start,
+    and every 10 s a ``[mem]`` line with the tree's RSS then and its peak so far: a run stopped
+    before its end still shows its rate per block and its memory over time."""
+    import threading
+
+    argv = json.loads(cmd)
     t0 = time.perf_counter()
-    rc = main(["segment", path, "--out", out, "--model", model, "--quiet"])
+    lock = threading.Lock()
+    peak = [0, 0]
+    with open(log, "w") as fh:
+        def note(line: str):
+            with lock:
+                fh.write(f"{time.perf_counter() - t0:9.1f} s  {line.rstrip()}\n")
+                fh.flush()
+
+        proc = subprocess.Popen(argv, env={**os.environ, **json.loads(env)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+
+        def sample():
+            last = 0.0
+            while proc.poll() is None:
+                rss, n = tree_rss(proc.pid)
+                peak[0], peak[1] = max(peak[0], rss), max(peak[1], n)
+                if time.perf_counter() - last >= 10:
+                    last = time.perf_counter()
+                    note(f"[mem] tree {rss / 1024 ** 3:.3f} GB in {n} processes, peak so far {peak[0] / 1024 ** 3:.3f} GB")
+                time.sleep(0.05)
+
+        def read():
+            buf = b""
+            while chunk := proc.stdout.read1(65536):
+                parts = buf + chunk
+                *lines, buf = parts.replace(b"\r", b"\n").split(b"\n")
+                for ln in lines:
+                    if ln.strip():
+                        note(ln.decode(errors="replace"))
+            if buf.strip():
+                note(buf.decode(errors="replace"))
+
+        threads = [threading.Thread(target=f, daemon=True) for f in (sample, read)]
+        for th in threads:
+            th.start()
+        rc = proc.wait()
+        for th in threads:
+            th.join()
     wall = time.perf_counter() - t0
-    if rc != 0:
-        raise SystemExit(f"segment exited with {rc}")
-    n = sum(1 for _ in open(Path(out) / (Path(path).stem + ".csv"))) - 1
-    return {"s": wall, "objects": n, "peak_gb": _peak_gb()}
+    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
+    return {"rc": rc, "s": wall, "tree_gb": peak[0] / 1024 ** 3, "largest_gb": largest, "procs": peak[1],
+            "peak_gb": max(peak[0] / 1024 ** 3, largest)}
+
+
+def cli_command() -> list[str]:
+    """The installed ``napari-cnnvision`` command beside this Python (else on PATH)."""
+    import shutil
+
+    exe = Path(sys.executable).with_name("napari-cnnvision")
+    found = str(exe) if exe.exists() else shutil.which("napari-cnnvision")
+    if not found:
+        raise SystemExit("the napari-cnnvision command is not installed (pip install -e .)")
+    return [found]
+
+
+def measured(argv: list, log: Path, env: dict | None = None) -> dict:
+    """``argv`` run under :func:`child_measure` in a fresh process; its figures."""
+    r = run_child("measure", json.dumps([str(a) for a in argv]), json.dumps(env or {}), log)
+    if r["rc"] != 0:
+        raise SystemExit(f"{' '.join(map(str, argv))} exited with {r['rc']}:\n{log.read_text()[-4000:]}")
+    return r
+
+
+def count_rows(csv: Path) -> int:
+    with open(csv) as fh:
+        return sum(1 for _ in fh) - 1
 
 
 def _threshold_segmenter(level: float = 400.0):
@@ -125,22 +238,10 @@ def child_blockwise_threshold(path: str, out: str) -> dict:
     from napari_cnnvision.scaleout.blockwise import open_source, segment_blockwise
 
     t0 = time.perf_counter()
-    table = segment_blockwise(open_source(path), Path(out) / Path(path).name, _threshold_segmenter(), block=2048)
+    table = segment_blockwise(open_source(path), Path(out) / (Path(path).stem + ".zarr"), _threshold_segmenter(),
+                              block=2048)
     tables.write_table(Path(out) / (Path(path).stem + ".csv"), table)
     return {"s": time.perf_counter() - t0, "objects": len(table["label"]), "peak_gb": _peak_gb()}
-
-
-def child_whole(path: str, out: str, model: str) -> dict:
-    import zarr
-
-    from napari_cnnvision import api
-
-    t0 = time.perf_counter()
-    img = np.asarray(zarr.open_array(path, mode="r"))
-    res = api.segment(img, model)
-    wall = time.perf_counter() - t0
-    np.save(out, np.asarray(res.labels, np.int32))
-    return {"s": wall, "objects": int(res.n_objects), "peak_gb": _peak_gb()}
 
 
 def ap50(a: np.ndarray, b: np.ndarray) -> tuple[float, int, int, int]:
@@ -167,43 +268,77 @@ def run_child(*argv) -> dict:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         kind, *rest = sys.argv[2:]
-        fn = {"generate": lambda p, s: child_generate(p, int(s)), "blockwise": child_blockwise,
-              "threshold": child_blockwise_threshold, "whole": child_whole}[kind]
+        fn = {"generate": lambda p, s: child_generate(p, int(s)), "threshold": child_blockwise_threshold,
+              "measure": child_measure}[kind]
         print(json.dumps(fn(*rest)))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192, 16384])
     ap.add_argument("--model", default="nuclei-unet")
     ap.add_argument("--segmenter", choices=("model", "threshold"), default="model",
-                    help="model: the CLI with --model (default); threshold: a cheap stand-in for the network "
-                         "(threshold + connected components) run through the same block-wise path, so the path's "
-                         "own memory and speed show on a slow machine (no whole-image comparison)")
+                    help="model: the napari-cnnvision command with --model (default); threshold: a cheap stand-in "
+                         "for the network (threshold + connected components) run through the same block-wise path, "
+                         "so the path's own memory and speed show on a slow machine (no whole-image comparison)")
+    ap.add_argument("--input", choices=("tif", "zarr"), default="tif",
+                    help="the image as a contiguous TIFF (default; above the command's threshold it goes "
+                         "block-wise by itself, at or below it gets --blocks 2048) or a zarr array (always block-wise)")
     ap.add_argument("--no-whole", action="store_true", help="skip the whole-image comparison on the smallest size")
     ap.add_argument("--tmp", default=None, help="work folder (default: a temporary one; needs ~1 GB at 16k)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (images, outputs, logs)")
     args = ap.parse_args()
+    from napari_cnnvision.scaleout import large
+
     what = args.model if args.segmenter == "model" else "threshold stand-in (no network)"
-    print(f"bench_blockwise_memory: sizes {args.sizes}, segmenter {what}; {machine_note()}", flush=True)
+    print(f"bench_blockwise_memory: sizes {args.sizes}, segmenter {what}, input {args.input}; {machine_note()}",
+          flush=True)
     peaks = {}
-    with tempfile.TemporaryDirectory(prefix="bench-blockwise-", dir=args.tmp) as tmp:
-        tmp = Path(tmp)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-blockwise-", dir=args.tmp))
+    try:
         for size in args.sizes:
-            img = tmp / f"nuclei{size}.zarr"
+            img = tmp / f"nuclei{size}.{args.input}"
+            out = tmp / f"out{size}"
             g = run_child("generate", img, size)
-            b = (run_child("blockwise", img, tmp / f"out{size}", args.model) if args.segmenter == "model" else
-                 run_child("threshold", img, tmp / f"out{size}"))
+            if args.segmenter == "model":
+                argv = [*cli_command(), "segment", img, "--out", out, "--model", args.model]
+                if args.input == "tif" and size * size <= large.block_threshold():
+                    argv += ["--blocks", large.DEFAULT_BLOCK]  # not above the threshold: not block-wise by itself
+                print(f"  $ {' '.join(map(str, argv))}    (output: {tmp / f'log{size}.txt'})", flush=True)
+                b = measured(argv, tmp / f"log{size}.txt")
+                b["objects"] = count_rows(out / f"{img.stem}.csv")
+            else:
+                b = measured([sys.executable, __file__, "--child", "threshold", img, out], tmp / f"log{size}.txt")
+                last = (tmp / f"log{size}.txt").read_text().strip().splitlines()[-1]
+                b["objects"] = json.loads(last.split(" s  ", 1)[1])["objects"]
             peaks[size] = b["peak_gb"]
             print(f"  {size:>5}²  generated in {g['s']:6.1f} s; block-wise: {b['s']:7.1f} s, {b['objects']:>7} "
-                  f"objects, {b['objects'] / b['s']:7.0f} objects/s, {size * size / b['s'] / 1e6:5.2f} Mpx/s, "
-                  f"peak RSS {b['peak_gb']:.2f} GB   (load {os.getloadavg()[0]:.1f})", flush=True)
+                  f"objects, {b['objects'] / b['s']:7.1f} objects/s, {size * size / b['s'] / 1e6:6.3f} Mpx/s, "
+                  f"peak RSS {b['peak_gb']:.2f} GB (process tree summed {b['tree_gb']:.2f} GB over up to "
+                  f"{b['procs']} processes, largest process {b['largest_gb']:.2f} GB)   (load "
+                  f"{os.getloadavg()[0]:.1f})", flush=True)
             if size == min(args.sizes) and not args.no_whole and args.segmenter == "model":
-                w = run_child("whole", img, tmp / f"whole{size}.npy", args.model)
+                tif = img
+                if args.input != "tif":
+                    tif = tmp / f"nuclei{size}.tif"
+                    run_child("generate", tif, size)
+                argv = [*cli_command(), "segment", tif, "--out", tmp / f"whole{size}", "--model", args.model, "--quiet"]
+                print(f"  $ {large.BLOCK_PIXELS_ENV}={size * size} {' '.join(map(str, argv))}", flush=True)
+                w = measured(argv, tmp / f"whole{size}.txt", {large.BLOCK_PIXELS_ENV: str(size * size)})
+                import tifffile
                 import zarr
 
-                stitched = np.asarray(zarr.open_group(str(tmp / f"out{size}" / img.name), mode="r")["0"])
-                ap50_, tp, na, nb = ap50(np.load(tmp / f"whole{size}.npy"), stitched)
-                print(f"  {size:>5}²  whole image: {w['s']:7.1f} s, {w['objects']} objects, peak RSS "
-                      f"{w['peak_gb']:.2f} GB; stitched vs whole: AP@0.5 {ap50_:.4f} (TP {tp}, whole {na}, "
-                      f"stitched {nb})  (goal >= {GOAL_AP}) {'PASS' if ap50_ >= GOAL_AP else 'FAIL'}", flush=True)
+                whole = tifffile.imread(tmp / f"whole{size}" / f"{tif.stem}.tif")
+                stitched = np.asarray(zarr.open_group(str(out / f"{img.stem}.zarr"), mode="r")["0"])
+                ap50_, tp, na, nb = ap50(whole, stitched)
+                print(f"  {size:>5}²  whole image: {w['s']:7.1f} s, {na} objects, peak RSS {w['peak_gb']:.2f} GB; "
+                      f"stitched vs whole: AP@0.5 {ap50_:.4f} (TP {tp}, whole {na}, stitched {nb})  "
+                      f"(goal >= {GOAL_AP}) {'PASS' if ap50_ >= GOAL_AP else 'FAIL'}", flush=True)
+    finally:
+        if args.keep:
+            print(f"  kept {tmp}")
+        else:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
     worst = max(peaks.values())
     print(f"  peak RSS: {', '.join(f'{s}² {g:.2f} GB' for s, g in peaks.items())}  (goal < {GOAL_GB} GB) "
           f"{'PASS' if worst < GOAL_GB else 'FAIL'}")
