@@ -1,5 +1,6 @@
-"""Fine-tuning Faster R-CNN through the detector training job (``detector.train``), as YOLO:
-heads rebuilt for the user's classes, the model registered with a threshold chosen on val."""
+"""Fine-tuning Faster R-CNN and YOLO through the detector training job (``detector.train``): heads
+rebuilt for the user's classes (the rows of the classes the base knows by name kept), the model
+registered with a threshold chosen on val."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,9 @@ TINY_FRCNN = {"arch": "fasterrcnn_mobilenet_v3_large_fpn", "in_channels": 3, "in
               "anchor_sizes": [8, 12, 16, 24, 32], "box_head": {"conv": [], "fc": [32]},
               "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50, "rpn_pre_nms_top_n_test": 100,
               "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 32, "box_detections_per_img": 50}
+#: a tiny YOLO-style detector (backends/detection/yolo.py)
+TINY_YOLO = {"arch": "yolo", "in_channels": 3, "input_size": 64, "scale": 1.0, "widths": [8, 16, 32],
+             "depths": [0, 1, 1], "stride": 4, "head_channels": 16}
 
 
 def _sample(seed: int, n_classes: int) -> dict:
@@ -80,6 +84,7 @@ def test_faster_rcnn_fine_tuned_to_other_classes_is_registered_and_loads(tmp_pat
     # the box predictor (1 class + background before, 2 + background now) was rebuilt, the rest kept
     assert any(k.startswith("roi_heads.box_predictor.cls_score") for k in t["rebuilt_weights"])
     assert not any(k.startswith("backbone") for k in t["rebuilt_weights"])
+    assert t["class_head"] == {"kept": [], "new": ["big", "small"], "dropped": ["cell"]}
     assert "map@0.5" in card.metrics["val"] and 0 <= card.metrics["val"]["map@0.5"] <= 1
     model, cfg = load_detector(card.path)
     assert cfg["classes"] == ["big", "small"] and cfg["arch"] == TINY_FRCNN["arch"]
@@ -133,7 +138,8 @@ def test_a_class_the_base_knows_keeps_its_rows_of_the_box_predictor(tmp_path):
     cfg = {**TINY_FRCNN, "classes": ["RBC", "WBC", "Platelets"]}
     base = build_detector(cfg)
     save_detector(base, cfg, tmp_path / "base")
-    model, _, rebuilt = _with_classes(tmp_path / "base", ["WBC", "new"])
+    model, _, rebuilt, head = _with_classes(tmp_path / "base", ["WBC", "new"])
+    assert head == {"kept": ["WBC"], "new": ["new"], "dropped": ["RBC", "Platelets"]}
     a, b = base.state_dict(), model.state_dict()
     w, d = "roi_heads.box_predictor.cls_score.weight", "roi_heads.box_predictor.bbox_pred.weight"
     assert w in rebuilt and b[w].shape[0] == 3
@@ -151,3 +157,83 @@ def test_the_warmup_follows_a_time_budget_not_the_epoch_cap():
     assert default_warmup(timed, 10) == 3  # 3 steps per epoch
     planned = DetectorTrainSettings.from_dict({"epochs": 20, "batch_size": 4})
     assert default_warmup(planned, 10) == 6 and default_warmup(planned, 1000) == 100
+
+
+def _tiny_yolo_base(folder, classes):
+    """A tiny YOLO base whose class head tells the classes apart (random rows of std 0.5, biases
+    small: an untrained network's features differ little between cells) and whose objectness
+    passes a low threshold almost everywhere, saved to ``folder``."""
+    import torch
+
+    from napari_cnnvision.backends.detection.models import build_detector, save_detector
+
+    torch.manual_seed(0)
+    cfg = {**TINY_YOLO, "classes": list(classes)}
+    base = build_detector(cfg)
+    with torch.no_grad():
+        base.head.cls.weight.normal_(std=0.5)
+        base.head.cls.bias.normal_(std=0.002)
+        base.head.obj.bias.fill_(0.0)
+    save_detector(base, cfg, folder)
+    return base.eval()
+
+
+def test_a_yolo_base_keeps_the_class_head_rows_of_the_classes_it_knows(tmp_path):
+    """Base [A, B, C] set up for [C, A, D]: C's and A's rows (weight and bias) are the base's, D's
+    the usual fresh initialization, and at step 0 the model predicts C and A as the base does."""
+    import torch
+
+    from napari_cnnvision.backends.detection.models import build_detector, set_thresholds
+    from napari_cnnvision.backends.training.jobs import _with_classes
+
+    base = _tiny_yolo_base(tmp_path / "base", ["A", "B", "C"])
+    torch.manual_seed(1)
+    model, cfg, rebuilt, head = _with_classes(tmp_path / "base", ["C", "A", "D"])
+    torch.manual_seed(1)
+    fresh = build_detector({**TINY_YOLO, "classes": ["C", "A", "D"]})
+    model.eval()
+    assert cfg["classes"] == ["C", "A", "D"] and head == {"kept": ["C", "A"], "new": ["D"], "dropped": ["B"]}
+    assert "head.cls.weight" in rebuilt and not any(k.startswith(("backbone", "neck")) for k in rebuilt)
+    for part in ("weight", "bias"):
+        a, b, f = (getattr(m.head.cls, part).detach() for m in (base, model, fresh))
+        assert torch.equal(b[0], a[2]) and torch.equal(b[1], a[0])  # C: base row 2 -> 0; A: 0 -> 1
+        assert torch.equal(b[2], f[2]) and not any(torch.equal(b[2], a[i]) for i in range(3))  # D: fresh
+    # the network's outputs: boxes and objectness unchanged, C's and A's class logits the base's
+    rng = np.random.default_rng(3)
+    x = [torch.from_numpy(rng.random((3, 64, 64), dtype=np.float32))]
+    with torch.no_grad():
+        (bb, ob, cb), (bm, om, cm) = (m.head(m.neck(m.backbone(m._batch(x)[0]))) for m in (base, model))
+    assert torch.equal(bb, bm) and torch.equal(ob, om)
+    assert torch.allclose(cm[:, 0], cb[:, 2]) and torch.allclose(cm[:, 1], cb[:, 0])
+    # the detections: with B (base) and D (new) silenced, the same boxes, scores and classes by name
+    with torch.no_grad():
+        base.head.cls.bias[1] = model.head.cls.bias[2] = -50.0
+    for m in (base, model):
+        set_thresholds(m, 0.05)
+    with torch.no_grad():
+        db, dm = base(x)[0], model(x)[0]
+    assert len(db["boxes"]) > 10 and set(db["labels"].tolist()) == {1, 3}  # A and C both detected
+    names_b = [["A", "B", "C"][i - 1] for i in db["labels"].tolist()]
+    names_m = [["C", "A", "D"][i - 1] for i in dm["labels"].tolist()]
+    assert names_m == names_b
+    assert torch.allclose(dm["boxes"], db["boxes"]) and torch.allclose(dm["scores"], db["scores"], atol=1e-6)
+
+
+def test_reordered_classes_move_their_rows_and_the_card_records_the_class_head(tmp_path):
+    """The same classes in another order move their rows (they kept the base's order before); the
+    fine-tuned YOLO model's card records which classes came from the base and which are new."""
+    import torch
+
+    from napari_cnnvision.backends.dispatch import card_payload
+    from napari_cnnvision.backends.training.jobs import _with_classes, detector_train_job
+
+    base = _tiny_yolo_base(tmp_path / "tiny-yolo", ["A", "B", "C"])
+    model, _, _, head = _with_classes(tmp_path / "tiny-yolo", ["C", "B", "A"])
+    assert head == {"kept": ["C", "B", "A"], "new": [], "dropped": []}
+    assert torch.equal(model.head.cls.weight.detach(), base.head.cls.weight.detach()[[2, 1, 0]])
+    card = ModelRegistry(user_dir=tmp_path).get("tiny-yolo")
+    res = detector_train_job(train=[_sample(1, 3)], val=[_sample(2, 3)], classes=["C", "A", "D"], name="tuned",
+                             base=card_payload(card), out_dir=str(tmp_path), settings={"epochs": 1, "batch_size": 1})
+    t = ModelRegistry(user_dir=tmp_path).get("tuned").training
+    assert res.model_dir and t["base_model"] == "tiny-yolo"
+    assert t["class_head"] == {"kept": ["C", "A"], "new": ["D"], "dropped": ["B"]}

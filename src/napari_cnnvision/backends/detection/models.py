@@ -135,6 +135,39 @@ def set_thresholds(model, score_thresh: float | None = None, nms_thresh: float |
     return model
 
 
+# --- class heads for another class set ------------------------------------------------
+def class_keys(arch: str) -> tuple[str, ...]:
+    """The weights whose rows run over the classes: YOLO's class convolution (one row per class),
+    Faster R-CNN's box predictor (the background first, then 1 score / 4 box-delta rows per class)."""
+    if arch == "yolo":
+        return ("head.cls.weight", "head.cls.bias")
+    return tuple(f"roi_heads.box_predictor.{n}.{p}" for n in ("cls_score", "bbox_pred") for p in ("weight", "bias"))
+
+
+def class_rows_for(state: dict, own: dict, arch: str, old: list[str], new: list[str]) -> tuple[dict, list[str]]:
+    """The class weights (:func:`class_keys`) of a detector built for the classes ``new`` (its fresh
+    weights ``own``) from a base's ``state`` of the classes ``old``: the rows of the background and
+    of every class the base knows by name are the base's, those of new classes keep their fresh
+    initialization. Returns ``(tensors, the classes taken from the base)``; ``({}, [])`` when a
+    weight does not have the layout of its class count (nothing is taken then)."""
+    bg = 0 if arch == "yolo" else 1
+    pairs = [(i, i) for i in range(bg)] + [(old.index(c) + bg, j + bg) for j, c in enumerate(new) if c in old]
+    out = {}
+    for k in class_keys(arch):
+        if k not in own:
+            continue
+        if k not in state:
+            return {}, []
+        a, b = state[k], own[k].detach().clone()
+        m = a.shape[0] // (len(old) + bg)  # rows per class
+        if a.shape[0] != m * (len(old) + bg) or b.shape[0] != m * (len(new) + bg) or a.shape[1:] != b.shape[1:]:
+            return {}, []
+        for i, j in pairs:
+            b[j * m:(j + 1) * m] = a[i * m:(i + 1) * m]  # a float16 file's rows become float32
+        out[k] = b
+    return out, ([c for c in new if c in old] if out else [])
+
+
 # --- model folders --------------------------------------------------------------------
 def _card_for(config: dict, folder: Path, card_fields: dict) -> ModelCard:
     fields = dict(card_fields or {})
@@ -241,4 +274,5 @@ def load_detector(folder):
 
 
 __all__ = ["build_detector", "set_thresholds", "save_detector", "load_detector", "read_config",
-           "normalize_config", "backend_of", "ARCHS", "CONFIG_NAME", "WEIGHTS_NAME", "CARD_NAME"]
+           "normalize_config", "backend_of", "class_keys", "class_rows_for", "ARCHS", "CONFIG_NAME", "WEIGHTS_NAME",
+           "CARD_NAME"]

@@ -33,14 +33,18 @@ SCORE_GRID = tuple(round(0.05 * i, 2) for i in range(2, 17))  # 0.1 .. 0.8
 
 
 def _with_classes(base_folder, classes: list[str]):
-    """The base detector rebuilt for ``classes``: every weight whose shape still fits is kept
-    (the class head -- YOLO's class convolution, Faster R-CNN's box predictor -- is new when the
-    class count differs; Faster R-CNN's keeps the rows of the classes the base knows by name).
-    One network is built: the base's weights are read, not loaded into one."""
+    """The base detector rebuilt for ``classes``: every weight whose shape still fits is kept;
+    when the class set differs, the class head (YOLO's class convolution, Faster R-CNN's box
+    predictor) keeps the rows of the classes the base knows by name and starts the new classes
+    fresh (:func:`~..detection.models.class_rows_for`). One network is built: the base's weights
+    are read, not loaded into one. Returns ``(model, config, rebuilt weight names, class_head)``,
+    ``class_head`` the card's record: ``{"kept": [...], "new": [...], "dropped": [...]}``."""
     from ...core.registry import CorruptModel
-    from ..detection.models import WEIGHTS_NAME, _read_state, build_detector, read_config
+    from ..detection.models import (WEIGHTS_NAME, _read_state, build_detector, class_keys, class_rows_for,
+                                    read_config)
 
     folder = Path(base_folder)
+    old = read_config(folder)["classes"]
     cfg = {**read_config(folder), "classes": list(classes)}
     state = _read_state(folder / WEIGHTS_NAME, folder)
     model = build_detector(cfg)
@@ -50,31 +54,16 @@ def _with_classes(base_folder, classes: list[str]):
         raise CorruptModel(f"the weights in {folder / WEIGHTS_NAME} do not fit the {cfg['arch']} detector of its "
                            f"config ({len(foreign)} unknown, first: {foreign[0]})")
     kept = {k: v for k, v in state.items() if own[k].shape == v.shape}  # float16 files load as float32
+    mapped, known = {}, list(classes)
+    if old != list(classes):  # the class rows are remapped by name (a mere reordering too)
+        for k in class_keys(cfg["arch"]):
+            kept.pop(k, None)
+        mapped, known = class_rows_for(state, own, cfg["arch"], old, list(classes))
     rebuilt = sorted(set(own) - set(kept))
-    if cfg["arch"] != "yolo":  # the rows of the classes it knows are the base's
-        kept.update(_mapped_predictor(state, own, read_config(folder)["classes"], list(classes)))
-    model.load_state_dict(kept, strict=False)
-    return model, cfg, rebuilt
-
-
-def _mapped_predictor(state: dict, own: dict, old: list[str], new: list[str]) -> dict:
-    """Faster R-CNN's box predictor for another class set: the rows of the background and of the
-    classes the base knows (by name) come from the base, those of new classes stay fresh."""
-    out = {}
-    for key in ("roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"):
-        for part in ("weight", "bias"):
-            k = f"{key}.{part}"
-            if k not in state or k not in own or state[k].shape == own[k].shape:
-                continue
-            a, b = state[k], own[k].clone()
-            m = a.shape[0] // (len(old) + 1)  # rows per class: 1 (scores), 4 (box deltas)
-            if a.shape[0] != m * (len(old) + 1) or b.shape[0] != m * (len(new) + 1) or a.shape[1:] != b.shape[1:]:
-                continue
-            pairs = [(0, 0)] + [(old.index(c) + 1, j + 1) for j, c in enumerate(new) if c in old]
-            for i, j in pairs:
-                b[j * m:(j + 1) * m] = a[i * m:(i + 1) * m]
-            out[k] = b
-    return out
+    model.load_state_dict({**kept, **mapped}, strict=False)
+    head = {"kept": known, "new": [c for c in classes if c not in known],
+            "dropped": [c for c in old if c not in classes]}
+    return model, cfg, rebuilt, head
 
 
 def _base_card(base):
@@ -186,7 +175,7 @@ def detector_train_job(progress=NULL_PROGRESS, train=(), val=(), classes=(), nam
     name = check_new_name(name, registry)
     classes = [str(c) for c in classes]
     if base_card is not None:
-        model, cfg, rebuilt = _with_classes(base_card.path, classes)
+        model, cfg, rebuilt, class_head = _with_classes(base_card.path, classes)
         base_name = base_card.name
     else:
         cfg = _fresh_config(config, classes)
@@ -194,13 +183,13 @@ def detector_train_job(progress=NULL_PROGRESS, train=(), val=(), classes=(), nam
             model = build_detector(cfg)
         except ValueError as exc:
             raise InputError(f"the fresh detector's config: {exc}") from None
-        rebuilt, base_name = [], None
+        rebuilt, base_name, class_head = [], None, None
     kind = "YOLO-style detector" if backend_of(cfg["arch"]) == "yolo" else f"Faster R-CNN ({cfg['arch']})"
     fields = {"name": name, "description": f"{kind} trained in napari on {', '.join(classes)}"
                                            + (f", fine-tuned from {base_name}" if base_name else ""),
               "normalization": normalization or {"type": "scale", "factor": 1 / 255},
               "training": {"data": data or {}, "base_model": base_name, "rebuilt_weights": rebuilt[:20],
-                           "command": "napari-cnnvision Train widget"}}
+                           "class_head": class_head, "command": "napari-cnnvision Train widget"}}
     with guarded_run(registry.user_dir, name):
         res = train_detector(model, cfg, list(train), list(val), Path(registry.user_dir) / name, st, progress,
                              fields, resume=resume)
