@@ -328,3 +328,33 @@ def test_the_train_jobs_refuse_an_existing_name_before_training(tmp_path, job):
             train_job(None, [img, img], np.array([[0, 0, 8, 8]] * 2), np.array([0, 0]), ["a"],
                       out_dir=str(tmp_path), name="mine", settings={"epochs": 1})
     assert {p.name: p.read_bytes() for p in (tmp_path / "mine").iterdir()} == before
+
+
+# -- validation pairs given apart (instead of the automatic split) ---------------------------
+
+def test_validation_pairs_empty_of_another_kind_size_channels_or_classes():
+    from napari_cnnvision.backends.training.plan import TrainPair, detect_plan, localize_plan, segment_plan
+
+    img, lab = painted()
+    train = [TrainPair(img, labels=lab, name="t")]
+    refused("no validation data", segment_plan, train, val_pairs=[])
+    boxes = TrainPair(IMG, boxes=BOXES, classes=CLASSES, name="v")
+    refused("validation data: v: segmentation needs a label image", segment_plan, train, val_pairs=[boxes])
+    refused("validation data: .*differ in size", segment_plan, train, val_pairs=[TrainPair(img[:, :100], labels=lab)])
+    refused("validation data: the annotation layer is empty", segment_plan, train,
+            val_pairs=[TrainPair(img, labels=np.zeros_like(lab))])
+    refused("validation data: the images have 3 channel", segment_plan, train,
+            val_pairs=[TrainPair(np.stack([img] * 3, -1), labels=lab)])
+    det = [TrainPair(IMG, boxes=BOXES, classes=CLASSES)]
+    refused("validation data: .*detection training needs boxes", detect_plan, det,
+            val_pairs=[TrainPair(img, labels=lab)])
+    refused("validation data: class\\(es\\) Neutrophil are not in the training data \\(RBC, WBC, Platelets\\)",
+            detect_plan, det, val_pairs=[TrainPair(IMG, boxes=BOXES[:1], classes=["Neutrophil"])])
+    refused("validation data: the images are of another type", detect_plan, det,
+            val_pairs=[TrainPair(IMG.astype(np.float32), boxes=BOXES[:1], classes=["RBC"])])
+    stack = np.zeros((4, 48, 48), np.uint8)
+    rects = np.array([[4, 4, 20, 24]] * 4, float)
+    loc = [TrainPair(stack, boxes=rects, classes=["a", "b"] * 2, frames=np.arange(4))]
+    refused("validation data: the frames have shape\\(s\\) \\(40, 48\\), the training frames \\(48, 48\\)",
+            localize_plan, loc, val_pairs=[TrainPair(stack[:2, :40], boxes=rects[:2], classes=["a", "b"],
+                                                     frames=np.arange(2))])

@@ -66,6 +66,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
         (base + ["--masks", str(mask_dir), "--format", "coco"], "--format goes with --annotations"),
         (base + ["--masks", str(mask_dir), "--base", "bloodcells-yolo"], "is a detect model, not a segment model"),
         (base + ["--masks", str(mask_dir), "--upsampling", "cubic"], "upsampling must be one of"),
+        (base + ["--masks", str(mask_dir), "--val-images", str(img_dir)], "--val-images DIR with --val-masks"),
+        (base + ["--masks", str(mask_dir), "--val-masks", str(mask_dir)], "--val-images DIR with --val-masks"),
+        (base + ["--masks", str(mask_dir), "--val-images", str(img_dir), "--val-masks", str(mask_dir),
+                 "--val-fraction", "0.3"], "leave out one of them"),
+        (base + ["--masks", str(mask_dir), "--val-images", str(tmp_path / "nope"), "--val-masks", str(mask_dir)],
+         "validation data: the images folder"),
     ]
     for argv, message in cases:
         rc = main(argv)
@@ -99,3 +105,31 @@ def test_the_ctrl_c_handler_is_restored_even_when_the_former_one_was_not_pythons
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_validation_folders_replace_the_split(tmp_path, capsys, monkeypatch):
+    from napari_cnnvision import api
+    from napari_cnnvision.core.axes import InputError
+
+    img_dir, mask_dir = _data(tmp_path)
+    val_dir = tmp_path / "val"
+    (val_dir / "images").mkdir(parents=True)
+    (val_dir / "masks").mkdir()
+    img, lab = disks([(20, 20), (40, 44)], shape=(64, 64))
+    tifffile.imwrite(val_dir / "images" / "v.tif", (img * 100 + 50).clip(0, 255).astype(np.uint8))
+    tifffile.imwrite(val_dir / "masks" / "v.tif", lab.astype(np.uint16))
+    seen = []
+
+    class _Pool:  # the request only: no worker
+        def run(self, job, kwargs, **_):
+            seen.append(kwargs)
+            raise InputError("stopped before training")
+
+    monkeypatch.setattr(api, "_worker_pool", lambda: _Pool())
+    rc = main(["train", "segment", "--name", "new-one", "--images", str(img_dir), "--masks", str(mask_dir),
+               "--val-images", str(val_dir / "images"), "--val-masks", str(val_dir / "masks"), "--quiet"])
+    assert rc == 2 and "stopped before training" in capsys.readouterr().err
+    k = seen[0]
+    assert sorted(c.shape for c in k["images"]) == [(64, 64), (64, 64)]  # both training images whole
+    assert len(k["val_images"]) == 1 and int(k["val_masks"][0].max()) == 2
+    assert "validation: 1 pair of its own (v.tif)" in k["data"]

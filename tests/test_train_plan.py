@@ -216,3 +216,72 @@ def test_bad_settings_are_refused_before_any_job():
         segment_plan(_pairs(), None, TrainOptions(extra={"no_such_thing": 1}))
     with pytest.raises(InputError, match="patch_size 36 does not fit"):
         segment_plan(_pairs(), None, TrainOptions(patch_size=36))
+
+
+def test_validation_pairs_of_their_own_replace_the_split_in_every_task():
+    pairs = _pairs()
+    img3, lab3 = disks([(20, 30), (50, 50)], shape=(72, 72))
+    val = [TrainPair(img3, labels=lab3, valid="all", name="held out")]
+    auto = segment_plan(pairs, None, TrainOptions(val_fraction=0.3))
+    assert "validation: an automatic 30% split" in auto.summary and auto.kwargs["val_images"]
+    p = segment_plan(pairs, None, TrainOptions(val_fraction=0.3), val_pairs=val)
+    k = p.kwargs
+    # every training pair trains (whole, unsplit), the given pair validates
+    assert sorted(c.shape for c in k["images"]) == [(80, 96), (128, 128)]
+    assert len(k["val_images"]) == 1
+    np.testing.assert_array_equal(k["val_images"][0], img3)
+    np.testing.assert_array_equal(k["val_masks"][0], lab3)
+    assert p.summary.endswith("val: 1 crop(s), 5184 px, 2 objects; validation: 1 pair of its own (held out)")
+    assert "held out" in k["data"]
+    # detection: the validation boxes' classes are the training ids of their names (in another order here)
+    det = []
+    for k in range(2):
+        img, b, c = _boxes_image(k)
+        det.append(TrainPair(img, boxes=b, classes=c, valid="all", name=f"img{k}"))
+    vimg, vb, vc = _boxes_image(5)
+    vpair = TrainPair(vimg, boxes=vb[1:], classes=vc[1:], valid="all", name="val img")  # small, big, small
+    p = detect_plan(det, None, TrainOptions(), val_pairs=[vpair])
+    assert p.kwargs["classes"] == ["big", "small"] and len(p.kwargs["train"]) == 2 and len(p.kwargs["val"]) == 1
+    assert sum(len(s["boxes"]) for s in p.kwargs["train"]) == 8
+    assert p.kwargs["val"][0]["labels"].tolist() == [2, 1, 2]
+    assert p.summary.endswith("validation: 1 pair of its own (val img)")
+    # localization: every annotated frame of the training stack trains; labels by class name
+    rng = np.random.default_rng(3)
+    stack = rng.integers(0, 30, (6, 48, 48), dtype=np.uint8)
+    boxes = np.array([[4 + t, 4, 20 + t, 24] for t in range(6)], float)
+    lpair = TrainPair(stack, boxes=boxes, classes=["a", "b"] * 3, frames=np.arange(6))
+    lval = TrainPair(stack[:3], boxes=boxes[:3], classes=["b", "b", "a"], frames=np.arange(3))
+    p = localize_plan([lpair], None, TrainOptions(), val_pairs=[lval])
+    assert len(p.kwargs["images"]) == 6 and len(p.kwargs["val_images"]) == 3
+    assert p.kwargs["class_names"] == ["a", "b"] and p.kwargs["val_labels"].tolist() == [1, 1, 0]
+    assert "train: 6 frame(s); val: 3 frame(s)" in p.summary
+
+
+def test_api_train_takes_validation_folders_and_arrays(tmp_path, monkeypatch):
+    from napari_cnnvision import api
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    img_dir, mask_dir = _folders(tmp_path / "train")
+    vimg, vmask = _folders(tmp_path / "val", n=1)
+    seen = []
+
+    class _Pool:  # the request only: no worker
+        def run(self, job, kwargs, **_):
+            seen.append((job, kwargs))
+            raise InputError("stopped before training")
+
+    monkeypatch.setattr(api, "_worker_pool", lambda: _Pool())
+    with pytest.raises(InputError, match="stopped before training"):
+        api.train("segment", img_dir, mask_dir, name="with-val", val_images=vimg, val_annotations=vmask)
+    k = seen[-1][1]
+    assert len(k["images"]) == 2 and len(k["val_images"]) == 1 and "(im0.tif)" in k["data"]
+    img, lab = disks(CENTRES)
+    with pytest.raises(InputError, match="stopped before training"):
+        api.train("segment", img_dir, mask_dir, name="with-val", val_images=img, val_annotations=lab)
+    assert seen[-1][1]["val_images"][0].shape == (128, 128)
+    with pytest.raises(InputError, match="validation data: val_annotations without val_images"):
+        api.train("segment", img_dir, mask_dir, name="with-val", val_annotations=vmask)
+    with pytest.raises(InputError, match="validation data: .*does not exist"):
+        api.train("segment", img_dir, mask_dir, name="with-val", val_images=tmp_path / "nope", val_annotations=vmask)
+    assert len(seen) == 2

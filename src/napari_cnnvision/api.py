@@ -165,7 +165,8 @@ def train(task: str, images, annotations=None, base: str | ModelCard | None = No
           learning_rate: float | None = None, batch_size: int | None = None, patch_size: int | None = None,
           flips: bool = True, turns: bool = True, intensity: bool = True, scale: bool = False,
           upsampling: str | None = None, format: str | None = None, resume: bool = False, partial: bool = False,
-          settings: dict | None = None, progress=None, registry: ModelRegistry | None = None):
+          settings: dict | None = None, progress=None, registry: ModelRegistry | None = None,
+          val_images=None, val_annotations=None, val_format: str | None = None):
     """Train (or fine-tune) a ``task`` model ("segment", "detect" or "localize") on your annotations
     and register it as ``name`` in the user model folder; returns a
     :class:`~napari_cnnvision.backends.training.outcome.TrainResult` (``.card`` the new model's card,
@@ -179,6 +180,9 @@ def train(task: str, images, annotations=None, base: str | ModelCard | None = No
     (detection, localization); or a list of ``TrainPair`` (``annotations`` None). The annotation
     counts as complete (whole images are training / validation units); ``partial=True`` (arrays):
     only the bounding box of what is annotated in each image counts, as in the Train widget.
+    ``val_images`` with ``val_annotations`` (the same forms; ``val_format`` as ``format``, default
+    recognized from the files): the validation data, instead of holding out ``val_fraction`` of
+    the training data (every training image then trains).
     ``base``: the model to fine-tune (name, folder or card; ``None``: a fresh network). ``epochs``
     or ``minutes`` (a time budget; the best model so far is kept when it is over); ``settings``:
     further trainer settings (network size, steps). ``resume``: continue the interrupted run of
@@ -191,16 +195,25 @@ def train(task: str, images, annotations=None, base: str | ModelCard | None = No
     from .backends.training.naming import check_new_name
     from .backends.training.outcome import job_outcome
     from .backends.training.plan import TrainOptions, plan
+    from .core.axes import InputError
 
     registry = registry or ModelRegistry()
     name = check_new_name(name, registry)
     card = base if isinstance(base, ModelCard) or base is None else registry.get(base)
     pairs = _train_pairs(task, images, annotations, format, partial)
+    val_pairs = None
+    if val_images is not None or val_annotations is not None:
+        try:
+            if val_images is None:
+                raise InputError("val_annotations without val_images: give the validation images too")
+            val_pairs = _train_pairs(task, val_images, val_annotations, val_format, partial)
+        except InputError as e:
+            raise InputError(f"validation data: {e}") from None
     opts = TrainOptions(epochs=epochs, minutes=minutes, learning_rate=learning_rate, val_fraction=val_fraction,
                         batch_size=batch_size, patch_size=patch_size, flips=flips, turns=turns, intensity=intensity,
                         scale=scale, upsampling=upsampling, resume=resume, extra=dict(settings or {}),
                         command="napari_cnnvision.api.train", source="folders" if _is_path(images) else "arrays")
-    p = plan(task, pairs, card, opts, name=name, out_dir=registry.user_dir)
+    p = plan(task, pairs, card, opts, name=name, out_dir=registry.user_dir, val_pairs=val_pairs)
     t0 = time.monotonic()
 
     def stop_now() -> bool:
@@ -222,8 +235,6 @@ def train(task: str, images, annotations=None, base: str | ModelCard | None = No
         result = _worker_pool().run(p.job, p.kwargs, on_event=on_event, should_cancel=stop_now)
     except JobError as exc:  # the trainer's own checks (settings, data, a resumed run): the message as it is
         if {"InputError", "ModelNotFound", "CorruptModel"} & set(exc.kinds):
-            from .core.axes import InputError
-
             raise InputError(str(exc)) from exc
         raise
     return job_outcome(result, name, task, card=ModelRegistry(user_dir=registry.user_dir).get(name))

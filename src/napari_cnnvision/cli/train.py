@@ -39,8 +39,15 @@ def add_parser(sub):
                         help="epochs (default: derived from the number of annotated objects)")
     budget.add_argument("--minutes", type=float, default=None, metavar="M",
                         help="a time budget: training stops when it is over and keeps the best model")
-    p.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
-                   help="the part held out for validation (default 0.2)")
+    p.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help="the part held out for validation (default 0.2; not with --val-images)")
+    p.add_argument("--val-images", default=None, metavar="DIR",
+                   help="a folder of validation images (with --val-masks or --val-annotations): the validation "
+                        "data, instead of holding out part of --images (every training image then trains)")
+    val = p.add_mutually_exclusive_group()
+    val.add_argument("--val-masks", default=None, metavar="DIR", help="label TIFFs named like the validation images")
+    val.add_argument("--val-annotations", default=None, metavar="FILE_OR_DIR",
+                     help="the validation images' COCO JSON, VOC XML folder, YOLO folder or boxes CSV")
     p.add_argument("--learning-rate", type=float, default=None, metavar="LR",
                    help="default: 1e-3 for a fresh U-Net, 3e-4 when fine-tuning (2e-3 / 6e-4 for detectors)")
     p.add_argument("--batch-size", type=int, default=None)
@@ -109,6 +116,13 @@ def run(args) -> int:
         raise InputError("give the annotations: --masks DIR (label TIFFs) or --annotations FILE_OR_DIR")
     if args.format is not None and args.annotations is None:
         raise InputError("--format goes with --annotations, not with --masks")
+    val_ann = args.val_masks if args.val_masks is not None else args.val_annotations
+    if (args.val_images is None) != (val_ann is None):
+        raise InputError("give the validation images and their annotations together: --val-images DIR with "
+                         "--val-masks DIR or --val-annotations FILE_OR_DIR")
+    if args.val_images is not None and args.val_fraction is not None:
+        raise InputError("--val-fraction holds out part of --images; with --val-images the validation data is "
+                         "given: leave out one of them")
     registry = ModelRegistry()
     bar = TerminalProgress(f"training {args.name}", enabled=not args.quiet and sys.stderr.isatty())
     bar.stop_flag = False  # set by the first Ctrl-C
@@ -135,7 +149,10 @@ def run(args) -> int:
         with _StopOnInterrupt(bar):
             res = api.train(args.task, args.images, args.masks if args.masks is not None else args.annotations,
                             base=args.base, name=args.name, epochs=args.epochs, minutes=args.minutes,
-                            val_fraction=args.val_fraction, learning_rate=args.learning_rate,
+                            val_fraction=0.2 if args.val_fraction is None else args.val_fraction,
+                            val_images=args.val_images, val_annotations=val_ann,
+                            val_format="masks" if args.val_masks is not None else None,
+                            learning_rate=args.learning_rate,
                             batch_size=args.batch_size, patch_size=args.patch_size, flips=not args.no_flips,
                             turns=not args.no_turns, intensity=not args.no_intensity, scale=args.scale,
                             upsampling=args.upsampling, format=args.format if args.annotations else "masks",

@@ -111,13 +111,14 @@ def _check_regions(regions: list[Region], stack: np.ndarray) -> list[Region]:
 
 
 def detection_set(image, boxes, classes, frames=None, valid_regions: list[Region] | None = None,
-                  val_fraction: float = 0.2, seed: int = 0, min_keep: float = 0.5) -> DetectionSet:
+                  val_fraction: float | None = 0.2, seed: int = 0, min_keep: float = 0.5) -> DetectionSet:
     """The detector's training and validation samples.
 
     ``image``: YX / YXC, or a stack (TYX / TYXC) with ``frames`` (one frame index per box).
     ``valid_regions`` (optional): the fully annotated regions; by default the bounding box of
     each frame's boxes. A region cut for validation keeps boxes with at least ``min_keep`` of
-    their area on its side (clipped to it); the slivers are dropped and counted.
+    their area on its side (clipped to it); the slivers are dropped and counted. ``val_fraction``
+    ``None``: no validation part (every region trains; the validation data is given apart).
     """
     stack, b, fr = _check(image, boxes, classes, frames)
     classes = [str(c).strip() for c in classes]  # "WBC " is "WBC"
@@ -133,7 +134,8 @@ def detection_set(image, boxes, classes, frames=None, valid_regions: list[Region
                                         int(np.ceil(s[:, 2].max())), int(np.ceil(s[:, 3].max()))))
     counts = [int(((fr == r.frame) & (b[:, 0] >= r.y0) & (b[:, 2] <= r.y1) & (b[:, 1] >= r.x0)
                    & (b[:, 3] <= r.x1)).sum()) for r in valid_regions]
-    train_r, val_r = split_regions(valid_regions, counts, val_fraction, seed)
+    train_r, val_r = (valid_regions, []) if val_fraction is None else split_regions(valid_regions, counts,
+                                                                                      val_fraction, seed)
     dropped = 0
     norms = []
 
@@ -160,7 +162,7 @@ def detection_set(image, boxes, classes, frames=None, valid_regions: list[Region
     tr, va = samples(train_r), samples(val_r)
     if not sum(len(s["boxes"]) for s in tr):
         raise InputError("no box lies in the training part; draw more boxes")
-    if not sum(len(s["boxes"]) for s in va):
+    if val_fraction is not None and not sum(len(s["boxes"]) for s in va):
         raise InputError("no box lies in the validation part; draw more boxes (or in another frame)")
     sizes = np.concatenate([np.sqrt((s["boxes"][:, 2] - s["boxes"][:, 0]) * (s["boxes"][:, 3] - s["boxes"][:, 1]))
                             for s in tr])

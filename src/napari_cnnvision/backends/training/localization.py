@@ -28,14 +28,15 @@ class LocalizationSet:
                 f"classes: {', '.join(self.classes)}")
 
 
-def localization_set(image, boxes, classes, frames, val_fraction: float = 0.2, seed: int = 0) -> LocalizationSet:
+def localization_set(image, boxes, classes, frames, val_fraction: float | None = 0.2,
+                     seed: int = 0) -> LocalizationSet:
     """``image`` TYX / TYXC, ``boxes`` (n, 4) y0, x0, y1, x1 with their ``frames`` and class names:
-    exactly one rectangle in each annotated frame."""
+    exactly one rectangle in each annotated frame. ``val_fraction`` ``None``: every frame trains."""
     image = np.asarray(image)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     if frames is None or image.ndim < 3 or (image.ndim == 3 and image.shape[-1] in (3, 4)):
         raise InputError("localization trains on an image stack (TYX) with one rectangle per frame")
-    if not 0 < val_fraction < 1:
+    if val_fraction is not None and not 0 < val_fraction < 1:
         raise InputError(f"the validation fraction must lie between 0 and 1, got {val_fraction}")
     fr = np.asarray(frames, np.int64).reshape(-1)
     if not len(boxes):
@@ -66,13 +67,13 @@ def localization_set(image, boxes, classes, frames, val_fraction: float = 0.2, s
     if image.dtype.kind == "f" and not np.isfinite(image[ids]).all():
         raise InputError("the image holds NaN or infinite values in an annotated frame; replace them before training")
     boxes = np.clip(boxes, 0, [h, w, h, w])
-    if len(boxes) < 2:
+    if len(boxes) < 2 and val_fraction is not None:
         raise InputError("annotate at least 2 frames (one for training, one for validation)")
     classes = [str(c).strip() for c in classes]
     names = list(dict.fromkeys(str(c) for c in classes))
     lab = np.array([names.index(str(c)) for c in classes], np.int64)
     order = np.random.default_rng(seed).permutation(len(boxes))
-    n_val = int(np.clip(round(len(boxes) * val_fraction), 1, len(boxes) - 1))
+    n_val = 0 if val_fraction is None else int(np.clip(round(len(boxes) * val_fraction), 1, len(boxes) - 1))
     va, tr = np.sort(order[:n_val]), np.sort(order[n_val:])
     epochs = int(np.clip(round(3000 / len(boxes)), 20, 200))
     return LocalizationSet([image[fr[i]] for i in tr], boxes[tr], lab[tr], [image[fr[i]] for i in va], boxes[va],

@@ -68,7 +68,7 @@ def stack_label_pairs(pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]
     images, labels, valids, any_valid = [], [], [], False
     for i, p in enumerate(check_pairs(pairs)):
         if p.labels is None:
-            raise InputError(f"pair {i + 1}: segmentation needs a label image")
+            raise InputError(f"{p.name or f'pair {i + 1}'}: segmentation needs a label image")
         where = f"{p.name}: " if p.name else ""
         try:
             img, lab = _frames(p.image, p.labels)
@@ -162,3 +162,78 @@ def rgb_frames(frames: list[np.ndarray]) -> list[np.ndarray]:
         x = f if f.ndim == 3 else f[..., None]
         out.append(np.repeat(x[..., :1], 3, axis=-1) if x.shape[-1] == 1 else x[..., :3])
     return out
+
+
+# -- validation pairs given apart (instead of the automatic split) -----------------------------------
+def check_val_pairs(val_pairs) -> list[TrainPair] | None:
+    """``None``: the automatic split; else the validation pairs (at least one)."""
+    if val_pairs is None:
+        return None
+    val_pairs = list(val_pairs)
+    if not val_pairs:
+        raise InputError("no validation data: give at least one image with its annotation (or leave the "
+                         "validation out for an automatic split)")
+    return val_pairs
+
+
+def one_or_stack(x):
+    """A one-frame stack as its frame (the builders take YX / TYX)."""
+    return x if x is None or len(x) > 1 else x[0]
+
+
+def _val(fn, *args, **kwargs):
+    """``fn(...)`` with its InputError led by "validation data: " (which pairs it is about)."""
+    try:
+        return fn(*args, **kwargs)
+    except InputError as e:
+        raise InputError(f"validation data: {e}") from None
+
+
+def val_label_set(val_pairs, train_stack: np.ndarray):
+    """The validation pairs' crops (every valid region), as a :class:`.segmentation.SegmentationSet`
+    whose training part is the validation data; ``train_stack``: the training (T, H, W[, C]) stack."""
+    from .segmentation import segmentation_set
+
+    image, labels, valid = _val(stack_label_pairs, val_pairs)
+    chans = [1 if s.ndim == 3 else s.shape[-1] for s in (train_stack, image)]
+    if chans[0] != chans[1]:
+        raise InputError(f"validation data: the images have {chans[1]} channel(s), the training images "
+                         f"{chans[0]}; give images of one kind")
+    return _val(segmentation_set, one_or_stack(image), one_or_stack(labels), valid=one_or_stack(valid),
+                val_fraction=None)
+
+
+def _class_ids(val_classes: list[str], classes: list[str], base: int) -> np.ndarray:
+    """Validation class id (``base``-based, in ``val_classes``) -> the training id of its name."""
+    unknown = [c for c in val_classes if c not in classes]
+    if unknown:
+        raise InputError(f"validation data: class(es) {', '.join(unknown[:5])} are not in the training data "
+                         f"({', '.join(classes)})")
+    return np.array([0] * base + [classes.index(c) + base for c in val_classes], np.int64)
+
+
+def val_box_samples(val_pairs, classes: list[str], normalization: dict) -> list[dict]:
+    """The validation pairs' detector samples (every valid region), their labels in ``classes``."""
+    from .detection import detection_set
+
+    frames, boxes, cls, fr, regions = _val(stack_box_pairs, val_pairs, "detection")
+    vs = _val(detection_set, pad_stack(rgb_frames(frames)), boxes, cls, frames=fr, valid_regions=regions,
+              val_fraction=None)
+    if vs.normalization.get("type") != normalization.get("type"):
+        raise InputError("validation data: the images are of another type than the training images (8-bit "
+                         "and not); give images of one kind")
+    ids = _class_ids(vs.classes, classes, 1)
+    return [{**s, "labels": ids[s["labels"]]} for s in vs.train]
+
+
+def val_frames_set(val_pairs, classes: list[str], frame_shape: tuple):
+    """The validation pairs' frames for the localizer (every annotated frame), labels in ``classes``."""
+    from .localization import localization_set
+
+    frames, boxes, cls, fr, _ = _val(stack_box_pairs, val_pairs, "localization")
+    shapes = {f.shape for f in frames}
+    if shapes != {tuple(frame_shape)}:
+        raise InputError(f"validation data: the frames have shape(s) {', '.join(map(str, sorted(shapes)[:3]))}, "
+                         f"the training frames {tuple(frame_shape)}; localization takes one size")
+    vs = _val(localization_set, np.stack(frames), boxes, cls, fr, val_fraction=None)
+    return vs, _class_ids(vs.classes, classes, 0)[vs.labels]

@@ -7,7 +7,9 @@ and the user's choices into the compute worker's job request.
 (``None``: a fresh network) and :class:`TrainOptions`; they return a :class:`TrainPlan`
 ``(job, kwargs, summary, stop_after)``. The training sets come from :mod:`.segmentation`,
 :mod:`.detection` and :mod:`.localization` (partial annotation: only the valid regions count);
-several pairs are one stack there (:mod:`.pairs`). :func:`.folders.folder_pairs` reads pairs
+several pairs are one stack there (:mod:`.pairs`). The validation data is an automatic split of
+the pairs (``TrainOptions.val_fraction``) or, with ``val_pairs``, pairs of its own (every training
+pair then trains); the summary says which, and its size. :func:`.folders.folder_pairs` reads pairs
 from folders (``--images DIR --masks DIR`` or ``--annotations FILE_OR_DIR``).
 
 numpy only (no Qt, napari or framework); the trainers' settings classes are read for their
@@ -16,13 +18,14 @@ field names (modules that import no framework).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import NamedTuple
 
 import numpy as np
 
 from ...core.axes import InputError
-from .pairs import TrainPair, check_pairs, pad_stack, rgb_frames, stack_box_pairs, stack_label_pairs
+from .pairs import (TrainPair, check_pairs, check_val_pairs, one_or_stack, pad_stack, rgb_frames, stack_box_pairs,
+                    stack_label_pairs, val_box_samples, val_frames_set, val_label_set)
 
 __all__ = ["TrainPair", "TrainOptions", "TrainPlan", "plan", "segment_plan", "detect_plan", "localize_plan",
            "upsampling_choices"]
@@ -200,33 +203,46 @@ def check_settings(job: str, settings: dict) -> None:
     klass.from_dict(dict(settings))
 
 
-def _describe(pairs: list[TrainPair], opts: TrainOptions) -> str:
+def _names(pairs: list[TrainPair]) -> str:
     names = [p.name or f"image {np.asarray(p.image).shape}" for p in pairs]
-    shown = "; ".join(names[:5]) + (f"; ... ({len(names)} pairs)" if len(names) > 5 else "")
-    return f"{opts.source}: {shown}"
+    return "; ".join(names[:5]) + (f"; ... ({len(names)} pairs)" if len(names) > 5 else "")
+
+
+def _describe(pairs: list[TrainPair], opts: TrainOptions) -> str:
+    return f"{opts.source}: {_names(pairs)}"
+
+
+def _val_source(val_pairs, opts: TrainOptions) -> str:
+    """Where the validation data came from, for the summary."""
+    if val_pairs is None:
+        return f"validation: an automatic {100 * float(opts.val_fraction):.0f}% split of the training data"
+    n = len(val_pairs)
+    return f"validation: {n} pair{'s' if n > 1 else ''} of its own ({_names(val_pairs)})"
 
 
 # -- segmentation ---------------------------------------------------------------------------------
 def segment_plan(pairs, base=None, options: TrainOptions | None = None, name: str = "",
-                 out_dir=None) -> TrainPlan:
+                 out_dir=None, val_pairs=None) -> TrainPlan:
     """The training request of a segmentation model (fresh U-Net, or fine-tuning ``base``:
-    a U-Net or a StarDist model)."""
+    a U-Net or a StarDist model); ``val_pairs``: the validation data (``None``: a split of ``pairs``)."""
     from .segmentation import segmentation_set
 
     opts = options or TrainOptions()
     opts.check()
     job = train_job_of("segment", base)
-    pairs = check_pairs(pairs)
+    pairs, val_pairs = check_pairs(pairs), check_val_pairs(val_pairs)
     image, labels, valid = stack_label_pairs(pairs)
-    ts = segmentation_set(image if len(image) > 1 else image[0], labels if len(labels) > 1 else labels[0],
-                          valid=None if valid is None else (valid if len(valid) > 1 else valid[0]),
-                          val_fraction=float(opts.val_fraction), seed=int(opts.seed))
+    ts = segmentation_set(one_or_stack(image), one_or_stack(labels), valid=one_or_stack(valid),
+                          val_fraction=None if val_pairs else float(opts.val_fraction), seed=int(opts.seed))
+    if val_pairs:
+        vs = val_label_set(val_pairs, image)
+        ts = replace(ts, val_images=vs.images, val_masks=vs.masks, val_regions=vs.train_regions)
     defaults = dict(ts.defaults)
     if job == "stardist.train":  # the shipped nuclei-he-stardist recipe's steps: 10 x 20 steps at patch 80 lost AP
         defaults.update(steps_per_epoch=50, epochs=max(int(defaults.get("epochs", 15)), 15),
                         patch_size=max(int(defaults.get("patch_size", 128)), 128))
     settings, stop_after = _settings("segment", job, opts, defaults, base is not None)
-    summary = ts.summary()
+    summary = f"{ts.summary()}; {_val_source(val_pairs, opts)}"
     data = f"{_describe(pairs, opts)} ({ts.n_objects} objects); {summary}"
     kwargs = {"images": ts.images, "masks": ts.masks, "val_images": ts.val_images, "val_masks": ts.val_masks,
               "settings": settings, "init_folder": _init_of(job, base), "data": data,
@@ -251,22 +267,25 @@ def _init_of(job: str, base):
 
 
 # -- detection / localization -----------------------------------------------------------------------
-def detect_plan(pairs, base=None, options: TrainOptions | None = None, name: str = "", out_dir=None) -> TrainPlan:
+def detect_plan(pairs, base=None, options: TrainOptions | None = None, name: str = "", out_dir=None,
+                val_pairs=None) -> TrainPlan:
     """The training request of a detector (fresh YOLO-style network, or fine-tuning ``base``;
-    its class head is rebuilt for the pairs' class set)."""
+    its class head is rebuilt for the pairs' class set); ``val_pairs`` as in :func:`segment_plan`."""
     from ..dispatch import card_payload
     from .detection import detection_set
 
     opts = options or TrainOptions()
     opts.check()
     job = train_job_of("detect", base)
-    pairs = check_pairs(pairs)
+    pairs, val_pairs = check_pairs(pairs), check_val_pairs(val_pairs)
     frames, boxes, classes, fr, regions = stack_box_pairs(pairs, "detection")
     stack = pad_stack(rgb_frames(frames))
     dset = detection_set(stack, boxes, classes, frames=fr, valid_regions=regions,
-                         val_fraction=float(opts.val_fraction), seed=int(opts.seed))
+                         val_fraction=None if val_pairs else float(opts.val_fraction), seed=int(opts.seed))
+    if val_pairs:
+        dset = replace(dset, val=val_box_samples(val_pairs, dset.classes, dset.normalization))
     settings, stop_after = _settings("detect", job, opts, dset.defaults, base is not None)
-    summary = dset.summary()
+    summary = f"{dset.summary()}; {_val_source(val_pairs, opts)}"
     data = {"source": _describe(pairs, opts), "n_images": len(frames), "n_boxes": int(len(boxes)),
             "summary": summary, "dropped_at_split": dset.dropped, "command": opts.command}
     if len(pairs) == 1 and pairs[0].name:
@@ -283,9 +302,9 @@ def detect_plan(pairs, base=None, options: TrainOptions | None = None, name: str
 
 
 def localize_plan(pairs, base=None, options: TrainOptions | None = None, name: str = "",
-                  out_dir=None) -> TrainPlan:
+                  out_dir=None, val_pairs=None) -> TrainPlan:
     """The training request of a localizer (one box and class per image / frame; a fresh network:
-    the localizer trains from scratch here)."""
+    the localizer trains from scratch here); ``val_pairs`` as in :func:`segment_plan`."""
     from .localization import localization_set
 
     opts = options or TrainOptions()
@@ -294,15 +313,18 @@ def localize_plan(pairs, base=None, options: TrainOptions | None = None, name: s
         train_job_of("localize", base)  # a model of another task is refused by name
         raise InputError(f"the localizer trains fresh only; leave out the base model ({base.name!r})")
     job = FRESH_JOB["localize"]
-    pairs = check_pairs(pairs)
+    pairs, val_pairs = check_pairs(pairs), check_val_pairs(val_pairs)
     frames, boxes, classes, fr, _ = stack_box_pairs(pairs, "localization")
     if len({f.shape for f in frames}) > 1:
         raise InputError("localization images must all have one size (got "
                          f"{', '.join(str(s) for s in sorted({f.shape for f in frames})[:4])})")
-    ls = localization_set(np.stack(frames), boxes, classes, fr, val_fraction=float(opts.val_fraction),
-                          seed=int(opts.seed))
+    ls = localization_set(np.stack(frames), boxes, classes, fr, val_fraction=None if val_pairs else
+                          float(opts.val_fraction), seed=int(opts.seed))
+    if val_pairs:
+        vs, ids = val_frames_set(val_pairs, ls.classes, frames[0].shape)
+        ls = replace(ls, val_images=vs.images, val_boxes=vs.boxes, val_labels=ids, val_frames=vs.train_frames)
     settings, stop_after = _settings("localize", job, opts, ls.defaults, False)
-    summary = ls.summary()
+    summary = f"{ls.summary()}; {_val_source(val_pairs, opts)}"
     data = f"{_describe(pairs, opts)} ({len(boxes)} frames annotated); {summary}"
     kwargs = {"images": ls.images, "boxes": ls.boxes, "labels": ls.labels, "class_names": ls.classes,
               "val_images": ls.val_images, "val_boxes": ls.val_boxes, "val_labels": ls.val_labels,
@@ -318,8 +340,8 @@ PLANS = {"segment": segment_plan, "detect": detect_plan, "localize": localize_pl
 
 
 def plan(task: str, pairs, base=None, options: TrainOptions | None = None, name: str = "",
-         out_dir=None) -> TrainPlan:
+         out_dir=None, val_pairs=None) -> TrainPlan:
     """:func:`segment_plan`, :func:`detect_plan` or :func:`localize_plan` by ``task``."""
     if task not in PLANS:
         raise InputError(f"unknown task {task!r}; one of {', '.join(TASKS)}")
-    return PLANS[task](pairs, base, options, name=name, out_dir=out_dir)
+    return PLANS[task](pairs, base, options, name=name, out_dir=out_dir, val_pairs=val_pairs)

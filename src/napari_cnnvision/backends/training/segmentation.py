@@ -71,13 +71,14 @@ def derive_defaults(n_objects: int, diameter: float, region_sides: list[int], mu
     return {"patch_size": patch, "epochs": epochs, "steps_per_epoch": 20, "batch_size": 4}
 
 
-def segmentation_set(image, labels, valid=None, val_fraction: float = 0.2, seed: int = 0,
+def segmentation_set(image, labels, valid=None, val_fraction: float | None = 0.2, seed: int = 0,
                      multiple: int = 16) -> SegmentationSet:
     """Training and validation crops of ``image`` (YX, YXC, TYX or TYXC) and its ``labels`` (YX / TYX).
 
     ``valid`` (optional, the labels' shape): nonzero where the annotation is complete; without
     it the valid region of each frame is the bounding box of its painted labels.
-    ``multiple``: the network's size multiple (patch sizes are multiples).
+    ``multiple``: the network's size multiple (patch sizes are multiples). ``val_fraction``
+    ``None``: no validation part (every region trains; the validation data is given apart).
     """
     img, lab = _frames(image, labels)
     if not (lab > 0).any():
@@ -91,7 +92,7 @@ def segmentation_set(image, labels, valid=None, val_fraction: float = 0.2, seed:
         raise InputError("the 'fully annotated' mask is empty: mark where the annotation is complete "
                          "(or leave it out to use the annotation's bounding box)")
     counts = [int(np.count_nonzero(np.unique(lab[r.frame][r.slices]))) for r in regions]
-    train_r, val_r = split_regions(regions, counts, val_fraction, seed)
+    train_r, val_r = (regions, []) if val_fraction is None else split_regions(regions, counts, val_fraction, seed)
 
     def crops(regs):
         ims, mks = [], []
@@ -109,7 +110,7 @@ def segmentation_set(image, labels, valid=None, val_fraction: float = 0.2, seed:
                          "replace them before training")
     if not any((m > 0).any() for m in mks):
         raise InputError("no annotated object lies in the training part; annotate more objects")
-    if not any((m > 0).any() for m in vmks):
+    if val_fraction is not None and not any((m > 0).any() for m in vmks):
         raise InputError("no annotated object lies in the validation part; annotate more objects "
                          "(or in another frame)")
     d = np.concatenate([_diameters(m) for m in mks + vmks])
