@@ -8,7 +8,7 @@ fresh process: ``napari-cnnvision segment IMG.tif --out DIR --model M`` (a TIFF 
 threshold, 4096 x 4096 px, goes block-wise by itself, blocks of 2048; at or below it the run adds
 ``--blocks 2048``; a zarr input always goes block-wise). Measured: wall time, objects/s and the peak
 memory of the whole process tree -- the command and every process it starts (a compute worker, say):
-the larger of (a) their summed RSS sampled every 50 ms from /proc and (b) the exact ``ru_maxrss`` of
+the larger of (a) their summed RSS sampled every 100 ms from /proc and (b) the exact ``ru_maxrss`` of
 the largest single process. Goal: peak < 3 GB at every size, and flat (the largest within 1.5x of the
 smallest). ``--segmenter threshold`` runs a cheap stand-in for the network (threshold + connected
 components) through the same block-wise path (reading, stitching, OME-Zarr writing, object table):
@@ -108,17 +108,8 @@ PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 def tree_rss(root: int) -> tuple[int, int]:
     """Summed resident memory (bytes) of process ``root`` and all its descendants, and how many
-    they are (Linux ``/proc``; pages shared between them are counted once per process, so this
-    errs high)."""
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(d))
+    they are (Linux ``/proc``: each thread's ``children`` file, so only the tree is read; pages
+    shared between the processes are counted once per process, so this errs high)."""
     total = n = 0
     todo = [root]
     while todo:
@@ -127,16 +118,18 @@ def tree_rss(root: int) -> tuple[int, int]:
             with open(f"/proc/{pid}/statm") as fh:
                 total += int(fh.read().split()[1]) * PAGE
             n += 1
-        except (OSError, ValueError, IndexError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except (OSError, ValueError, IndexError):  # ended meanwhile
             continue
-        todo.extend(children.get(pid, ()))
     return total, n
 
 
 def child_measure(cmd: str, env: str, log: str) -> dict:
     """Run the command ``cmd`` (JSON list; ``env``: JSON dict of extra variables) and measure its
     whole process tree: the summed RSS of the command and all its descendants (a compute worker,
-    say) sampled every 50 ms, and the exact peak RSS of the largest single process (``ru_maxrss``
+    say) sampled every 100 ms, and the exact peak RSS of the largest single process (``ru_maxrss``
     of this process's children: the command and every descendant it waited for). The command's
     output goes to ``log``, each line (progress-bar updates too) with the seconds since the start,
     and every 10 s a ``[mem]`` line with the tree's RSS then and its peak so far: a run stopped
@@ -164,7 +157,7 @@ def child_measure(cmd: str, env: str, log: str) -> dict:
                 if time.perf_counter() - last >= 10:
                     last = time.perf_counter()
                     note(f"[mem] tree {rss / 1024 ** 3:.3f} GB in {n} processes, peak so far {peak[0] / 1024 ** 3:.3f} GB")
-                time.sleep(0.05)
+                time.sleep(0.1)
 
         def read():
             buf = b""
