@@ -1,4 +1,4 @@
-"""Checkpoints of the PyTorch trainings, so that an interrupted run can be resumed.
+"""Checkpoints of the trainings, so that an interrupted run can be resumed.
 
 A run named ``name`` keeps its checkpoint in :func:`run_dir` ``= <user_dir>/.training/<name>/`` (a dot
 folder: the model registry never lists it): ``checkpoint.pt`` (model, optimizer and scheduler state,
@@ -13,7 +13,9 @@ refused, never run. Resuming compares the request of the new call with the store
 (:func:`check_resumable`): another kind of model, class set, architecture, base model, settings or
 training data is refused with an :class:`~..core.axes.InputError` naming what differs.
 
-No torch import at module level.
+The Keras trainer (StarDist) keeps ``checkpoint.h5`` instead (:mod:`.keras_checkpoint`: Keras
+weights, the state as JSON), through the same :class:`RunCheckpoints` logic. No torch import at
+module level.
 """
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ from ..core.progress import NULL_PROGRESS, Progress
 
 TRAINING_DIR = ".training"
 CHECKPOINT_NAME = "checkpoint.pt"
+KERAS_CHECKPOINT_NAME = "checkpoint.h5"
+#: the checkpoint file of a run: one of these (PyTorch, Keras)
+CHECKPOINT_NAMES = (CHECKPOINT_NAME, KERAS_CHECKPOINT_NAME)
 INFO_NAME = "run.json"
 FORMAT = "napari-cnnvision training checkpoint"
 VERSION = 1
@@ -83,7 +88,8 @@ def interrupted_runs(user_dir: str | Path) -> list[str]:
         folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(p.name for p in folders if (p / CHECKPOINT_NAME).is_file() and not _alive(_info(p)))
+    return sorted(p.name for p in folders
+                  if any((p / n).is_file() for n in CHECKPOINT_NAMES) and not _alive(_info(p)))
 
 
 def run_info(user_dir: str | Path, name: str) -> dict | None:
@@ -98,7 +104,12 @@ def discard_run(user_dir: str | Path, name: str) -> None:
 
 
 def remove_run(folder: str | Path) -> None:
+    """Remove a run folder, and ``.training`` when no run is left in it."""
+    folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.name == TRAINING_DIR:
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # only when empty
 
 
 def release_run(folder: str | Path) -> None:
@@ -131,8 +142,14 @@ def resume_settings(user_dir: str | Path, name: str, settings: dict | None, resu
     info = run_info(user_dir, name)
     got = (info or {}).get("request", {}).get("settings")
     if info is None:  # no run.json: the checkpoint holds the request too
+        folder = run_dir(user_dir, name)
         try:
-            got = load_checkpoint(run_dir(user_dir, name) / CHECKPOINT_NAME)["request"].get("settings")
+            if (folder / KERAS_CHECKPOINT_NAME).is_file():
+                from .keras_checkpoint import load_keras_state
+
+                got = load_keras_state(folder / KERAS_CHECKPOINT_NAME)["request"].get("settings")
+            else:
+                got = load_checkpoint(folder / CHECKPOINT_NAME)["request"].get("settings")
         except InputError:
             return None  # resuming says what is wrong with the run
     return dict(got) if isinstance(got, dict) else None
@@ -291,8 +308,11 @@ class RunCheckpoints:
     the model in memory is fine, a lost checkpoint only matters if the run is interrupted too, and
     the disk may have room again for the next epoch or the final save (a run stopped for a full
     disk would lose the epochs since the last checkpoint for nothing). ``finish()`` removes the
-    folder once the model is registered.
+    folder once the model is registered. A subclass changes the file's format through
+    :attr:`checkpoint_name`, :meth:`_write` and :meth:`_read` (:mod:`.keras_checkpoint`).
     """
+
+    checkpoint_name = CHECKPOINT_NAME
 
     def __init__(self, folder: str | Path, name: str, request: dict, progress: Progress = NULL_PROGRESS,
                  file: str | Path | None = None):
@@ -300,7 +320,7 @@ class RunCheckpoints:
         self.name = name
         self.request = _plain(request)
         self.progress = progress
-        self.file = Path(file) if file is not None else self.folder / CHECKPOINT_NAME
+        self.file = Path(file) if file is not None else self.folder / self.checkpoint_name
         self.info_path = self.folder / INFO_NAME if file is None else self.file.with_name(self.file.name + ".json")
         self.warnings: list[str] = []
         self.saved_epoch: int | None = None
@@ -329,7 +349,7 @@ class RunCheckpoints:
         if _alive(info) and info.get("pid") != os.getpid():
             raise InputError(f"the training run {self.name!r} is running now (process {info.get('pid')}); "
                              "it cannot be resumed twice")
-        state = load_checkpoint(self.file, f"the checkpoint of the interrupted run {self.name!r} ({self.file})")
+        state = self._read(f"the checkpoint of the interrupted run {self.name!r} ({self.file})")
         check_resumable(state["request"], self.request, self.name)
         self.resumed_from = self.saved_epoch = int(state.get("epoch", 0))
         self.progress(None, f"resuming {self.name!r} after epoch {self.resumed_from}")
@@ -338,7 +358,7 @@ class RunCheckpoints:
     def save(self, state: dict) -> bool:
         epoch = int(state.get("epoch", 0))
         try:
-            save_checkpoint(self.file, state, self.request)
+            self._write(state)
         except OSError as exc:
             kept = (f"the checkpoint of epoch {self.saved_epoch} is kept" if self.saved_epoch
                     else "there is no earlier checkpoint of this run")
@@ -348,6 +368,10 @@ class RunCheckpoints:
             self.progress(None, msg, checkpoint_error=msg)
             return False
         self.saved_epoch = epoch
+        if self.file.parent == self.folder:  # a run of that name in another format is replaced now
+            for other in CHECKPOINT_NAMES:
+                if other != self.file.name:
+                    (self.folder / other).unlink(missing_ok=True)
         info = {"name": self.name, "kind": self.request.get("kind"), "epoch": epoch,
                 "epochs": self.request.get("epochs"), "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "pid": os.getpid(), "host": socket.gethostname(), "active": True, "request": self.request}
@@ -356,6 +380,12 @@ class RunCheckpoints:
         except OSError:
             pass  # run.json only describes the run; the checkpoint holds the request too
         return True
+
+    def _write(self, state: dict) -> None:
+        save_checkpoint(self.file, state, self.request)
+
+    def _read(self, what: str) -> dict:
+        return load_checkpoint(self.file, what)
 
     def release(self) -> None:
         """Mark the run as not training now (an error ended it; the checkpoint stays to resume)."""

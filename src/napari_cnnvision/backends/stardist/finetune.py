@@ -172,3 +172,42 @@ def build_card(name: str, n_channels: int, settings, *, base: BaseModel | None, 
                      axes="YX" if n_channels == 1 else "YXC", channels=n_channels,
                      normalization={"type": "percentile", "pmin": float(settings.pmin), "pmax": float(settings.pmax)},
                      description=desc, training=training, metrics=metrics)
+
+
+#: weights files of a finished run that compete on val AP@0.5 for the final model
+CANDIDATES = ("weights_best.h5", "weights_ap.h5", "weights_last.h5")
+
+
+#: the threshold search of a finished run (``thresholds.optimize_thresholds``): NMS 0.3 / 0.4 (touching
+#: nuclei), probability 0.3..0.8 in steps of 0.1, then of 0.025 around the best
+THRESHOLD_SEARCH = {"nms_threshs": (0.3, 0.4), "prob_coarse": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8), "fine_step": 0.025}
+
+
+def choose_weights(model, folder: Path, Xv, Yv, optimize: bool, thresholds: dict, progress,
+                    threshold_images: int | None = None):
+    """The candidate weights with the highest val AP@0.5 at ``thresholds`` (the base model's or
+    the defaults), then, when ``optimize``, the thresholds re-optimized for those weights;
+    returns (file name, thresholds with "ap"). ``threshold_images``: search the thresholds on at most
+    this many of the validation images (evenly spread), for large validation sets."""
+    from .thresholds import optimize_thresholds as optimize_for_plugin
+
+    scored = []
+    for cand in [c for c in CANDIDATES if (folder / c).is_file()]:  # also after a stop request: no check()
+        model.keras_model.load_weights(str(folder / cand))
+        progress(None, f"scoring {cand} on the validation images")
+        scored.append((ap50(model, Xv, Yv, thresholds["prob"], thresholds["nms"]), -len(scored), cand))
+    ap, _, chosen = max(scored)
+    thr = {**thresholds, "ap": ap}
+    if optimize:
+        model.keras_model.load_weights(str(folder / chosen))
+        progress(None, f"optimizing thresholds on the validation images ({chosen})")
+        idx = np.arange(len(Xv))
+        if threshold_images and len(Xv) > threshold_images:
+            idx = np.unique(np.linspace(0, len(Xv) - 1, threshold_images).round().astype(int))
+        best = optimize_for_plugin(model, [Xv[i] for i in idx], [Yv[i] for i in idx],
+                                   normalization={"type": "scale", "factor": 1.0}, **THRESHOLD_SEARCH)
+        if len(idx) < len(Xv):
+            best["ap"] = ap50(model, Xv, Yv, best["prob"], best["nms"])  # on all of them, to compare
+        if best["ap"] >= ap:
+            thr = best
+    return chosen, thr

@@ -149,46 +149,6 @@ def _n_channels(images) -> int:
     return chans.pop()
 
 
-#: weights files of a finished run that compete on val AP@0.5 for the final model
-CANDIDATES = ("weights_best.h5", "weights_ap.h5", "weights_last.h5")
-
-
-#: the threshold search of a finished run (``thresholds.optimize_thresholds``): NMS 0.3 / 0.4 (touching
-#: nuclei), probability 0.3..0.8 in steps of 0.1, then of 0.025 around the best
-THRESHOLD_SEARCH = {"nms_threshs": (0.3, 0.4), "prob_coarse": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8), "fine_step": 0.025}
-
-
-def _choose_weights(model, folder: Path, Xv, Yv, optimize: bool, thresholds: dict, progress,
-                    threshold_images: int | None = None):
-    """The candidate weights with the highest val AP@0.5 at ``thresholds`` (the base model's or
-    the defaults), then, when ``optimize``, the thresholds re-optimized for those weights;
-    returns (file name, thresholds with "ap"). ``threshold_images``: search the thresholds on at most
-    this many of the validation images (evenly spread), for large validation sets."""
-    from .finetune import ap50
-    from .thresholds import optimize_thresholds as optimize_for_plugin
-
-    scored = []
-    for cand in [c for c in CANDIDATES if (folder / c).is_file()]:  # also after a stop request: no check()
-        model.keras_model.load_weights(str(folder / cand))
-        progress(None, f"scoring {cand} on the validation images")
-        scored.append((ap50(model, Xv, Yv, thresholds["prob"], thresholds["nms"]), -len(scored), cand))
-    ap, _, chosen = max(scored)
-    thr = {**thresholds, "ap": ap}
-    if optimize:
-        model.keras_model.load_weights(str(folder / chosen))
-        progress(None, f"optimizing thresholds on the validation images ({chosen})")
-        idx = np.arange(len(Xv))
-        if threshold_images and len(Xv) > threshold_images:
-            idx = np.unique(np.linspace(0, len(Xv) - 1, threshold_images).round().astype(int))
-        best = optimize_for_plugin(model, [Xv[i] for i in idx], [Yv[i] for i in idx],
-                                   normalization={"type": "scale", "factor": 1.0}, **THRESHOLD_SEARCH)
-        if len(idx) < len(Xv):
-            best["ap"] = ap50(model, Xv, Yv, best["prob"], best["nms"])  # on all of them, to compare
-        if best["ap"] >= ap:
-            thr = best
-    return chosen, thr
-
-
 def train_stardist2d(
     images: list[np.ndarray],
     masks: list[np.ndarray],
@@ -207,6 +167,7 @@ def train_stardist2d(
     atomic: bool = False,
     card: bool = True,
     threshold_images: int | None = None,
+    resume: bool = False,
 ) -> StarDistTrainResult:
     """Train a StarDist2D model into ``out_dir/name`` (config.json, weights, thresholds.json,
     training.json: the settings, then also the loss history and the training time; model.json
@@ -217,12 +178,18 @@ def train_stardist2d(
     differ from the images'. ``init_weights`` (a weights file of the same architecture) is the
     older way to start from weights. ``atomic``: train in a temporary sibling folder that replaces
     ``out_dir/name`` only when everything is written. The final weights are those of
-    :data:`CANDIDATES` with the highest val AP@0.5 (thresholds re-optimized on the validation
+    :data:`.finetune.CANDIDATES` with the highest val AP@0.5 (thresholds re-optimized on the validation
     images for the plugin's post-processing when ``optimize_thresholds``; on at most
     ``threshold_images`` of them when given, for a large validation set).
 
     ``progress`` receives one event per epoch with the losses (and ``val_ap50``); a stop request
     or the time budget ends training after the current batch and keeps the best weights so far.
+
+    A checkpoint is written after every epoch into ``out_dir/.training/name`` (:mod:`.resume`)
+    and removed once the model is saved; ``resume`` continues the interrupted run of that name
+    after its last epoch (InputError when there is none, when its checkpoint cannot be read, or
+    when the base model, architecture, settings or data differ). The time budget counts the
+    whole run.
     """
     s = settings or StarDistTrainSettings()
     s.validate()
@@ -243,7 +210,10 @@ def train_stardist2d(
     from stardist.models import Config2D, StarDist2D
     import tensorflow as tf
 
-    from .finetune import ap50, build_card, data_summary, load_base, transfer_weights
+    from ..checkpoint import fingerprint, run_dir
+    from ..keras_checkpoint import KerasRunCheckpoints
+    from .finetune import ap50, build_card, choose_weights, data_summary, load_base, transfer_weights
+    from .resume import KEPT, ContinueRandom, epoch_state, restore, restore_plateau, run_request
 
     t_start = time.time()
     np.random.seed(s.seed)
@@ -255,6 +225,10 @@ def train_stardist2d(
     arch = dict(base.arch) if base is not None else {
         "n_rays": s.n_rays, "grid": tuple(s.grid), "unet_n_depth": s.unet_n_depth,
         "unet_n_filter_base": s.unet_n_filter_base}
+    ckpts = KerasRunCheckpoints(run_dir(out_dir, name), name, run_request(
+        arch, n_channel, s, base, init_weights, fingerprint(images, masks, val_images, val_masks)), progress,
+        keep=KEPT)
+    saved = ckpts.begin(resume)  # a refused resumption fails here, before anything is built
     pooling = tuple(int(g) * 2 ** int(arch["unet_n_depth"]) for g in arch["grid"])
     X = _prepare_images(images, s.pmin, s.pmax)
     Y = [fill_label_holes(np.asarray(m).astype(np.int32)) for m in masks]
@@ -287,19 +261,35 @@ def train_stardist2d(
             model.keras_model.load_weights(str(init_weights))
         thresholds0 = dict(base.thresholds) if base is not None else {"prob": 0.5, "nms": 0.4}
         model.prepare_for_training()
+        ckpts.model, ckpts.workdir = model.keras_model, folder
 
         total, budget = s.epochs, s.time_budget
-        t0 = time.time()
-        state = {"stopped": False, "best_ap": -1.0, "val_ap50": []}
+        t0, done = time.time(), 0
+        state = {"stopped": False, "best_ap": -1.0, "val_ap50": [], "history": {}}
+        augmenter = partial(_augment, settings=s.augment)
+        if saved is not None:
+            restore(ckpts, saved, model, progress)
+            ckpts.restore_kept()
+            done, t0 = int(saved["epoch"]), time.time() - float(saved["seconds"])
+            state.update(best_ap=float(saved["best_ap"]), val_ap50=[tuple(p) for p in saved["val_ap50"]],
+                         history={k: [float(v) for v in vals] for k, vals in saved["history"].items()})
+            augmenter = ContinueRandom(augmenter, saved.get("np_random"))
 
         class _Report(tf.keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                if saved is not None:  # after ReduceLROnPlateau's reset
+                    restore_plateau(model, saved.get("reduce_lr"))
+
             def on_train_batch_end(self, batch, logs=None):
                 if progress.stop_requested or (budget and time.time() - t0 >= budget):
                     state["stopped"] = True
                     self.model.stop_training = True
 
             def on_epoch_end(self, epoch, logs=None):
+                epoch += done  # the run's epoch (0-based), also after a resumption
                 logs = {k: float(v) for k, v in (logs or {}).items()}
+                for k, v in logs.items():
+                    state["history"].setdefault(k, []).append(v)
                 if s.val_ap_every and ((epoch + 1) % s.val_ap_every == 0 or epoch + 1 == total
                                        or state["stopped"]):
                     ap = ap50(model, Xv, Yv, thresholds0["prob"], thresholds0["nms"])
@@ -308,20 +298,28 @@ def train_stardist2d(
                     if ap > state["best_ap"]:
                         state["best_ap"] = ap
                         model.keras_model.save_weights(str(folder / "weights_ap.h5"))
+                if s.save_every and (epoch + 1) % s.save_every == 0:
+                    model.keras_model.save_weights(str(folder / f"weights_e{epoch + 1:03d}.h5"))
+                ckpts.save(epoch_state(model, epoch + 1, state, time.time() - t0))  # before the event
                 frac = (epoch + 1) / total
                 if budget:
                     frac = max(frac, min(1.0, (time.time() - t0) / budget))
                 progress(frac, f"epoch {epoch + 1}/{total}", epoch=epoch + 1, seconds=time.time() - t0, **logs)
-                if s.save_every and (epoch + 1) % s.save_every == 0:
-                    model.keras_model.save_weights(str(folder / f"weights_e{epoch + 1:03d}.h5"))
                 if progress.stop_requested:
                     state["stopped"] = True
                     self.model.stop_training = True
 
         model.callbacks.append(_Report())
-        hist = model.train(X, Y, validation_data=(Xv, Yv), augmenter=partial(_augment, settings=s.augment),
-                           epochs=s.epochs, steps_per_epoch=s.steps_per_epoch)
-        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        try:
+            if total > done:
+                model.train(X, Y, validation_data=(Xv, Yv), augmenter=augmenter, epochs=total - done,
+                            steps_per_epoch=s.steps_per_epoch)
+            else:  # interrupted after its last epoch: its last weights are the checkpoint's
+                model.keras_model.save_weights(str(folder / "weights_last.h5"))
+        except BaseException:
+            ckpts.release()  # an error or Ctrl-C: the checkpoint stays, to resume from
+            raise
+        history = dict(state["history"])
         if state["val_ap50"]:
             history["val_ap50"] = [ap for _, ap in state["val_ap50"]]
             history["val_ap50_epochs"] = [e for e, _ in state["val_ap50"]]
@@ -330,8 +328,8 @@ def train_stardist2d(
 
         chosen, thresholds = "weights_best.h5", None
         if card or optimize_thresholds:
-            chosen, thresholds = _choose_weights(model, folder, Xv, Yv, optimize_thresholds, thresholds0, progress,
-                                                 threshold_images)
+            chosen, thresholds = choose_weights(model, folder, Xv, Yv, optimize_thresholds, thresholds0, progress,
+                                                threshold_images)
             if chosen != "weights_best.h5":  # the file stardist loads: the newest with "best" in its name
                 if (folder / "weights_best.h5").is_file():
                     (folder / "weights_best.h5").rename(folder / "weights_minloss.h5")
@@ -360,8 +358,9 @@ def train_stardist2d(
                            history=history, seconds=time.time() - t_start, epochs_run=epochs_run,
                            stopped=state["stopped"], thresholds={k: thresholds[k] for k in ("prob", "nms")},
                            metrics=metrics, weights=chosen, init_weights=init, summary=summary)
-            c.training["train_seconds"] = round(seconds, 1)
+            c.training.update(train_seconds=round(seconds, 1), **ckpts.record())
             write_card(c, folder)
+    ckpts.finish()  # the model is saved: the run's checkpoint is no longer needed
     if metrics:
         progress(1.0, f"saved {dest} (val AP@0.5 {metrics['val']['ap@0.5']:.3f})", **metrics["val"])
     return StarDistTrainResult(str(dest), epochs_run, seconds, history, thresholds, metrics, state["stopped"],
@@ -370,20 +369,25 @@ def train_stardist2d(
 
 def train_job(progress, images, masks, val_images, val_masks, out_dir=None, name: str = "stardist",
               settings: dict | None = None, init_folder=None, data=None, command=None, init_weights=None,
-              optimize_thresholds: bool = True, basedir=None):
+              optimize_thresholds: bool = True, basedir=None, resume: bool = False):
     """Worker entry (``stardist.train``), with the U-Net job's parameters: ``settings`` as a plain
     dict of :class:`StarDistTrainSettings` fields; ``init_folder`` a base model (its folder or
     card payload; None: a fresh network); ``data`` / ``command`` recorded in the card; ``out_dir``
     (or the former ``basedir``) defaults to the per-user models folder, where the registry finds
     the new model at once. A name that is taken (by any model) is refused; the folder is written
-    atomically. ``init_weights`` (a weights file) is the older way to start from weights."""
+    atomically. ``init_weights`` (a weights file) is the older way to start from weights.
+    ``resume`` continues the interrupted run ``name`` (with its settings when ``settings`` is None)."""
     from ...core.registry import ModelRegistry
+    from ..checkpoint import guarded_run, resume_settings
     from ..training.naming import check_new_name
 
-    s = StarDistTrainSettings.from_dict(settings)  # a bad value fails before anything is loaded
     out = out_dir if out_dir is not None else basedir
     registry = ModelRegistry(user_dir=out) if out is not None else ModelRegistry()
+    settings = resume_settings(registry.user_dir, str(name or "").strip(), settings, resume)
+    s = StarDistTrainSettings.from_dict(settings)  # a bad value fails before anything is loaded
     name = check_new_name(name, registry)
-    return train_stardist2d(list(images), list(masks), list(val_images), list(val_masks), registry.user_dir, name,
-                            s, init_weights=init_weights, optimize_thresholds=optimize_thresholds, progress=progress,
-                            init_folder=init_folder, data=data, command=command, atomic=True)
+    with guarded_run(registry.user_dir, name):
+        return train_stardist2d(list(images), list(masks), list(val_images), list(val_masks), registry.user_dir,
+                                name, s, init_weights=init_weights, optimize_thresholds=optimize_thresholds,
+                                progress=progress, init_folder=init_folder, data=data, command=command, atomic=True,
+                                resume=resume)
