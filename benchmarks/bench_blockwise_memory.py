@@ -156,7 +156,8 @@ def child_measure(cmd: str, env: str, log: str) -> dict:
                 peak[0], peak[1] = max(peak[0], rss), max(peak[1], n)
                 if time.perf_counter() - last >= 10:
                     last = time.perf_counter()
-                    note(f"[mem] tree {rss / 1024 ** 3:.3f} GB in {n} processes, peak so far {peak[0] / 1024 ** 3:.3f} GB")
+                    note(f"[mem] tree {rss / 1024 ** 3:.3f} GB in {n} processes, peak so far "
+                         f"{peak[0] / 1024 ** 3:.3f} GB; the command's CPU so far {cpu_s(proc.pid):.0f} s")
                 time.sleep(0.1)
 
         def read():
@@ -177,9 +178,20 @@ def child_measure(cmd: str, env: str, log: str) -> dict:
         for th in threads:
             th.join()
     wall = time.perf_counter() - t0
-    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 ** 2
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    largest = ru.ru_maxrss / 1024 ** 2
     return {"rc": rc, "s": wall, "tree_gb": peak[0] / 1024 ** 3, "largest_gb": largest, "procs": peak[1],
-            "peak_gb": max(peak[0] / 1024 ** 3, largest)}
+            "peak_gb": max(peak[0] / 1024 ** 3, largest), "cpu_s": ru.ru_utime + ru.ru_stime}
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and of its children it has waited for."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            f = fh.read().rsplit(")", 1)[1].split()
+        return sum(int(v) for v in f[11:15]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def cli_command() -> list[str]:
@@ -305,6 +317,7 @@ def main() -> int:
             peaks[size] = b["peak_gb"]
             print(f"  {size:>5}²  generated in {g['s']:6.1f} s; block-wise: {b['s']:7.1f} s, {b['objects']:>7} "
                   f"objects, {b['objects'] / b['s']:7.1f} objects/s, {size * size / b['s'] / 1e6:6.3f} Mpx/s, "
+                  f"CPU {b['cpu_s']:.0f} s ({b['objects'] / b['cpu_s']:.1f} objects per CPU-second), "
                   f"peak RSS {b['peak_gb']:.2f} GB (process tree summed {b['tree_gb']:.2f} GB over up to "
                   f"{b['procs']} processes, largest process {b['largest_gb']:.2f} GB)   (load "
                   f"{os.getloadavg()[0]:.1f})", flush=True)
@@ -322,7 +335,8 @@ def main() -> int:
                 whole = tifffile.imread(tmp / f"whole{size}" / f"{tif.stem}.tif")
                 stitched = np.asarray(zarr.open_group(str(out / f"{img.stem}.zarr"), mode="r")["0"])
                 ap50_, tp, na, nb = ap50(whole, stitched)
-                print(f"  {size:>5}²  whole image: {w['s']:7.1f} s, {na} objects, peak RSS {w['peak_gb']:.2f} GB; "
+                print(f"  {size:>5}²  whole image: {w['s']:7.1f} s, CPU {w['cpu_s']:.0f} s, {na} objects, peak RSS "
+                      f"{w['peak_gb']:.2f} GB; "
                       f"stitched vs whole: AP@0.5 {ap50_:.4f} (TP {tp}, whole {na}, stitched {nb})  "
                       f"(goal >= {GOAL_AP}) {'PASS' if ap50_ >= GOAL_AP else 'FAIL'}", flush=True)
     finally:
