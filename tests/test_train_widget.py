@@ -15,6 +15,12 @@ def _wait(w, qtbot, timeout=180000):
     qtbot.waitUntil(lambda: not w.runner.running, timeout=timeout)
 
 
+def _started(w, qtbot):
+    """After the Train press: the request is built in a thread, then the job starts (or an error)."""
+    assert not w.run_btn.enabled  # Train is off meanwhile
+    qtbot.waitUntil(lambda: w.stop_btn.enabled or not w.runner.running, timeout=60000)
+
+
 def test_train_from_labels_plots_each_epoch_and_lists_the_model_in_segment(make_napari_viewer, qtbot):
     from napari_cnnvision.widgets.segment import SegmentWidget
 
@@ -33,8 +39,9 @@ def test_train_from_labels_plots_each_epoch_and_lists_the_model_in_segment(make_
     w.val_fraction.value = 0.4
     w.advanced = dict(TINY_UNET)
     w.run()
+    _started(w, qtbot)
     assert w.runner.running and w.stop_btn.enabled and not w.run_btn.enabled
-    assert w.split.value.startswith("split: train: 1 crop(s)")
+    assert w.split.value.startswith("split: train: 1 crop(s)") and "automatic 40% split" in w.split.value
     _wait(w, qtbot)
     assert "saved model 'unet-cells' (3 epoch(s)" in w.status.value, w.status.value
     assert w.plot.epochs == [1, 2, 3] and len(w.plot.train) == len(w.plot.val) == len(w.plot.metric) == 3
@@ -48,7 +55,8 @@ def test_train_from_labels_plots_each_epoch_and_lists_the_model_in_segment(make_
     # the same name again is refused before any job, nothing overwritten
     w.name.value = "unet-cells"
     w.run()
-    assert not w.runner.running and "exists already" in w.status.value
+    _wait(w, qtbot)
+    assert "exists already" in w.status.value and w.run_btn.enabled
 
     # the correct-and-retrain loop: a result layer (corrected) is offered as a target; the new model
     # is the base; Stop after the first epoch keeps and registers the best model so far
@@ -114,7 +122,7 @@ def test_train_detector_from_shapes_with_a_class_feature(make_napari_viewer, qtb
     assert "blob-boxes" in [c[1] if isinstance(c, tuple) else c for c in det.picker.model.choices]
 
 
-def test_bad_annotations_are_refused_before_any_job(make_napari_viewer):
+def test_bad_annotations_are_refused_before_any_job(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     img, _ = disks(CENTRES)
     viewer.add_image(img, name="cells")
@@ -122,7 +130,8 @@ def test_bad_annotations_are_refused_before_any_job(make_napari_viewer):
     w = TrainWidget(viewer)
     viewer.window.add_dock_widget(w, name="Train")  # docked: its layer lists follow the viewer
     w.run()
-    assert not w.runner.running and "differ in size" in w.status.value
+    _wait(w, qtbot, 60000)
+    assert "differ in size" in w.status.value and w.run_btn.enabled and not w.stop_btn.enabled
     w.task.value = "detect"
     viewer.add_shapes([np.array([[10, 10], [30, 40]])], shape_type="ellipse", name="round")
     w.target.value = viewer.layers["round"]
@@ -150,7 +159,9 @@ def test_train_localizer_from_a_stack_with_one_rectangle_per_frame(make_napari_v
     w.epochs.value = 2
     w.advanced = {"input_size": [32, 32], "widths": [8, 16, 16], "batch_size": 4, "ema": 0.0}
     w.run()
-    assert w.split.value == "split: train: 6 frame(s); val: 1 frame(s); classes: small, big"
+    _started(w, qtbot)
+    assert w.split.value == ("split: train: 6 frame(s); val: 1 frame(s); classes: small, big; validation: an "
+                             "automatic 20% split of the training data")
     _wait(w, qtbot)
     assert "saved model 'localizer-frames' (2 epoch(s)" in w.status.value, w.status.value
     assert w.plot.epochs == [1, 2] and np.isfinite(w.plot.metric).all()
@@ -233,7 +244,7 @@ def test_closing_while_training_asks_first_then_stops_cleanly(make_napari_viewer
     assert w.close_guard.eventFilter(viewer.window._qt_window, QCloseEvent()) is False and w.close_guard.asked == 3
 
 
-def test_an_interrupted_run_offers_resume_with_the_same_name(make_napari_viewer, monkeypatch):
+def test_an_interrupted_run_offers_resume_with_the_same_name(make_napari_viewer, monkeypatch, qtbot):
     import json
 
     viewer = make_napari_viewer()
@@ -252,8 +263,10 @@ def test_an_interrupted_run_offers_resume_with_the_same_name(make_napari_viewer,
     started = []
     monkeypatch.setattr(w.runner, "start", lambda job, kwargs, **kw: started.append((job, kwargs)))
     w.resume_btn.clicked.emit()
-    assert started and started[0][1]["resume"] is True and started[0][1]["name"] == "cut-short"
+    qtbot.waitUntil(lambda: bool(started) and not w.runner.running, timeout=60000)
+    assert started[0][1]["resume"] is True and started[0][1]["name"] == "cut-short"
     w.run_btn.clicked.emit()  # a plain Train never resumes
+    qtbot.waitUntil(lambda: len(started) == 2, timeout=60000)
     assert "resume" not in started[-1][1]
 
 
@@ -279,3 +292,64 @@ def test_every_rectangle_layer_with_its_image_for_detection(make_napari_viewer):
     assert p.job == "yolo.train" and p.kwargs["classes"] == ["a", "b"]
     assert sum(len(s["boxes"]) for s in p.kwargs["train"] + p.kwargs["val"]) == 8
     assert "'smear1 boxes'" in p.kwargs["data"]["source"] and w._unpaired == ["smear0 done (no 'class' feature)"]
+
+
+def test_validation_on_layers_of_its_own_and_the_request_built_off_the_gui_thread(make_napari_viewer, qtbot,
+                                                                                monkeypatch):
+    import threading
+    import time
+
+    from napari_cnnvision.backends.training import plan as plan_mod
+    from napari_cnnvision.widgets._train_validation import LAYERS
+    from napari_cnnvision.widgets.train import ALL_PAIRS
+
+    viewer = make_napari_viewer()
+    img, full = disks(CENTRES)
+    img2, full2 = disks([(20, 20), (50, 60), (70, 20)], shape=(96, 112))
+    viewer.add_image(img, name="cells")
+    viewer.add_image(img2, name="second")
+    viewer.add_labels(full, name="cells labels")
+    viewer.add_labels(full2, name="second labels")
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")
+    assert not w.val_fraction.native.isHidden() and w.validation.image.native.isHidden()
+    w.validation.mode.value = LAYERS
+    assert w.val_fraction.native.isHidden() and not w.validation.target.native.isHidden()
+    w.validation.image.value = viewer.layers["second"]
+    w.validation.target.value = viewer.layers["cells labels"]
+    with pytest.raises(Exception, match="is a training annotation too"):
+        w.training_plan("x")
+    w.validation.target.value = viewer.layers["second labels"]
+    p = w.training_plan("x")
+    def box(lab):  # the annotation's bounding box: its valid region
+        ys, xs = np.nonzero(lab)
+        return int(np.ptp(ys)) + 1, int(np.ptp(xs)) + 1
+
+    assert [m.shape for m in p.kwargs["masks"]] == [box(full)]  # unsplit: the whole training region trains
+    assert [m.shape for m in p.kwargs["val_masks"]] == [box(full2)]
+    assert p.summary.endswith("validation: 1 pair of its own (image 'second' (96, 112) + labels 'second labels')")
+    w.pairs.value = ALL_PAIRS  # every pair but the validation one trains
+    p = w.training_plan("x")
+    assert "'cells labels'" in p.kwargs["data"].split("; val")[0] and len(p.kwargs["images"]) == 1
+
+    # the Train press: the request is built in a thread; Cancel meanwhile drops it, no job starts
+    threads, started = [], []
+    real = plan_mod.plan
+
+    def slow_plan(*a, **k):
+        threads.append(threading.current_thread())
+        time.sleep(1.0)
+        return real(*a, **k)
+
+    monkeypatch.setattr(plan_mod, "plan", slow_plan)
+    monkeypatch.setattr(w.runner, "start", lambda job, kwargs, **kw: started.append(kwargs))
+    w.run()
+    assert not w.run_btn.enabled and w.cancel_btn.enabled and not w.split.value
+    w.cancel()
+    _wait(w, qtbot, 60000)
+    assert not started and w.status.value == "Cancelled." and w.run_btn.enabled
+    w.run()
+    qtbot.waitUntil(lambda: bool(started), timeout=60000)
+    assert threads and all(t is not threading.main_thread() for t in threads)
+    assert "validation: 1 pair of its own" in w.split.value and w.stop_btn.enabled
+    assert len(started[0]["val_images"]) == 1

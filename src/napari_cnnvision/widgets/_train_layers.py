@@ -20,11 +20,11 @@ def kind_of(layer) -> str:
 
 def regions_of(layer):
     """The rectangles of a "fully annotated" Shapes layer as Regions (None: no layer)."""
+    if layer is None:
+        return None
     from ..backends.training.regions import Region
     from ..layers.annotations import shapes_to_annotations
 
-    if layer is None:
-        return None
     if len(layer.data) == 0:
         raise InputError(f"the 'fully annotated' layer {layer.name!r} has no rectangles")
     ds = shapes_to_annotations(layer.data, {"shape_type": layer.shape_type, "name": layer.name, "ndim": layer.ndim})

@@ -6,12 +6,15 @@ corrected by hand); localization: a stack with one rectangle per frame. "pairs" 
 pair, or every annotation layer with its image (a result layer knows its image; else the image
 whose name the layer's begins with). Partial annotation is the normal case: only the valid region
 (the bounding box of the annotation per frame, or the rectangles of an optional "fully annotated"
-Shapes layer) is used. The widget reads the layers (:mod:`._train_layers`); the training request
-is built by :mod:`..backends.training.plan`, as for the ``train`` command and ``api.train``. The
-job runs in the compute worker's training process; a live plot shows the losses and the
-validation metric per epoch; Stop ends after the current epoch and keeps the best model, which
-is registered and listed in the other widgets. Closing the widget or napari while a training
-runs asks first, then stops it the same way. An interrupted run can be resumed.
+Shapes layer) is used. The validation data is an automatic split or a pair of its own
+(:mod:`._train_validation`). The widget reads the layers (:mod:`._train_layers`); the training
+request is built by :mod:`..backends.training.plan`, as for the ``train`` command and
+``api.train``, in a thread (:mod:`._train_start`: the GUI stays responsive). The job runs in the
+compute worker's training process; a live plot shows the losses and the validation metric per
+epoch (:mod:`._train_progress`); Stop ends after the current epoch and keeps the best model,
+which is registered and listed in the other widgets. Closing the widget or napari while a
+training runs asks first (:mod:`._train_close`), then stops it the same way. An interrupted run
+can be resumed (:mod:`._train_resume`).
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ from ..core.registry import ModelRegistry
 from ..layers.common import RESULT_KEY
 from ._base import JobWidget, StatusLabel
 from ._loss_plot import LossPlot
+from ._train_close import guard_dock_button, install_close_guard
+from ._train_progress import TrainProgress
+from ._train_resume import ResumeList
+from ._train_validation import ValidationChoice
 
 __all__ = ["TrainWidget", "refresh_model_lists", "FRESH", "TRAINABLE"]
 FRESH = "(fresh network)"
@@ -52,12 +59,7 @@ def refresh_model_lists(viewer) -> int:
     return n
 
 
-def _fmt_time(s: float) -> str:
-    s = max(0, int(round(s)))
-    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
-
-
-class TrainWidget(JobWidget):
+class TrainWidget(TrainProgress, JobWidget):
     run_text = "Train"
 
     def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
@@ -92,7 +94,8 @@ class TrainWidget(JobWidget):
         self.minutes = FloatSpinBox(label="minutes", min=0.1, max=1440.0, step=0.5, value=5.0, visible=False)
         self.lr = LineEdit(label="learning rate", value="auto", tooltip="'auto': 1e-3 for a fresh network, "
                                                                          "3e-4 when fine-tuning")
-        self.val_fraction = FloatSpinBox(label="validation part", min=0.05, max=0.5, step=0.05, value=0.2)
+        self.validation = ValidationChoice(self._target_choices)
+        self.val_fraction = self.validation.fraction
         self.batch = SpinBox(label="batch size (0: auto)", min=0, max=256, value=0, tooltip="0: the default")
         self.patch = SpinBox(label="patch size (0: auto)", min=0, max=1024, step=16, value=0,
                              tooltip="segmentation: the side of the training patches; 0: ~4 object diameters")
@@ -104,14 +107,12 @@ class TrainWidget(JobWidget):
                                  widgets=[self.flips, self.turns, self.intensity, self.scale])
         self.split = StatusLabel(label="")
         self.stop_btn = PushButton(text="Stop (keep the best so far)", enabled=False)
-        self.resume_run = ComboBox(label="interrupted run", choices=self._resume_choices, visible=False)
-        self.resume_btn = PushButton(text="Resume", visible=False,
-                                     tooltip="continue the interrupted run from its last checkpoint, on the "
-                                             "same layers and settings")
+        self.resumes = ResumeList(self.registry.user_dir)
+        self.resume_run, self.resume_btn = self.resumes.run, self.resumes.button
         self.plot = LossPlot(TRAINABLE["segment"][3])
         self.extend([self.task, self.base, self.upsampling, self.pairs, self.image, self.target, self.region,
-                     self.name, self.budget, self.epochs, self.minutes, self.lr, self.val_fraction, self.batch,
-                     self.patch, self.augment, self.split, self.run_btn, self.stop_btn, self.cancel_btn,
+                     self.name, self.budget, self.epochs, self.minutes, self.lr, *self.validation.widgets(),
+                     self.batch, self.patch, self.augment, self.split, self.run_btn, self.stop_btn, self.cancel_btn,
                      self.resume_run, self.resume_btn, self.progress, self.status])
         self.native.layout().addWidget(self.plot.native)
         self._theme_plot()
@@ -136,7 +137,7 @@ class TrainWidget(JobWidget):
         self._suggest_name()
         self._on_base()
         self._refresh_resume()
-        self._install_close_guard()
+        install_close_guard(self)
 
     def _theme_plot(self):
         try:
@@ -146,44 +147,6 @@ class TrainWidget(JobWidget):
             self.plot.set_colors(theme.background.as_hex(), theme.text.as_hex())
         except Exception:  # noqa: BLE001 - an unknown theme keeps matplotlib's colours
             pass
-
-    # -- ask before close -----------------------------------------------------------------------
-    def _install_close_guard(self):
-        from ._close_guard import CloseGuard
-
-        self.close_guard = CloseGuard(self)
-        qt_window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
-        self.close_guard.watch(qt_window)
-        import weakref
-
-        from qtpy.QtCore import QEvent, QObject
-
-        ref = weakref.ref(self)
-
-        class _OnDock(QObject):  # once docked: guard the dock's close button too
-            def eventFilter(self, obj, ev):  # noqa: N802
-                if ev.type() == QEvent.Type.ParentChange and ref() is not None:
-                    from qtpy.QtCore import QTimer
-
-                    # the dock sets its title bar after taking the widget
-                    QTimer.singleShot(0, lambda: ref() is not None and ref()._guard_dock_button())
-                return False
-
-        self._on_dock = _OnDock(self.native)
-        self.native.installEventFilter(self._on_dock)
-        self._guard_dock_button()
-
-    def _guard_dock_button(self):
-        """The close button of the napari dock holding this widget (napari's title bar), if any."""
-        w = self.native.parent()
-        while w is not None and not hasattr(w, "destroyOnClose"):
-            w = w.parent()
-        if w is None:
-            return
-        bar = w.titleBarWidget() if hasattr(w, "titleBarWidget") else None
-        button = getattr(bar, "close_button", None)
-        if button is not None:
-            self.close_guard.watch(button, mouse=True)
 
     # -- choices ----------------------------------------------------------------------------
     def _base_choices(self, *_):
@@ -208,21 +171,8 @@ class TrainWidget(JobWidget):
         return [(NO_REGION, None)] + [(ly.name, ly) for ly in self._layers("Shapes")
                                       if target is None or ly is not target.value]
 
-    def _resume_choices(self, *_):
-        try:
-            from ..backends.checkpoint import interrupted_runs
-        except ImportError:  # checkpoints not in this version
-            return []
-        try:
-            return interrupted_runs(self.registry.user_dir)
-        except OSError:
-            return []
-
     def _refresh_resume(self):
-        self.resume_run.reset_choices()
-        has = bool(self.resume_run.choices)
-        self.resume_run.visible = self.resume_btn.visible = has
-        self.resume_btn.enabled = has and not self.runner.running
+        self.resumes.refresh(self.runner.running)
 
     def reset_choices(self, *args):
         super().reset_choices(*args)
@@ -233,6 +183,7 @@ class TrainWidget(JobWidget):
         self.base.reset_choices()
         self.target.reset_choices()
         self.region.reset_choices()
+        self.validation.reset_choices()
         self.plot.clear(TRAINABLE[self.task.value][3])
         self._on_base()
         self._suggest_name()
@@ -270,31 +221,40 @@ class TrainWidget(JobWidget):
             self._naming = False
 
     # -- the training request -----------------------------------------------------------------
-    def training_pairs(self) -> list:
-        """The chosen layers as training pairs (numpy; no job is started)."""
-        from ._train_layers import auto_pairs, boxes_pair, labels_pair
+    def _reader(self):
+        from ._train_layers import boxes_pair, labels_pair
 
-        task = self.task.value
-        read = labels_pair if task == "segment" else boxes_pair
+        return labels_pair if self.task.value == "segment" else boxes_pair
+
+    def _training_layers(self) -> list[tuple]:
+        """The training ``(image, annotation)`` layers: the chosen pair, or every annotation layer
+        with its image (less the validation annotation)."""
+        from ._train_layers import auto_pairs
+
         if self.pairs.value == ONE_PAIR:
-            return [read(self.image.value, self.target.value, self.region.value)]
-        found, unpaired = auto_pairs(self.viewer.layers, TRAINABLE[task][0])
+            return [(self.image.value, self.target.value)]
+        kind = TRAINABLE[self.task.value][0]
+        found, unpaired = auto_pairs(self.viewer.layers, kind)
+        if self.validation.chosen:
+            found = [(im, ann) for im, ann in found if ann is not self.validation.target.value]
         if not found:
             extra = f" ({', '.join(unpaired)} have no image of the same name)" if unpaired else ""
-            raise InputError(f"no {TRAINABLE[task][0]} layer paired with an image{extra}")
+            raise InputError(f"no {kind} layer paired with an image{extra}")
         self._unpaired = unpaired
-        return [read(im, ann) for im, ann in found]
+        return found
 
-    @staticmethod
-    def _boxes_of(img_layer, shp):
-        """``(annotation, image)`` of an Image + Shapes layer: ``annotation.boxes`` / ``.classes`` /
-        ``.frame`` (the layer checks of :func:`._train_layers.boxes_pair`)."""
-        from types import SimpleNamespace
+    def training_pairs(self, layers: list | None = None) -> list:
+        """The chosen layers (or ``layers``: :meth:`_training_layers`) as training pairs (numpy)."""
+        read, layers = self._reader(), layers or self._training_layers()
+        if self.pairs.value == ONE_PAIR:
+            return [read(*layers[0], self.region.value)]
+        return [read(im, ann) for im, ann in layers]
 
-        from ._train_layers import boxes_pair
-
-        p = boxes_pair(img_layer, shp)
-        return SimpleNamespace(boxes=p.boxes, classes=p.classes, frame=p.frames), p.image
+    def validation_pairs(self, layers: list | None = None) -> list | None:
+        """The chosen validation layers as pairs, or ``None`` (the automatic split)."""
+        if not self.validation.chosen:
+            return None
+        return self.validation.pairs(self._reader(), layers or self._training_layers())
 
     def options(self, resume: bool = False):
         """The widget's settings as :class:`~..backends.training.plan.TrainOptions`."""
@@ -317,14 +277,31 @@ class TrainWidget(JobWidget):
                             extra=dict(self.advanced), command="napari-cnnvision Train widget",
                             source="napari layers")
 
-    def training_plan(self, name: str = "", resume: bool = False):
-        """The job request of the widget's current choices (:func:`~..backends.training.plan.plan`)."""
+    def training_request(self, name: str = "", resume: bool = False):
+        """The widget's current choices read from its layers (on the GUI thread: references to
+        their data); returns ``build(check_name=True)``, which makes the job request from them:
+        ``(name, plan)``, the new model's name checked (:func:`~..backends.training.naming.check_new_name`)
+        and :func:`~..backends.training.plan.plan` (the costly part, for a thread)."""
         from ..backends.training.plan import plan
 
-        card = None if self.base.value in (None, FRESH) else self.registry.get(self.base.value)
         self._unpaired = []
-        return plan(self.task.value, self.training_pairs(), card, self.options(resume), name=name,
-                    out_dir=self.registry.user_dir)
+        task, base, registry = self.task.value, self.base.value, self.registry
+        layers = self._training_layers()
+        pairs, val_pairs, opts = self.training_pairs(layers), self.validation_pairs(layers), self.options(resume)
+
+        def build(check_name: bool = True):
+            from ..backends.training.naming import check_new_name
+
+            checked = check_new_name(name, registry) if check_name else name
+            card = None if base in (None, FRESH) else registry.get(base)
+            return checked, plan(task, pairs, card, opts, name=checked, out_dir=registry.user_dir,
+                                 val_pairs=val_pairs)
+
+        return build
+
+    def training_plan(self, name: str = "", resume: bool = False):
+        """The job request of the widget's current choices, built here (no job is started)."""
+        return self.training_request(name, resume)(check_name=False)[1]
 
     # -- running ----------------------------------------------------------------------------
     def resume(self, *_):
@@ -338,27 +315,38 @@ class TrainWidget(JobWidget):
             self.run(resume=True)
 
     def run(self, *_, resume: bool = False):
-        from ..backends.training.naming import check_new_name
+        """The Train press: the layers are read here, the request is built in a thread
+        (:func:`._train_start.plan_then_start`), then :meth:`_launch` starts the job."""
+        from ._train_start import as_input_error, plan_then_start
 
         if self.runner.running:
             return
         try:
-            name = check_new_name(self.name.value, self.registry)
-            job, kwargs, summary, stop_after = self.training_plan(name, resume=resume)
-        except (InputError, ValueError, OSError, LookupError) as exc:
-            self.report_error(exc if isinstance(exc, InputError) else InputError(str(exc)))
+            build = self.training_request(self.name.value, resume=resume)
+        except (ValueError, OSError, LookupError) as exc:
+            self.report_error(as_input_error(exc))
             return
-        unpaired = getattr(self, "_unpaired", [])
+        self.split.value = ""
+        self.plot.clear(TRAINABLE[self.task.value][3])  # a new run: the former one's curves go
+        self.stop_btn.enabled = self.resume_btn.enabled = False
+        job = {"task": self.task.value, "metric": TRAINABLE[self.task.value][3], "unpaired": list(self._unpaired),
+               "budget_s": float(self.minutes.value) * 60 if self.budget.value == MINUTES else None}
+        plan_then_start(self, build, lambda named: self._launch(*named, job, resume), on_failed=self._refresh_resume)
+
+    def _launch(self, name: str, plan, job: dict, resume: bool = False):
+        """Start the training job of ``plan`` (on the GUI thread, once the request is built);
+        ``job``: the choices at the Train press (task, metric label, unpaired layers, time budget)."""
+        job_name, kwargs, summary, stop_after = plan
+        unpaired = job["unpaired"]
         self.split.value = f"split: {summary}" + (f" (left out: {', '.join(unpaired)})" if unpaired else "")
-        self.plot.clear(TRAINABLE[self.task.value][3])
-        self._job = {"name": name, "task": self.task.value}
+        self._job = {**job, "name": name}
         self._t0 = time.monotonic()
         self._stopping = False
-        self._budget_s = float(self.minutes.value) * 60 if self.budget.value == MINUTES else None
+        self._budget_s = job["budget_s"]
         self.set_busy(True, f"{'resuming' if resume else 'training'} {name!r} in the compute worker...")
         self.stop_btn.enabled = True
         self.resume_btn.enabled = False
-        self._guard_dock_button()
+        guard_dock_button(self)
         if stop_after:
             self._timer.start(int(stop_after * 1000))
 
@@ -368,52 +356,8 @@ class TrainWidget(JobWidget):
             self.stop_btn.enabled = False
             self._refresh_resume()
 
-        self.runner.start(job, kwargs, on_progress=self._on_progress, on_metrics=self._on_metrics,
+        self.runner.start(job_name, kwargs, on_progress=self._on_progress, on_metrics=self._on_metrics,
                           on_done=self._on_done, on_error=self.report_error, on_finished=finished)
-
-    def stop(self, *_):
-        if self.runner.running:
-            self.runner.stop()
-            self._stopping = True
-            self.stop_btn.enabled = False
-            self.status.value = "stopping after this epoch (the best model so far is kept)..."
-
-    def _budget_over(self):
-        if self.runner.running:
-            self.runner.stop()
-            self._stopping = True
-            self.status.value = "time is up: stopping after this epoch (the best model so far is kept)..."
-
-    def _on_metrics(self, ev):
-        m = ev.metrics
-        if "epoch" not in m:
-            return
-        train = m.get("train_loss", m.get("loss"))
-        metric = next((m[k] for k in ("val_ap50", "val_map", "val_accuracy") if k in m), None)
-        self.plot.add(m["epoch"], train, m.get("val_loss"), metric)
-
-    def _fraction(self, ev) -> float | None:
-        if self._budget_s:
-            return min(1.0, (time.monotonic() - self._t0) / self._budget_s)
-        return ev.fraction
-
-    def _on_progress(self, ev):
-        f = self._fraction(ev)
-        if f is not None:
-            self.progress.value = int(round(100 * f))
-        if not ev.message:
-            return
-        msg = ev.message
-        if self.plot.epochs and ev.message.startswith("epoch"):
-            label = TRAINABLE[self._job.get("task", "segment")][3]
-            msg += (f" · train loss {self.plot.train[-1]:.3f} · val loss {self.plot.val[-1]:.3f} · "
-                    f"{label} {self.plot.metric[-1]:.3f}")
-            if f:
-                elapsed = time.monotonic() - self._t0
-                msg += f" · ETA {_fmt_time(elapsed * (1 - f) / f)}"
-        if self._stopping and not msg.startswith("saved"):
-            msg = "stopping... " + msg
-        self.status.value = msg
 
     def _on_done(self, result):
         from ..backends.training.outcome import job_outcome
