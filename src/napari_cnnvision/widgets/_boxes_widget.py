@@ -175,6 +175,7 @@ class BoxesWidget(JobWidget):
     kind = ""  # the result layers' kind ("detection" / "localization"), from layers.detection
     verb = ""  # "detecting" / "localizing"
     blockwise = False  # a large lazy layer runs block by block (the subclass's request does it)
+    lazy_unit = "tile"  # what a lazy layer is read by, in the busy message
 
     def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
         super().__init__(napari_viewer, registry, labels=True)
@@ -253,7 +254,7 @@ class BoxesWidget(JobWidget):
         message = f"{self.verb} {ctx.layer.name}{where} with {ctx.card.name} ..." + (f" {note}" if note else "")
         if callable(job):  # block by block
             _lazy.start_task(self, job, on_done=lambda res: self._on_done(res, ctx),
-                             message=message.replace(" ...", " tile by tile ..."), on_finished=self.after_job)
+                             message=message.replace(" ...", f" {self.lazy_unit} by {self.lazy_unit} ..."), on_finished=self.after_job)
             return
         self.start_job(job, kwargs, on_done=lambda res: self._on_done(res, ctx), message=message,
                        on_finished=self.after_job)

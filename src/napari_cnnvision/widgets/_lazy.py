@@ -6,6 +6,9 @@ A layer whose full-resolution data is lazy and larger than
 napari's process reads it one block at a time and runs each block as a job in the compute worker
 (:mod:`..scaleout.lazy_layers`, :mod:`..scaleout.lazy_detect`), with progress per block; Cancel
 ends it between blocks (a second Cancel at once). A smaller lazy layer is loaded and runs as usual.
+
+A lazy *stack* (a frame axis first) in the Localize widget is read one frame at a time, each frame
+a job of its own (:func:`frames_task`), so only one frame is in memory whatever the stack's length.
 """
 from __future__ import annotations
 
@@ -74,3 +77,46 @@ def cancel(widget) -> None:
     runner.cancel()
     if first:
         widget.status.value = "Cancelling after this block ... (press Cancel again to stop at once)"
+
+
+def is_lazy_stack(layer, n_frames: int | None) -> bool:
+    """True for a stack layer (``n_frames`` not None) whose full-resolution data is lazy."""
+    return n_frames is not None and lazy_layers.is_lazy(full_data(layer))
+
+
+def frames_task(layer, job: str, kwargs: dict, todo: list[tuple[int, list | None]]):
+    """``task(ctx)``: each ``(frame, crops)`` of ``todo`` read alone from the lazy stack layer and
+    run as the job ``job`` with ``kwargs`` on that one plane (``axes`` YX or YXC); ``crops``:
+    ``[(region index, (y0, x0, y1, x1)), ...]`` given to the job as its ``regions`` (None: the
+    whole plane). The frames' results merged into one stack result as a whole-stack job gives it
+    (``frame``: the stack's frame index, ``region``: the index among the caller's regions)."""
+    import dataclasses
+
+    import numpy as np
+
+    from ._boxes_widget import concat
+
+    data = full_data(layer)
+    axes = "YXC" if layer.rgb else "YX"
+    n = len(todo)
+
+    def task(ctx):
+        out, took, warnings = None, 0.0, []
+        for i, (f, crops) in enumerate(todo):
+            ctx.check()
+            kw = dict(kwargs, image=lazy_layers.load(data[f]), axes=axes)
+            if crops is not None:
+                kw["regions"] = [list(box) for _, box in crops]
+            res = ctx.run(job, kw, (i / n, (i + 1) / n), prefix=f"frame {f} ({i + 1}/{n}): ")
+            region = None
+            if crops is not None:
+                region = np.array([crops[int(j)][0] for j in res.region], np.int64)
+            res = dataclasses.replace(res, frame=np.full(len(res.boxes), f, np.int64), has_frames=True,
+                                      frames=[int(f)], region=region)
+            took += res.timings.get("total_s", 0.0)
+            warnings += [w for w in res.warnings if w not in warnings]
+            out = res if out is None else concat(out, res)
+        out.warnings, out.timings = warnings, {"total_s": took}
+        return out
+
+    return task

@@ -6,6 +6,9 @@ used as their bounding boxes): one box per region, inside it. The result is a Sh
 rectangles and a Points layer of their centres with ``class``, ``score`` (the chosen class's
 probability) and ``p_<class>`` (every class's probability) in ``features`` (``region``: the index
 of the drawn shape; ``frame`` for stacks).
+
+A lazy stack layer (dask, zarr) is read one frame at a time, each frame a job of its own
+(:func:`._lazy.frames_task`): it is never loaded whole.
 """
 from __future__ import annotations
 
@@ -14,13 +17,29 @@ from magicgui.widgets import CheckBox, ComboBox
 
 from ..core.axes import InputError
 from ..core.registry import ModelRegistry
+from . import _lazy
 from ._boxes_widget import BoxesWidget, BoxJob, counts_text, job_image, layer_frames
 from ._results import result_meta_of
 
-__all__ = ["LocalizeWidget", "regions_of"]
+__all__ = ["LocalizeWidget", "frame_regions", "regions_of"]
 WHOLE, CURRENT, EACH = "whole image", "current frame", "each frame of the stack"
 REGIONS = "each region of a Shapes layer"
 NONE = "(no Shapes layer)"
+
+
+def frame_regions(regions, n_frames: int) -> list[tuple[int, list[tuple[int, list[float]]]]]:
+    """``[(frame, [(region index, (y0, x0, y1, x1)), ...]), ...]``: the frames of a stack of
+    ``n_frames`` that hold regions, with theirs -- a region led by a frame index is in that frame,
+    one without in every frame (as a whole-stack job reads them); an InputError when none is in the
+    stack."""
+    out = []
+    for f in range(n_frames):
+        crops = [(k, list(r[-4:])) for k, r in enumerate(regions) if len(r) == 4 or int(r[0]) == f]
+        if crops:
+            out.append((f, crops))
+    if not out:
+        raise InputError(f"none of the regions lies in a frame of the stack (frames 0-{n_frames - 1})")
+    return out
 
 
 def regions_of(shapes, image, n_frames: int | None) -> tuple[list[list[float]], str]:
@@ -46,6 +65,7 @@ def regions_of(shapes, image, n_frames: int | None) -> tuple[list[list[float]], 
 class LocalizeWidget(BoxesWidget):
     run_text = "Localize"
     task, kind, verb = "localize", "localization", "localizing the object in"
+    lazy_unit = "frame"  # a lazy stack is read frame by frame
 
     def __init__(self, napari_viewer, registry: ModelRegistry | None = None):
         super().__init__(napari_viewer, registry)
@@ -104,14 +124,20 @@ class LocalizeWidget(BoxesWidget):
         from ..backends.dispatch import card_payload, job_for
 
         layer, card, n_frames = self.checked_input()
-        mode, extra, self._region_note = self.mode.value, {}, ""
+        mode, extra, self._region_note, self._read_note = self.mode.value, {}, "", ""
         frames = None
+        lazy = _lazy.is_lazy_stack(layer, n_frames)  # read frame by frame, never whole
+        job, base = job_for(card, task="localize"), dict(model=card_payload(card), tta=bool(self.tta.value))
         if mode == REGIONS:
             name = self.regions.value
             if name in (None, NONE) or name not in self.viewer.layers:
                 raise InputError("add a Shapes layer and draw a rectangle around each object, then choose it "
                                  "as the regions")
             regions, self._region_note = regions_of(self.viewer.layers[name], layer, n_frames)
+            if lazy:
+                self._read_note = "read frame by frame"
+                return _lazy.frames_task(layer, job, base, frame_regions(regions, n_frames)), None, BoxJob(
+                    layer, card, "regions", None)
             extra["regions"] = regions
             if n_frames is not None and all(len(r) == 5 for r in regions):
                 extra["frames"] = sorted({int(r[0]) for r in regions})
@@ -120,10 +146,13 @@ class LocalizeWidget(BoxesWidget):
         else:
             if n_frames is not None and mode != EACH:
                 frames = [min(self.current_frame(), n_frames - 1)]
-            image, axes = job_image(layer, frames)
+            elif lazy:
+                self._read_note = "read frame by frame"
+                return _lazy.frames_task(layer, job, base, [(f, None) for f in range(n_frames)]), None, BoxJob(
+                    layer, card, "image", None)
+            image, axes = job_image(layer, frames)  # a lazy stack's current frame: that frame alone
             kind = "image"
-        kwargs = dict(image=image, model=card_payload(card), axes=axes, tta=bool(self.tta.value), **extra)
-        return job_for(card, task="localize"), kwargs, BoxJob(layer, card, kind, frames)
+        return job, dict(base, image=image, axes=axes, **extra), BoxJob(layer, card, kind, frames)
 
     def summary(self, this_run, shown, ctx: BoxJob, layers: dict) -> str:
         if this_run.n_objects == 1:
@@ -139,4 +168,6 @@ class LocalizeWidget(BoxesWidget):
             text = f"frame {ctx.frames[0]}: {text}; {shown.n_objects} in the stack"
         took = this_run.timings.get("total_s")
         text += f" ({ctx.layer.name} [{shown.model}]" + (f", {took:.1f} s)" if took is not None else ")")
+        if getattr(self, "_read_note", ""):
+            text = text[:-1] + f", {self._read_note})"
         return text + (f" {self._region_note}" if getattr(self, "_region_note", "") else "")
