@@ -254,7 +254,8 @@ class BoxesWidget(JobWidget):
         message = f"{self.verb} {ctx.layer.name}{where} with {ctx.card.name} ..." + (f" {note}" if note else "")
         if callable(job):  # block by block
             _lazy.start_task(self, job, on_done=lambda res: self._on_done(res, ctx),
-                             message=message.replace(" ...", f" {self.lazy_unit} by {self.lazy_unit} ..."), on_finished=self.after_job)
+                             message=message.replace(" ...", f" {self.lazy_unit} by {self.lazy_unit} ..."),
+                             on_finished=self.after_job)
             return
         self.start_job(job, kwargs, on_done=lambda res: self._on_done(res, ctx), message=message,
                        on_finished=self.after_job)
