@@ -6,7 +6,7 @@ the optimizer's state and ends with a registered model; other data or settings a
 damaged or foreign checkpoint is a clear error.
 
 TensorFlow never loads into the pytest process (torch tests run there too): the trainings run in
-one subprocess (a tiny network, 3 epochs of 2 steps) that reports what it saw as JSON."""
+one subprocess (a tiny network, 3 epochs of 2 steps: about 20 s of CPU) that reports what it saw as JSON."""
 from __future__ import annotations
 
 import json
@@ -31,7 +31,7 @@ from napari_cnnvision.core.registry import ModelRegistry
 
 out = Path(sys.argv[1])
 report = {}
-TINY = {"n_rays": 8, "unet_n_depth": 2, "unet_n_filter_base": 8, "patch_size": 32, "batch_size": 2,
+TINY = {"n_rays": 8, "unet_n_depth": 1, "unet_n_filter_base": 4, "patch_size": 32, "batch_size": 2,
         "epochs": 3, "steps_per_epoch": 2, "reduce_lr_patience": 1}
 
 
@@ -198,12 +198,18 @@ def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(report):
     assert "no interrupted training run named 'nothing'" in report["error_missing"]
 
 
-def test_a_stardist_run_is_listed_as_interrupted_by_the_train_widget(make_napari_viewer, tmp_path):
-    """``checkpoint.h5`` counts as a run's checkpoint (no TensorFlow needed to list it)."""
+def test_a_stardist_run_is_listed_by_the_train_widget_and_resumes_there(make_napari_viewer, monkeypatch, qtbot):
+    """``checkpoint.h5`` counts as a run's checkpoint (no TensorFlow needed to list it); Resume on a
+    StarDist base asks the worker for ``stardist.train`` with ``resume``."""
+    from test_training_data import CENTRES, disks
+
     from napari_cnnvision.backends.checkpoint import interrupted_runs, run_dir
     from napari_cnnvision.widgets.train import TrainWidget
 
     viewer = make_napari_viewer()
+    img, lab = disks(CENTRES)
+    viewer.add_image(img, name="cells")
+    viewer.add_labels(lab, name="labels")
     w = TrainWidget(viewer)
     assert w.resume_btn.native.isHidden()
     run = run_dir(w.registry.user_dir, "nuclei-cut-short")
@@ -213,3 +219,10 @@ def test_a_stardist_run_is_listed_as_interrupted_by_the_train_widget(make_napari
     assert interrupted_runs(w.registry.user_dir) == ["nuclei-cut-short"]
     w.reset_choices()
     assert not w.resume_btn.native.isHidden() and w.resume_run.value == "nuclei-cut-short"
+    w.base.value = "nuclei-stardist"
+    started = []
+    monkeypatch.setattr(w.runner, "start", lambda job, kwargs, **kw: started.append((job, kwargs)))
+    w.resume_btn.clicked.emit()
+    qtbot.waitUntil(lambda: bool(started) and not w.runner.running, timeout=60000)  # planned in a thread
+    assert started[0][0] == "stardist.train"
+    assert started[0][1]["resume"] is True and started[0][1]["name"] == "nuclei-cut-short"

@@ -76,8 +76,10 @@ def test_stardist_base_routes_to_its_trainer_with_the_same_kwargs_and_fine_tune_
     StarDistTrainSettings.from_dict(s)
     with pytest.raises(InputError, match="fresh U-Net"):
         segment_plan(_pairs(), card, TrainOptions(upsampling="bilinear"))
-    with pytest.raises(InputError, match="stardist training cannot resume"):
-        segment_plan(_pairs(), card, TrainOptions(resume=True))
+    from napari_cnnvision.backends.stardist.train import train_job
+
+    resumed = segment_plan(_pairs(), card, TrainOptions(resume=True))  # StarDist runs resume too
+    assert resumed.kwargs["resume"] is True and set(resumed.kwargs) <= set(inspect.signature(train_job).parameters)
 
 
 def test_fresh_unet_upsampling_choices_and_augmentation_choices():

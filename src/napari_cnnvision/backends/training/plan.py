@@ -44,7 +44,7 @@ SETTINGS_CLASS = {
     "localizer.train": "napari_cnnvision.backends.localizer.settings:LocalizerTrainSettings",
 }
 #: jobs that continue an interrupted run (``resume=True``; checkpoints in ``<user dir>/.training/<name>``)
-RESUMABLE = ("unet.train", "yolo.train", "detector.train", "localizer.train")
+RESUMABLE = ("unet.train", "stardist.train", "yolo.train", "detector.train", "localizer.train")
 #: epochs when a time budget decides the end
 MANY_EPOCHS = 10000
 #: the zoom of the "scale" augmentation (per axis, up to 1 + this either way)
