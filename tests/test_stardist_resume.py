@@ -116,6 +116,9 @@ def watch(ev):
     if ev.metrics.get("epoch") == 3:  # the checkpoint of epoch 3 is written before its event
         iterations.append(int(load_keras_arrays(folder / "checkpoint.h5")[0]))
 
+for stage in (".part.k1ll3d00.tmp", ".part-2.k1ll3d00.tmp"):  # a killed run's staging folder, another model's
+    (out / stage).mkdir()
+    (out / stage / "config.json").write_text("{}")
 res = train_job(Progress(watch), name="part", resume=True, **KW)
 card = ModelRegistry(user_dir=out).get("part")
 report.update(
@@ -123,7 +126,8 @@ report.update(
     history=res.history, epochs_run=res.epochs_run, model_dir=res.model_dir,
     model_files=sorted(p.name for p in Path(res.model_dir).iterdir()),
     card_training={k: card.training.get(k) for k in ("resumed_after_epoch", "epochs_run", "checkpoint_warnings")},
-    run_dir_left=folder.exists(), interrupted_after=interrupted_runs(out))
+    run_dir_left=folder.exists(), interrupted_after=interrupted_runs(out),
+    dot_folders=sorted(p.name for p in out.iterdir() if p.name.startswith(".")))
 
 # 4. damaged and foreign checkpoints are clear errors, not crashes
 for name, content in (("garbage", b"not an HDF5 file at all" * 10), ("truncated", saved_bytes[:len(saved_bytes) // 2])):
@@ -187,6 +191,7 @@ def test_the_resumed_run_continues_at_the_next_epoch_and_is_registered(report):
     assert {"config.json", "weights_best.h5", "thresholds.json", "model.json"} <= set(report["model_files"])
     assert report["card_training"]["resumed_after_epoch"] == 1 and report["card_training"]["epochs_run"] == 3
     assert not report["run_dir_left"] and report["interrupted_after"] == []  # a finished run discards its run
+    assert report["dot_folders"] == [".part-2.k1ll3d00.tmp"]  # the killed run's staging folder is gone too
 
 
 def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(report):

@@ -17,6 +17,8 @@ TensorFlow / Keras only through the model objects passed in (the compute worker'
 """
 from __future__ import annotations
 
+import glob
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +111,17 @@ def restore_plateau(model, saved: dict | None) -> None:
         plateau.best = saved.get("best")
         plateau.wait = int(saved.get("wait", 0))
         plateau.cooldown_counter = int(saved.get("cooldown_counter", 0))
+
+
+def remove_stale_stages(folder: Path, name: str) -> list[str]:
+    """Remove the staging folders (``.<name>.<8 characters>.tmp``, :func:`...core.io.staged_dir`) that
+    killed runs of ``name`` left beside ``folder`` (the resumed run's own); their names."""
+    gone = []
+    for p in Path(folder).parent.glob(f".{glob.escape(name)}.{'?' * 8}.tmp"):
+        if p != Path(folder) and p.is_dir() and (p / "config.json").is_file():
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p.name)
+    return gone
 
 
 class ContinueRandom:

@@ -213,7 +213,8 @@ def train_stardist2d(
     from ..checkpoint import fingerprint, run_dir
     from ..keras_checkpoint import KerasRunCheckpoints
     from .finetune import ap50, build_card, choose_weights, data_summary, load_base, transfer_weights
-    from .resume import KEPT, ContinueRandom, epoch_state, restore, restore_plateau, run_request
+    from .resume import (KEPT, ContinueRandom, epoch_state, remove_stale_stages, restore, restore_plateau,
+                         run_request)
 
     t_start = time.time()
     np.random.seed(s.seed)
@@ -270,7 +271,9 @@ def train_stardist2d(
         if saved is not None:
             restore(ckpts, saved, model, progress)
             ckpts.restore_kept()
+            remove_stale_stages(folder, name)
             done, t0 = int(saved["epoch"]), time.time() - float(saved["seconds"])
+            t_start -= float(saved["seconds"])  # the card's time: the whole run's
             state.update(best_ap=float(saved["best_ap"]), val_ap50=[tuple(p) for p in saved["val_ap50"]],
                          history={k: [float(v) for v in vals] for k, vals in saved["history"].items()})
             augmenter = ContinueRandom(augmenter, saved.get("np_random"))
