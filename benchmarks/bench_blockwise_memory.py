@@ -8,7 +8,7 @@ fresh process: ``napari-cnnvision segment IMG.tif --out DIR --model M`` (a TIFF 
 threshold, 4096 x 4096 px, goes block-wise by itself, blocks of 2048; at or below it the run adds
 ``--blocks 2048``; a zarr input always goes block-wise). Measured: wall time, objects/s and the peak
 memory of the whole process tree -- the command and every process it starts (a compute worker, say):
-the larger of (a) their summed RSS sampled every 100 ms from /proc and (b) the exact ``ru_maxrss`` of
+the larger of (a) their summed PSS (shared pages counted once) sampled every 250 ms from /proc and (b) the exact ``ru_maxrss`` of
 the largest single process. Goal: peak < 3 GB at every size, and flat (the largest within 1.5x of the
 smallest). ``--segmenter threshold`` runs a cheap stand-in for the network (threshold + connected
 components) through the same block-wise path (reading, stitching, OME-Zarr writing, object table):
@@ -106,17 +106,31 @@ def _peak_gb() -> float:
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size (bytes) of ``pid``: its private pages plus its share of the pages it
+    shares (``/proc/PID/smaps_rollup``); the resident size where that file is missing."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        pass
+    with open(f"/proc/{pid}/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE
+
+
 def tree_rss(root: int) -> tuple[int, int]:
-    """Summed resident memory (bytes) of process ``root`` and all its descendants, and how many
-    they are (Linux ``/proc``: each thread's ``children`` file, so only the tree is read; pages
-    shared between the processes are counted once per process, so this errs high)."""
+    """Memory (bytes) of process ``root`` and all its descendants together, and how many they are
+    (Linux ``/proc``: each thread's ``children`` file, so only the tree is read). Summed PSS, so
+    pages the processes share are counted once: a child just forked from a large parent shares all
+    its pages until it execs, and summed RSS would count them twice."""
     total = n = 0
     todo = [root]
     while todo:
         pid = todo.pop()
         try:
-            with open(f"/proc/{pid}/statm") as fh:
-                total += int(fh.read().split()[1]) * PAGE
+            total += _pss(pid)
             n += 1
             for tid in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{tid}/children") as fh:
@@ -128,8 +142,8 @@ def tree_rss(root: int) -> tuple[int, int]:
 
 def child_measure(cmd: str, env: str, log: str) -> dict:
     """Run the command ``cmd`` (JSON list; ``env``: JSON dict of extra variables) and measure its
-    whole process tree: the summed RSS of the command and all its descendants (a compute worker,
-    say) sampled every 100 ms, and the exact peak RSS of the largest single process (``ru_maxrss``
+    whole process tree: the summed PSS of the command and all its descendants (a compute worker,
+    say) sampled every 250 ms, and the exact peak RSS of the largest single process (``ru_maxrss``
     of this process's children: the command and every descendant it waited for). The command's
     output goes to ``log``, each line (progress-bar updates too) with the seconds since the start,
     and every 10 s a ``[mem]`` line with the tree's RSS then and its peak so far: a run stopped
@@ -158,7 +172,7 @@ def child_measure(cmd: str, env: str, log: str) -> dict:
                     last = time.perf_counter()
                     note(f"[mem] tree {rss / 1024 ** 3:.3f} GB in {n} processes, peak so far "
                          f"{peak[0] / 1024 ** 3:.3f} GB; the command's CPU so far {cpu_s(proc.pid):.0f} s")
-                time.sleep(0.1)
+                time.sleep(0.25)
 
         def read():
             buf = b""
@@ -312,13 +326,13 @@ def main() -> int:
                 b["objects"] = count_rows(out / f"{img.stem}.csv")
             else:
                 b = measured([sys.executable, __file__, "--child", "threshold", img, out], tmp / f"log{size}.txt")
-                last = (tmp / f"log{size}.txt").read_text().strip().splitlines()[-1]
-                b["objects"] = json.loads(last.split(" s  ", 1)[1])["objects"]
+                lines = [ln.split(" s  ", 1)[1] for ln in (tmp / f"log{size}.txt").read_text().splitlines()]
+                b["objects"] = json.loads([ln for ln in lines if ln.startswith("{")][-1])["objects"]
             peaks[size] = b["peak_gb"]
             print(f"  {size:>5}²  generated in {g['s']:6.1f} s; block-wise: {b['s']:7.1f} s, {b['objects']:>7} "
                   f"objects, {b['objects'] / b['s']:7.1f} objects/s, {size * size / b['s'] / 1e6:6.3f} Mpx/s, "
                   f"CPU {b['cpu_s']:.0f} s ({b['objects'] / b['cpu_s']:.1f} objects per CPU-second), "
-                  f"peak RSS {b['peak_gb']:.2f} GB (process tree summed {b['tree_gb']:.2f} GB over up to "
+                  f"peak RSS {b['peak_gb']:.2f} GB (process tree summed PSS {b['tree_gb']:.2f} GB over up to "
                   f"{b['procs']} processes, largest process {b['largest_gb']:.2f} GB)   (load "
                   f"{os.getloadavg()[0]:.1f})", flush=True)
             if size == min(args.sizes) and not args.no_whole and args.segmenter == "model":
