@@ -3,7 +3,8 @@
 The user has 10 BCCD train images (``../shared/data/bccd``, VOC) and annotates only the classes
 they care about -- by default ``WBC`` and ``Platelets`` (``--classes``), not the base model's
 ``RBC`` -- so the class set differs from the base ``bloodcells-yolo`` (RBC, WBC, Platelets) and
-its class head is rebuilt. The images are fully annotated for those classes (every WBC and
+its class head is rebuilt for it (the rows of the classes the base knows by name are kept; the card's
+``training.class_head`` says which). The images are fully annotated for those classes (every WBC and
 platelet has its box), so each whole image is a "fully annotated" region and its red cells are
 background. ``--rename OLD=NEW`` renames a class on the user's side (a class unknown to the base).
 
@@ -184,6 +185,9 @@ def describe(label, run, m, before):
     print(f"{label}: val mAP@0.5 {m['map50']:.3f} (gain {m['map50'] - before['map50']:+.3f}); AP@0.5 {ap}; "
           f"mAP@[.5:.95] {m['map']:.3f}; {run['epochs']} epochs, training {secs} s in the job, "
           f"{run['wall_s']:.1f} s wall from Train to the registered model")
+    if t.get("class_head"):
+        h = t["class_head"]
+        print(f"  class head: from the base {h.get('kept')}, new {h.get('new')}, dropped {h.get('dropped')}")
 
 
 def main(argv=None) -> int:
