@@ -151,3 +151,38 @@ def test_streamed_object_table_is_the_plain_writers_file(tmp_path):
     write_table(tmp_path / "a.csv", table)
     write_table_streamed(tmp_path / "b.csv", table, rows=10)  # in 5 pieces
     assert (tmp_path / "b.csv").read_bytes() == (tmp_path / "a.csv").read_bytes()
+
+
+def test_each_window_leaves_no_network_output_cached(tmp_path, monkeypatch):
+    """The backends cache their last images' network outputs (a threshold change re-runs only the
+    post-processing); block-wise every window is a new image, so the caches are emptied after each
+    window instead of holding the last windows' outputs (StarDist: 4 of them, ~0.9 GB at 2560²)."""
+    import importlib
+
+    from scipy import ndimage
+
+    from napari_cnnvision import api
+    from napari_cnnvision.core.cache import LRUCache
+    from napari_cnnvision.core.registry import ModelRegistry
+    from napari_cnnvision.core.results import SegmentationResult
+    from napari_cnnvision.scaleout import blockwise
+
+    caches = [getattr(importlib.import_module(m), a) for m, a in blockwise.OUTPUT_CACHES]
+    assert caches and all(isinstance(c, LRUCache) for c in caches)
+    seen = []
+
+    def segment(x, card, **kw):  # a stand-in backend: caches its output as the real ones do
+        seen.append(sum(len(c) for c in caches))
+        for c in caches:
+            c.put(("window", len(seen)), np.zeros((3, 8, 8), np.float32))
+        lab, n = ndimage.label(np.asarray(x) > 0.5)
+        com = ndimage.center_of_mass(np.ones_like(lab), lab, range(1, n + 1))
+        table = {"label": np.arange(1, n + 1), "centroid_y": np.array([c[0] for c in com]),
+                 "centroid_x": np.array([c[1] for c in com]), "probability": np.ones(n)}
+        return SegmentationResult(lab.astype(np.int32), table, card.name)
+
+    monkeypatch.setattr(api, "segment", segment)
+    card = ModelRegistry().get("nuclei-unet")
+    table = blockwise.segment_file_blockwise(_nuclei((150, 130), 4, 25), tmp_path / "l.zarr", card, block=64)
+    assert len(seen) == 9 and seen == [0] * 9  # each window found the caches empty
+    assert all(len(c) == 0 for c in caches) and len(table["label"]) >= 10
