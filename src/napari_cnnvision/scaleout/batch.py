@@ -69,7 +69,7 @@ def run_batch(task: str, files, out_dir, model=None, *, workers: int | None = No
         payload["path"] = str(Path(payload["path"]).resolve())  # workers may run in another folder
     try:
         if sink.pending:
-            with connect(workers, scheduler, framework_of(job), stream) as client:
+            with connect(workers, scheduler, framework_of(job), stream, warm=(task, payload)) as client:
                 _run(client, compute, task, files, sink, errors, summary, payload, task_kwargs,
                      resources_for(framework_of(job)), TerminalProgress(f"{task}", stream, enabled=not quiet),
                      quiet, debug, stream)
