@@ -320,3 +320,58 @@ def test_coco_file_rewritten_from_what_a_rerun_read_back_is_unchanged(tmp_path):
     assert [a["bbox"] for a in d["annotations"][40:]] == [a["bbox"] for a in old]
     assert {a["image_id"] for a in d["annotations"][40:]} == {2}
     assert [a["id"] for a in d["annotations"]] == list(range(1, 81))
+
+
+def test_segment_blocks_with_workers_runs_the_blocks_as_dask_tasks_with_the_single_process_outputs(tmp_path):
+    """--blocks N --workers 2: each window a Dask task, stitched in order by the command; the labels
+    and the object table are byte for byte the single-process --blocks run's; a re-run skips
+    without starting a cluster."""
+    import zarr
+
+    rng = np.random.default_rng(11)
+    tifffile.imwrite(tmp_path / "big.tif", _nuclei(rng, shape=(160, 176), n=40))
+    seg = lambda out, *extra: subprocess.run(  # noqa: E731
+        [CLI, "segment", str(tmp_path / "big.tif"), "--out", str(out), "--model", "nuclei-unet", "--tiles", "none",
+         "--blocks", "64", *extra], capture_output=True, text=True, timeout=300, env=_env())
+    r = seg(tmp_path / "one", "--quiet")
+    assert r.returncode == 0 and "segmented 1," in r.stdout, r.stderr[-2000:]
+    r = seg(tmp_path / "dask", "--workers", "2")
+    assert r.returncode == 0 and "segmented 1," in r.stdout, r.stderr[-2000:]
+    assert "dask: scheduler tcp://" in r.stderr and "block 9/9" in r.stderr  # 3 x 3 windows, each a task
+    one = zarr.open_group(str(tmp_path / "one" / "big.zarr"), mode="r")["0"]
+    got = zarr.open_group(str(tmp_path / "dask" / "big.zarr"), mode="r")["0"]
+    assert got.chunks == one.chunks == (64, 64)
+    a, b = np.asarray(one), np.asarray(got)
+    assert len(np.unique(a)) > 20
+    np.testing.assert_array_equal(a, b)
+    assert (tmp_path / "dask" / "big.csv").read_bytes() == (tmp_path / "one" / "big.csv").read_bytes()
+    r = seg(tmp_path / "dask", "--workers", "2")
+    assert r.returncode == 0 and "skipped 1" in r.stdout and "dask:" not in r.stderr, r.stderr[-2000:]
+
+
+def _worker_state():
+    import sys as _sys
+
+    import dask
+
+    from napari_cnnvision.scaleout import warm
+
+    warm.wait()
+    return {"torch": "torch" in _sys.modules, "timings": dict(warm.timings),
+            "profile": dask.config.get("distributed.worker.profile.enabled")}
+
+
+def test_local_cluster_workers_load_the_model_while_the_cluster_starts(tmp_path):
+    """--workers: each worker imports the framework and loads the model from its start (a Dask
+    preload), before any task, and runs with Dask's housekeeping made less frequent (no profiler)."""
+    import io
+
+    from napari_cnnvision.backends.dispatch import card_payload
+    from napari_cnnvision.core.registry import ModelRegistry
+    from napari_cnnvision.scaleout.cluster import connect
+
+    payload = card_payload(ModelRegistry().get("nuclei-unet"))
+    with connect(1, None, "torch", io.StringIO(), warm=("segment", payload)) as client:
+        (state,) = client.run(_worker_state).values()
+    assert state["torch"] and state["profile"] is False
+    assert "error" not in state["timings"] and state["timings"]["total_s"] > 0, state

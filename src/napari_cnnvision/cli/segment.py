@@ -131,10 +131,15 @@ def run(args) -> int:
     from ..scaleout import wants_cluster
 
     if getattr(args, "blocks", None):  # block by block into OME-Zarr
+        from functools import partial
+
         from ..scaleout.blockwise import segment_files_blockwise
 
-        if wants_cluster(args):
-            raise ValueError("--blocks runs in this process; it does not combine with --workers/--scheduler yet")
+        if wants_cluster(args):  # each window a Dask task, stitched here in order: the same outputs
+            from ..scaleout.cluster_blocks import segment_files_on_cluster
+
+            segment_files_blockwise = partial(segment_files_on_cluster, workers=args.workers,
+                                              scheduler=args.scheduler)
         norm = {k: getattr(args, k) for k in ("pmin", "pmax") if getattr(args, k) is not None}
         _, _, failed, _ = segment_files_blockwise(
             args.images, args.out, args.model, block=args.blocks, overwrite=args.overwrite, quiet=args.quiet,

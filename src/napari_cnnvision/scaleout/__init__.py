@@ -11,8 +11,10 @@ itself, workers of an existing cluster are started with ``--resources torch=1`` 
 per worker process.
 
 The client (this process) writes each image's outputs as its task finishes, with the same
-writers and names as the plain command; see :func:`run_batch`. Importing this package imports
-neither dask nor a deep-learning framework.
+writers and names as the plain command; see :func:`run_batch`. The workers import the framework
+and load the model while the cluster starts (:mod:`.warm`); ``segment --blocks N`` with a cluster
+runs each window of a block-wise image as a task (:mod:`.cluster_blocks`). Importing this package
+imports neither dask nor a deep-learning framework.
 """
 from __future__ import annotations
 

@@ -186,12 +186,14 @@ def _write_ome_labels(path: Path, shape, chunks, dtype):
 
 
 def segment_blockwise(source, out_path: str | Path, segment_window, block: int = 2048, overlap: int | None = None,
-                      progress=None) -> dict:
+                      progress=None, window_results=None) -> dict:
     """Segment the 2-D array ``source`` block by block into the OME-Zarr labels ``out_path``
     (written in a temp folder, moved into place when complete); returns the object table.
 
     ``segment_window(array)`` -> a :class:`~napari_cnnvision.core.results.SegmentationResult`
-    of one window (e.g. ``lambda a: api.segment(a, card)``)."""
+    of one window (e.g. ``lambda a: api.segment(a, card)``). ``window_results``: instead, an
+    iterator of the windows' results in :func:`windows` order, computed elsewhere (a Dask
+    cluster: :mod:`.cluster_blocks`); ``source`` then only gives the shape."""
     from ..core.io import staged_dir
 
     if len(source.shape) != 2:
@@ -205,7 +207,8 @@ def segment_blockwise(source, out_path: str | Path, segment_window, block: int =
     with staged_dir(out_path) as tmp:
         out = _write_ome_labels(tmp, shape, (min(block, shape[0]), min(block, shape[1])), np.int32)
         for k, ((cy0, cy1, cx0, cx1), (wy0, wy1, wx0, wx1)) in enumerate(pairs):
-            res = segment_window(np.asarray(source[wy0:wy1, wx0:wx1]))
+            res = (next(window_results) if window_results is not None
+                   else segment_window(np.asarray(source[wy0:wy1, wx0:wx1])))
             lab = np.asarray(res.labels)
             t = res.table
             cy = np.asarray(t["centroid_y"], float) + wy0

@@ -93,10 +93,14 @@ def labels_path(tif: Path, fmt: str | None) -> Path:
 
 
 def segment_one(src: Path, labels: Path, csv: Path, card, block: int = DEFAULT_BLOCK, overlap: int | None = None,
-                progress=None, **segment_kwargs) -> dict:
+                progress=None, segmenter=None, **segment_kwargs) -> dict:
     """Segment ``src`` block-wise into ``labels`` (``.zarr``: OME-Zarr labels; ``.tif``: a tiled
-    TIFF) and ``csv`` (the object table); returns the table. Nothing half-written is left."""
+    TIFF) and ``csv`` (the object table); returns the table. Nothing half-written is left.
+    ``segmenter``: what segments the file into a zarr folder instead of
+    :func:`.blockwise.segment_file_blockwise` (same arguments; e.g. on a Dask cluster)."""
     from .blockwise import segment_file_blockwise
+
+    segment_file_blockwise = segmenter or segment_file_blockwise
 
     if labels.suffix.lower() == ".zarr":
         table = segment_file_blockwise(src, labels, card, block, overlap, progress=progress, **segment_kwargs)
