@@ -9,15 +9,19 @@ counts, as it does for a user):
   workers 1   a LocalCluster of one worker process (all cores' framework threads)
   workers 2   a LocalCluster of two worker processes (the cores shared out)
 
-and prints images/s of each and the ratios ``workers 1 / plain`` (goal >= 0.9: the overhead of
-Dask's scheduling, the task round trips and the client-side writing) and ``workers 2 / workers 1``
+(``--rounds R``: R rounds, every other one in the reverse order, so that a load that drifts during
+the rounds weighs on all the configurations alike; medians) and prints images/s of each and the
+ratios ``workers 1 / plain`` (goal >= 0.9: the overhead of Dask's scheduling, the task round trips
+and the client-side writing) and ``workers 2 / workers 1``
 (ideal: the number of cores, when nothing else runs). All outputs are checked to be complete.
 The Dask runs also print where their time went (from the command's own ``dask:`` lines): the
 cluster's start, the first image (the worker imports the framework and loads the model), the
 steady time per image after it, and the cluster's close -- the figures of the cluster model in
-benchmarks/README.md.
+benchmarks/README.md. Each run also prints the CPU time its processes used (the command, the Dask
+scheduler, nanny and worker processes: user + system) and the load average at its start and end: on
+a shared machine the CPU time shows the overhead that the wall time mixes with the others' load.
 
-    .venv/bin/python benchmarks/bench_scaleout.py [--n 200] [--size 256] [--model nuclei-unet]
+    .venv/bin/python benchmarks/bench_scaleout.py [--n 200] [--size 256] [--model nuclei-unet] [--rounds 1]
 """
 from __future__ import annotations
 
@@ -57,7 +61,16 @@ PHASES = {"start": r"started in ([\d.]+) s", "first": r"first image done ([\d.]+
           "all": r"images in ([\d.]+) s after submitting", "close": r"closed in ([\d.]+) s"}
 
 
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant: the workers too
+    return r.ru_utime + r.ru_stime
+
+
 def timed_run(inp: Path, out: Path, model: str, extra: list[str], n: int) -> tuple[float, dict]:
+    """``(wall s, phases)``; phases has the command's ``dask:`` figures, ``cpu`` (s) and ``load`` (start, end)."""
+    load0, cpu0 = os.getloadavg()[0], _children_cpu()
     t0 = time.perf_counter()
     r = subprocess.run([CLI, "segment", str(inp), "--out", str(out), "--model", model, "--quiet", *extra],
                        capture_output=True, text=True)
@@ -65,6 +78,7 @@ def timed_run(inp: Path, out: Path, model: str, extra: list[str], n: int) -> tup
     if r.returncode != 0 or f"segmented {n}," not in r.stdout:
         raise SystemExit(f"run {' '.join(extra) or 'plain'} failed:\n{r.stdout}\n{r.stderr[-3000:]}")
     phases = {k: float(m.group(1)) for k, pat in PHASES.items() if (m := re.search(pat, r.stderr))}
+    phases.update(cpu=_children_cpu() - cpu0, load=(load0, os.getloadavg()[0]))
     return wall, phases
 
 
@@ -106,41 +120,62 @@ def probe_overheads(n_tasks: int, out: Path) -> dict:
     return {"sched_ms": 1e3 * sched, "write_ms": 1e3 * write}
 
 
+CONFIGS = {"plain": [], "workers 1": ["--workers", "1"], "workers 2": ["--workers", "2"]}
+
+
 def main() -> int:
+    import shutil
+    import statistics
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="number of images (default 200)")
     ap.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     ap.add_argument("--model", default="nuclei-unet")
+    ap.add_argument("--rounds", type=int, default=1, help="runs of each configuration (medians; default 1)")
     ap.add_argument("--probe-tasks", type=int, default=300, help="no-op tasks timed for the scheduler overhead")
     args = ap.parse_args()
-    print(f"bench_scaleout: {args.n} images of {args.size} x {args.size}, model {args.model}; {machine_note()}")
+    print(f"bench_scaleout: {args.n} images of {args.size} x {args.size}, model {args.model}, {args.rounds} "
+          f"round(s); {machine_note()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
         tmp = Path(tmp)
         inp = tmp / "in"
         inp.mkdir()
         make_images(inp, args.n, args.size)
-        runs = {"plain": [], "workers 1": ["--workers", "1"], "workers 2": ["--workers", "2"]}
-        rate = {}
-        for name, extra in runs.items():
-            wall, ph = timed_run(inp, tmp / name.replace(" ", "-"), args.model, extra, args.n)
-            rate[name] = args.n / wall
-            more = ""
-            if {"start", "first", "all", "close"} <= set(ph):
-                steady = (ph["all"] - ph["first"]) / max(1, args.n - 1)
-                rest = wall - ph["start"] - ph["all"] - ph["close"]
-                more = (f"   cluster start {ph['start']:.1f} s, first image {ph['first']:.1f} s, then "
-                        f"{1e3 * steady:.0f} ms/image, close {ph['close']:.1f} s, rest (imports, planning) {rest:.1f} s")
-            print(f"  {name:<10} {wall:7.1f} s  {rate[name]:6.2f} images/s{more}   (load {os.getloadavg()[0]:.1f})",
-                  flush=True)
+        rates: dict[str, list[float]] = {name: [] for name in CONFIGS}
+        cpus: dict[str, list[float]] = {name: [] for name in CONFIGS}
+        for k in range(args.rounds):
+            order = list(CONFIGS) if k % 2 == 0 else list(CONFIGS)[::-1]
+            for name in order:
+                out = tmp / name.replace(" ", "-")
+                shutil.rmtree(out, ignore_errors=True)
+                wall, ph = timed_run(inp, out, args.model, CONFIGS[name], args.n)
+                rates[name].append(args.n / wall)
+                cpus[name].append(ph["cpu"])
+                more = ""
+                if {"start", "first", "all", "close"} <= set(ph):
+                    steady = (ph["all"] - ph["first"]) / max(1, args.n - 1)
+                    rest = wall - ph["start"] - ph["all"] - ph["close"]
+                    more = (f"   cluster start {ph['start']:.1f} s, first image {ph['first']:.1f} s, then "
+                            f"{1e3 * steady:.0f} ms/image, close {ph['close']:.1f} s, rest (imports, planning) "
+                            f"{rest:.1f} s")
+                print(f"  [{k + 1}] {name:<10} {wall:7.1f} s  {args.n / wall:6.2f} images/s  cpu {ph['cpu']:6.1f} s"
+                      f"  (load {ph['load'][0]:.1f} -> {ph['load'][1]:.1f}){more}", flush=True)
         pr = probe_overheads(args.probe_tasks, tmp / "plain")
         print(f"  per task: scheduler round trip {pr['sched_ms']:.1f} ms (no-op tasks, 1 worker), client writes "
               f"one image's outputs in {pr['write_ms']:.1f} ms", flush=True)
+    rate = {name: statistics.median(v) for name, v in rates.items()}
+    cpu = {name: statistics.median(v) for name, v in cpus.items()}
     over = rate["workers 1"] / rate["plain"]
     scale = rate["workers 2"] / rate["workers 1"]
-    print(f"  workers 1 / plain     : {over:.2f}  (goal >= {GOAL_OVERHEAD}) {'PASS' if over >= GOAL_OVERHEAD else 'FAIL'}")
+    how = "median of each" if args.rounds > 1 else "one run each"
+    verdict = "PASS" if over >= GOAL_OVERHEAD else "FAIL"
+    print(f"  workers 1 / plain     : {over:.2f}  (goal >= {GOAL_OVERHEAD}) {verdict}  ({how})")
     print(f"  workers 2 / workers 1 : {scale:.2f}  (ideal {min(2, os.cpu_count() or 1)} on this machine)")
     print(f"  per image: plain {1e3 / rate['plain']:.0f} ms, workers 1 {1e3 / rate['workers 1']:.0f} ms, "
           f"workers 2 {1e3 / rate['workers 2']:.0f} ms (wall / N, start-up included)")
+    print(f"  CPU time: plain {cpu['plain']:.1f} s, workers 1 {cpu['workers 1']:.1f} s "
+          f"({cpu['workers 1'] / cpu['plain']:.2f}x), workers 2 {cpu['workers 2']:.1f} s "
+          f"({cpu['workers 2'] / cpu['plain']:.2f}x)")
     return 0
 
 
