@@ -2,9 +2,14 @@
 
     python benchmarks/bench_he_finetune.py [--parts transfer curve loop] [--models nuclei-stardist nuclei-unet]
                                            [--curve-epochs N] [--loop-rounds 3] [--val-limit N]
+                                           [--minutes M] [--lr LR] [--settings JSON] [--no-before]
 
 Everything runs through ``napari_cnnvision.api`` (``api.train`` with the Train widget's / the
 ``train`` command's defaults, derived from the annotations; ``api.segment``), i.e. the compute worker.
+``--minutes`` (the widget's time budget), ``--lr`` and ``--settings`` (further trainer settings as
+JSON, e.g. ``'{"steps_per_epoch": 50, "augment": {"flips": true, "colour": 0.1}}'``: the
+``settings`` of ``api.train``) change the transfer part's fine-tunes, to measure candidate defaults;
+``--no-before`` skips the "before" scores (printed once, they do not change).
 
 * ``transfer``: for each base model, val AP@0.5 *before* (the base model on each val image's inverted
   luminance, ``backends.channels.inverted_luminance``: the plugin refuses RGB for a 1-channel model)
@@ -24,6 +29,7 @@ shared data folder is missing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -65,16 +71,18 @@ class Bench:
             preds.append(self.api.segment(inp, card).labels)
         return float(score_segmentations(list(masks), preds, (0.5,)).ap[0])
 
-    def fine_tune(self, base, idx, epochs=None, masks=None):
+    def fine_tune(self, base, idx, epochs=None, masks=None, **overrides):
         """Fine-tune ``base`` (name or card) on the train images ``idx`` (their true masks, or
-        ``masks``) with the defaults; returns (card, seconds, info)."""
+        ``masks``) with the defaults (``overrides``: further ``api.train`` arguments); returns
+        (card, seconds, info)."""
         self.n_runs += 1
         name = f"he-bench-{self.n_runs}-{int(time.time())}"
         ims = [self.train.images[i] for i in idx]
         mks = list(masks) if masks is not None else [self.train.masks[i] for i in idx]
         base_card = base if not isinstance(base, str) else self.registry.get(base)
         t = time.perf_counter()
-        res = self.api.train("segment", ims, mks, base=base_card, name=name, epochs=epochs, registry=self.registry)
+        res = self.api.train("segment", ims, mks, base=base_card, name=name, epochs=epochs, registry=self.registry,
+                             **overrides)
         dt = time.perf_counter() - t
         card = self.registry.get(name)
         tr = card.training
@@ -84,27 +92,34 @@ class Bench:
         info = {"steps": steps, "train_s": train_s, "s_per_step": train_s / max(steps, 1),
                 "epochs": tr.get("epochs_run", tr.get("epochs")), "steps_per_epoch": tr.get("steps_per_epoch"),
                 "batch": s.get("batch_size"), "patch": s.get("patch_size"), "lr": s.get("learning_rate"),
-                "adaptation": (tr.get("channel_adaptation") or {}).get("method"), "result": res}
+                "adaptation": (tr.get("channel_adaptation") or {}).get("method"), "result": res,
+                "augment": s.get("augment"), "internal_val": (card.metrics.get("val") or {}).get("ap@0.5")}
         return card, dt, info
 
 
-def part_transfer(b: Bench, models):
-    print("== few-shot transfer to H&E (val: %d images; train: %d images, defaults of the Train widget / CLI)"
-          % (len(b.val), len(b.train)), flush=True)
+def part_transfer(b: Bench, models, overrides=None, before_scores=True):
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    what = f"the defaults of the Train widget / CLI, changed: {overrides}" if overrides else \
+        "defaults of the Train widget / CLI"
+    print("== few-shot transfer to H&E (val: %d images; train: %d images, %s)" % (len(b.val), len(b.train), what),
+          flush=True)
     out = {}
     for name in models:
         base = b.registry.get(name)
-        t = time.perf_counter()
-        before = b.ap50(base, b.val.images, b.val.masks)
-        tb = time.perf_counter() - t
-        print(f"{name}: before (inverted luminance) val AP@0.5 {before:.3f}  ({tb:.0f} s to score; {_load()})",
-              flush=True)
-        card, dt, info = b.fine_tune(base, list(range(len(b.train))))
+        before = float("nan")
+        if before_scores:
+            t = time.perf_counter()
+            before = b.ap50(base, b.val.images, b.val.masks)
+            tb = time.perf_counter() - t
+            print(f"{name}: before (inverted luminance) val AP@0.5 {before:.3f}  ({tb:.0f} s to score; {_load()})",
+                  flush=True)
+        card, dt, info = b.fine_tune(base, list(range(len(b.train))), **overrides)
         after = b.ap50(card, b.val.images, b.val.masks)
         print(f"{name}: after  (fine-tuned, RGB)      val AP@0.5 {after:.3f}  gain {after - before:+.3f}", flush=True)
         print(f"  fine-tune: {info['epochs']} epochs x {info['steps_per_epoch']} steps, batch {info['batch']}, patch "
-              f"{info['patch']}, lr {info['lr']}, first conv {info['adaptation']}; {dt:.0f} s in all "
-              f"({info['train_s']:.0f} s training, {info['s_per_step']:.2f} s/step); {_load()}", flush=True)
+              f"{info['patch']}, lr {info['lr']}, augment {info['augment']}, first conv {info['adaptation']}; "
+              f"{dt:.0f} s in all ({info['train_s']:.0f} s training, {info['s_per_step']:.2f} s/step); AP@0.5 on "
+              f"the fine-tune's own held-out part {info['internal_val']}; {_load()}", flush=True)
         out[name] = (before, after)
     return out
 
@@ -158,6 +173,10 @@ def main(argv=None):
                                                                    "(default: the widget's defaults)")
     p.add_argument("--loop-rounds", type=int, default=3)
     p.add_argument("--val-limit", type=int, default=None, help="score the curve / loop on this many val images")
+    p.add_argument("--minutes", type=float, default=None, help="transfer: a time budget instead of the epochs")
+    p.add_argument("--lr", type=float, default=None, help="transfer: the learning rate")
+    p.add_argument("--settings", default=None, help="transfer: further trainer settings (JSON)")
+    p.add_argument("--no-before", action="store_true", help="transfer: skip the base models' scores")
     a = p.parse_args(argv)
     if not Path(a.data).is_dir():
         print(f"skipped: no dataset at {a.data}")
@@ -168,7 +187,9 @@ def main(argv=None):
         b = Bench(Path(a.data), Path(tmp))
         val_idx = _spread(len(b.val), a.val_limit) if a.val_limit else list(range(len(b.val)))
         if "transfer" in a.parts:
-            part_transfer(b, a.models)
+            part_transfer(b, a.models, {"minutes": a.minutes, "learning_rate": a.lr,
+                                        "settings": json.loads(a.settings) if a.settings else None},
+                          before_scores=not a.no_before)
         if "curve" in a.parts:
             part_curve(b, a.curve_epochs, val_idx)
         if "loop" in a.parts:
