@@ -179,6 +179,9 @@ def child_measure(cmd: str, env: str, log: str) -> dict:
             while chunk := proc.stdout.read1(65536):
                 parts = buf + chunk
                 *lines, buf = parts.replace(b"\r", b"\n").split(b"\n")
+                if buf.strip() and b"\r" in parts[parts.rfind(b"\n") + 1:]:
+                    lines.append(buf)  # a progress bar's line ("\r...", no newline): complete when written
+                    buf = b""
                 for ln in lines:
                     if ln.strip():
                         note(ln.decode(errors="replace"))
