@@ -186,3 +186,21 @@ def test_each_window_leaves_no_network_output_cached(tmp_path, monkeypatch):
     table = blockwise.segment_file_blockwise(_nuclei((150, 130), 4, 25), tmp_path / "l.zarr", card, block=64)
     assert len(seen) == 9 and seen == [0] * 9  # each window found the caches empty
     assert all(len(c) == 0 for c in caches) and len(table["label"]) >= 10
+
+
+def test_a_staged_output_older_than_the_stale_age_is_still_moved_in(tmp_path):
+    """A block-wise run writes into a staged folder whose own mtime is set at its start; a run longer
+    than STALE_TMP_SECONDS must not have that folder deleted as a stale leftover when it is moved in."""
+    from napari_cnnvision.core import io
+
+    dest = tmp_path / "big.zarr"
+    with io.staged_dir(dest) as tmp:
+        (tmp / "0").mkdir()
+        (tmp / "0" / "0.0").write_bytes(b"chunk")
+        old = __import__("time").time() - 2 * io.STALE_TMP_SECONDS
+        os.utime(tmp, (old, old))
+        leftover = tmp_path / ".big.zarr.killed.tmp"  # a really stale one beside it is still cleaned
+        leftover.mkdir()
+        os.utime(leftover, (old, old))
+    assert (dest / "0" / "0.0").read_bytes() == b"chunk"
+    assert not leftover.exists()

@@ -156,10 +156,12 @@ def current_dir(dest: str | Path) -> Path | None:
     return dest if dest.exists() else None
 
 
-def recover_dir(dest: str | Path, stale_seconds: float = STALE_TMP_SECONDS) -> None:
+def recover_dir(dest: str | Path, stale_seconds: float = STALE_TMP_SECONDS, keep: str | Path | None = None) -> None:
     """Repair what an interrupted :func:`replace_dir` of ``dest`` left: a missing ``dest`` gets its
-    old copy back; other old copies and stale temp folders (``.dest.*.tmp``) are deleted."""
+    old copy back; other old copies and stale temp folders (``.dest.*.tmp``) are deleted, except
+    ``keep`` (the folder being moved in: a long job's own temp folder can look stale)."""
     dest = Path(dest)
+    keep = None if keep is None else os.path.abspath(keep)
     olds = _old_copies(dest)
     if olds and not os.path.lexists(dest):
         os.rename(olds[0], dest)
@@ -169,7 +171,7 @@ def recover_dir(dest: str | Path, stale_seconds: float = STALE_TMP_SECONDS) -> N
     now = time.time()
     prefix = f".{dest.name}."
     for p in dest.parent.iterdir():
-        if p.name.startswith(prefix) and p.name.endswith(".tmp") and p.is_dir():
+        if p.name.startswith(prefix) and p.name.endswith(".tmp") and p.is_dir() and os.path.abspath(p) != keep:
             try:
                 if now - p.stat().st_mtime > stale_seconds:
                     shutil.rmtree(p, ignore_errors=True)
@@ -184,7 +186,7 @@ def replace_dir(new: str | Path, dest: str | Path) -> Path:
     the old folder stays in place.
     """
     new, dest = Path(new), Path(dest)
-    recover_dir(dest)
+    recover_dir(dest, keep=new)
     if not os.path.lexists(dest):
         os.rename(new, dest)
         return dest
