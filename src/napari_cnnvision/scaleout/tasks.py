@@ -31,7 +31,7 @@ def compute_window(path: str, window: tuple, model: dict, norm: tuple | None, kw
     import numpy as np
 
     from .. import api
-    from .blockwise import open_source
+    from .blockwise import drop_output_caches, open_source
     from .warm import wait
 
     wait()
@@ -41,7 +41,10 @@ def compute_window(path: str, window: tuple, model: dict, norm: tuple | None, kw
     if norm is not None:
         lo, scale = norm
         x = (x.astype(np.float32) - np.float32(lo)) * np.float32(scale)
-    return api.segment(x, card, isolated=False, **kwargs)
+    try:
+        return api.segment(x, card, isolated=False, **kwargs)
+    finally:
+        drop_output_caches()  # every window is a new image: the threshold caches would only hold memory
 
 
 def compute(task: str, path: str, model: dict, kwargs: dict):
