@@ -111,7 +111,8 @@ def test_runtime_errors_raised_in_napari_reach_on_error_unchanged(qtbot):
     read like the same error from the worker (no 'ComputeError: ModelUnavailable: ...')."""
     exc = _local("ModelUnavailable", "not cached; connect once")
     errors = []
-    w = JobRunner(_FailingPool(exc)).start("echo", {}, on_error=errors.append)
-    _finish(qtbot, w)
+    JobRunner(_FailingPool(exc)).start("echo", {}, on_error=errors.append)
+    # the job fails at once: its finished signal may come before a waitSignal would connect
+    qtbot.waitUntil(lambda: bool(errors), timeout=30000)
     assert errors == [exc]
     assert describe_error(errors[0]) == "not cached; connect once"

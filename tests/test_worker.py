@@ -203,10 +203,14 @@ def test_no_shm_left_when_a_progress_callback_raises(pool):
     assert _no_new_shm(before)
 
 
-def test_no_shm_left_after_ctrl_c_during_wait(pool):
+def test_no_shm_left_after_ctrl_c_during_wait(pool, request):
     """Ctrl-C while the caller waits (the isolated Python API): the job's result must not leak."""
     import _thread
 
+    # interrupt_main does nothing when SIGINT is not Python's default handler (an earlier test or
+    # library may have left another one): the real Ctrl-C of an interactive session
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     before = shm_names()
     w = pool.worker_for("sleep")
     w.start()
