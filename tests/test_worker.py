@@ -343,3 +343,18 @@ def test_cancel_of_a_queued_job_spares_the_running_one(pool):
         pool.run("echo", {}, should_kill=kill.is_set)
     t.join(30)
     assert box["res"]["pid"] == pid and pool.worker_for("sleep").pid == pid
+
+
+def test_training_workers_run_at_a_lower_cpu_priority(pool, monkeypatch):
+    """A training fills the cores for minutes; napari's process must still get the CPU first."""
+    from napari_cnnvision.worker.client import TRAIN_NICE, niceness_of
+
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    res = pool.run("toy.train", {"epochs": 1, "seconds": 0.1})
+    assert os.getpriority(os.PRIO_PROCESS, res["pid"]) == min(19, own + TRAIN_NICE)  # (19: the lowest)
+    pid = pool.run("sleep", {"seconds": 0.0, "steps": 1})["pid"]
+    assert os.getpriority(os.PRIO_PROCESS, pid) == own  # inference: the caller's priority
+    monkeypatch.setenv("NAPARI_CNNVISION_TRAIN_NICE", "0")
+    assert niceness_of("train") == 0 and niceness_of("predict") == 0
+    monkeypatch.setenv("NAPARI_CNNVISION_TRAIN_NICE", "not a number")
+    assert niceness_of("train") == TRAIN_NICE

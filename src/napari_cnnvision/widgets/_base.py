@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-from magicgui.widgets import Container, Label, ProgressBar, PushButton
+from magicgui.widgets import Container, Label, PushButton
+from magicgui.widgets import ProgressBar as _ProgressBar
 
 from ..core.axes import InputError
 from ..core.registry import CorruptModel, ModelNotFound, ModelRegistry
@@ -76,6 +77,27 @@ class StatusLabel(Label):
         Label.value.fset(self, _breakable(shown))
         self.native.setToolTip(text if len(text) > 80 else "")
         _fit_height(self.native)
+
+
+class ProgressBar(_ProgressBar):
+    """magicgui's progress bar, repainted with the rest of the window.
+
+    ``QProgressBar::setValue`` repaints at once (``repaint()``, not ``update()``): under
+    software OpenGL each repaint composes napari's whole window (~30 ms), and a status line
+    changed beside it composes the window a second time. Here the new value is drawn in the
+    next ordinary repaint, one for everything that changed (Qt's ``setUpdatesEnabled(True)``
+    posts one ``update()``); an unchanged value costs nothing.
+    """
+
+    def set_value(self, value) -> None:
+        if int(value) == self.value:
+            return
+        q = self.native
+        q.setUpdatesEnabled(False)
+        try:
+            super().set_value(value)
+        finally:
+            q.setUpdatesEnabled(True)
 
 
 def _fit_height(q) -> None:

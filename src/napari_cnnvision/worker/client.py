@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
+import os
 import threading
 from typing import Callable
 
@@ -32,6 +33,22 @@ class JobError(ComputeError):
 
 
 _MAIN_LOCK = threading.Lock()
+
+#: how much lower a training worker's CPU priority is than its caller's (``os.nice``): a training
+#: fills every core for minutes, and napari's event loop (and window drawing) must still get the
+#: CPU at once; when nothing else wants the cores, the training runs as fast as at normal priority.
+#: ``NAPARI_CNNVISION_TRAIN_NICE`` overrides it (0: the caller's priority).
+TRAIN_NICE = 5
+
+
+def niceness_of(kind: str) -> int:
+    """The ``os.nice`` increment of a worker of ``kind`` ("train" or "predict")."""
+    if kind != "train":
+        return 0
+    try:
+        return max(0, int(os.environ.get("NAPARI_CNNVISION_TRAIN_NICE", TRAIN_NICE)))
+    except ValueError:
+        return TRAIN_NICE
 
 
 def _start_without_main(proc) -> None:
@@ -103,7 +120,8 @@ class ComputeWorker:
 
         parent, child = self._ctx.Pipe(duplex=True)
         self._stop = self._ctx.Event()
-        self._proc = self._ctx.Process(target=server.main, args=(child, self._stop, self.framework),
+        self._proc = self._ctx.Process(target=server.main, args=(child, self._stop, self.framework,
+                                                                 niceness_of(self.kind)),
                                        name=f"napari-cnnvision-worker-{self.label}", daemon=True)
         _start_without_main(self._proc)
         child.close()

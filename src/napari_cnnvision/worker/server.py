@@ -62,7 +62,7 @@ def _run(job: str, payload: bytes, prefix: str, stop_requested, emit, opened: li
     return data, names
 
 
-def main(conn, stop_event, framework: str) -> None:
+def main(conn, stop_event, framework: str, nice: int = 0) -> None:
     """Serve jobs from ``conn`` until it closes or a ``None`` message arrives.
 
     Messages in: ``("run", job_id, job_name, payload_bytes, result_prefix)``; the result's
@@ -75,9 +75,15 @@ def main(conn, stop_event, framework: str) -> None:
     The client sends a message only once it has taken (or given up on) the last result, so
     each message, and the end of the connection, tells the worker to remove whatever blocks of
     that result are still there. ``stop_event`` is set by the client (and cleared by it before
-    each job): jobs see it as ``progress.stop_requested``.
+    each job): jobs see it as ``progress.stop_requested``. ``nice``: lower this process's CPU
+    priority by that much (a training worker: :data:`.client.TRAIN_NICE`).
     """
     _prepare_environment()
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:  # not allowed here: the normal priority
+            pass
     _exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the parent
     deferred = []  # shared-memory inputs still referenced by caches
