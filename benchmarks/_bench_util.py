@@ -100,6 +100,26 @@ def _stop_xvfb():
             _XVFB.kill()
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (``/proc/stat``, all CPUs; None where there is none)."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_note(since: list[int] | None) -> str:
+    """The share of CPU time the hypervisor took from this (virtual) machine since ``since``
+    (:func:`cpu_times`): while it is high, the event loop waits for a CPU that is not there."""
+    now = cpu_times()
+    if since is None or now is None or len(now) < 8:
+        return "CPU steal: not known"
+    d = [b - a for a, b in zip(since, now)]
+    total = sum(d[:8])
+    return f"CPU steal {100 * d[7] / total:.0f} % of the machine's CPU time" if total > 0 else "CPU steal: not known"
+
+
 def machine_note() -> str:
     """One line on the machine's load, since every figure here is sensitive to it."""
     try:
