@@ -38,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _bench_util import cpu_times, steal_note  # noqa: E402
+
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018_histo"
 
 
@@ -80,10 +83,11 @@ class Bench:
         ims = [self.train.images[i] for i in idx]
         mks = list(masks) if masks is not None else [self.train.masks[i] for i in idx]
         base_card = base if not isinstance(base, str) else self.registry.get(base)
-        t = time.perf_counter()
+        t, cpu0 = time.perf_counter(), cpu_times()
         res = self.api.train("segment", ims, mks, base=base_card, name=name, epochs=epochs, registry=self.registry,
                              **overrides)
         dt = time.perf_counter() - t
+        steal = steal_note(cpu0)
         card = self.registry.get(name)
         tr = card.training
         steps = int(tr.get("epochs_run", tr.get("epochs", 0))) * int(tr.get("steps_per_epoch", 0))
@@ -93,7 +97,7 @@ class Bench:
                 "epochs": tr.get("epochs_run", tr.get("epochs")), "steps_per_epoch": tr.get("steps_per_epoch"),
                 "batch": s.get("batch_size"), "patch": s.get("patch_size"), "lr": s.get("learning_rate"),
                 "adaptation": (tr.get("channel_adaptation") or {}).get("method"), "result": res,
-                "augment": s.get("augment"), "internal_val": (card.metrics.get("val") or {}).get("ap@0.5")}
+                "augment": s.get("augment"), "internal_val": (card.metrics.get("val") or {}).get("ap@0.5"), "steal": steal}
         return card, dt, info
 
 
@@ -119,7 +123,7 @@ def part_transfer(b: Bench, models, overrides=None, before_scores=True):
         print(f"  fine-tune: {info['epochs']} epochs x {info['steps_per_epoch']} steps, batch {info['batch']}, patch "
               f"{info['patch']}, lr {info['lr']}, augment {info['augment']}, first conv {info['adaptation']}; "
               f"{dt:.0f} s in all ({info['train_s']:.0f} s training, {info['s_per_step']:.2f} s/step); AP@0.5 on "
-              f"the fine-tune's own held-out part {info['internal_val']}; {_load()}", flush=True)
+              f"the fine-tune's own held-out part {info['internal_val']}; {_load()}; {info['steal']}", flush=True)
         out[name] = (before, after)
     return out
 
