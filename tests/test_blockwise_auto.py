@@ -48,6 +48,7 @@ def test_large_tiff_and_zarr_inputs_switch_to_blocks_by_themselves(tmp_path):
     for name, shape in (("big", (160, 176)), ("lazy", (120, 100))):
         root = zarr.open_group(str(out / f"{name}.zarr"), mode="r")
         assert root.attrs["multiscales"][0]["datasets"][0]["path"] == "0" and "image-label" in root.attrs
+        assert root.attrs["multiscales"][0]["name"] == name  # not the staging folder's
         lab = np.asarray(root["0"])
         assert lab.shape == shape and lab.dtype == np.int32
         rows = (out / f"{name}.csv").read_text().splitlines()

@@ -170,13 +170,15 @@ def _trim_heap() -> None:
 _malloc_trim = None
 
 
-def _write_ome_labels(path: Path, shape, chunks, dtype):
+def _write_ome_labels(path: Path, shape, chunks, dtype, name: str):
+    """An empty OME-Zarr labels group at ``path`` (``name``: its multiscales name, the final
+    folder's stem: ``path`` is the staging folder)."""
     import zarr
 
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     arr = root.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
     root.attrs.update({
-        "multiscales": [{"version": "0.4", "name": path.stem,
+        "multiscales": [{"version": "0.4", "name": name,
                          "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
                          "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale",
                                                                                    "scale": [1.0, 1.0]}]}]}],
@@ -205,7 +207,8 @@ def segment_blockwise(source, out_path: str | Path, segment_window, block: int =
     prob = np.full(1024, np.nan)  # by stitched label; grown as labels are added
     next_label = 1
     with staged_dir(out_path) as tmp:
-        out = _write_ome_labels(tmp, shape, (min(block, shape[0]), min(block, shape[1])), np.int32)
+        out = _write_ome_labels(tmp, shape, (min(block, shape[0]), min(block, shape[1])), np.int32,
+                                Path(out_path).stem)
         for k, ((cy0, cy1, cx0, cx1), (wy0, wy1, wx0, wx1)) in enumerate(pairs):
             res = (next(window_results) if window_results is not None
                    else segment_window(np.asarray(source[wy0:wy1, wx0:wx1])))
