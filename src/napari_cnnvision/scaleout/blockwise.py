@@ -170,15 +170,15 @@ def _trim_heap() -> None:
 _malloc_trim = None
 
 
-def _write_ome_labels(path: Path, shape, chunks, dtype, name: str):
-    """An empty OME-Zarr labels group at ``path`` (``name``: its multiscales name, the final
-    folder's stem: ``path`` is the staging folder)."""
+def _write_ome_labels(path: Path, shape, chunks, dtype, name: str | None = None):
+    """An empty OME-Zarr labels group at ``path``; ``name``: its multiscales name (default: the
+    folder's stem; when ``path`` is a staging folder, the final folder's stem)."""
     import zarr
 
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     arr = root.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
     root.attrs.update({
-        "multiscales": [{"version": "0.4", "name": name,
+        "multiscales": [{"version": "0.4", "name": name or Path(path).stem,
                          "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
                          "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale",
                                                                                    "scale": [1.0, 1.0]}]}]}],
