@@ -33,7 +33,7 @@ sysdeps:
 	fi
 
 test: $(STAMP) sysdeps
-	QT_API=pyqt6 $(PY) -m pytest -ra
+	QT_API=pyqt6 $(PY) -m pytest -ra --durations=25
 
 demo: $(STAMP)
 	@if [ -n "$$DISPLAY" ] || [ "$$(uname -s)" = Darwin ]; then \
