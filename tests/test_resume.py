@@ -246,6 +246,34 @@ def test_interrupted_runs_lists_left_checkpoints_but_not_a_run_training_now(tmp_
     assert [c.name for c in ModelRegistry(user_dir=tmp_path, shipped_dir=os.devnull).list() if c.source == "user"] == []
 
 
+
+def test_discarding_a_run_removes_its_checkpoint_and_staging_folders_but_refuses_one_training_now(tmp_path):
+    import json
+    import socket
+
+    from napari_cnnvision.backends.checkpoint import discard_run
+
+    for name, active in (("left", False), ("training-now", True)):
+        folder = run_dir(tmp_path, name)
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                     "active": active}))
+        (folder / CHECKPOINT_NAME).write_bytes(b"x")
+    stage = tmp_path / ".left.ab12cd34.tmp"  # the unfinished model save of the killed run
+    (stage / "sub").mkdir(parents=True)
+    (stage / "sub" / "weights.h5").write_bytes(b"w")
+    others = [tmp_path / ".left-two.ab12cd34.tmp", tmp_path / "left", tmp_path / ".left.short.tmp"]
+    for p in others:  # another model's staging folder, a model named like the run, not a staging name
+        p.mkdir()
+    discard_run(tmp_path, "left")
+    assert not run_dir(tmp_path, "left").exists() and not stage.exists()
+    assert all(p.is_dir() for p in others)
+    with pytest.raises(InputError, match="training now"):
+        discard_run(tmp_path, "training-now")
+    assert (run_dir(tmp_path, "training-now") / CHECKPOINT_NAME).is_file()
+    assert interrupted_runs(tmp_path) == []
+    discard_run(tmp_path, "never-was")  # nothing to do
+
 # --- through the compute worker: a killed worker --------------------------------------------------
 def test_a_killed_training_worker_leaves_its_checkpoint_and_the_run_resumes(pool):
     """Cancel kills the worker process mid-training (the localizer job: no StarDist import in the

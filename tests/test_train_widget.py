@@ -270,6 +270,35 @@ def test_an_interrupted_run_offers_resume_with_the_same_name(make_napari_viewer,
     assert "resume" not in started[-1][1]
 
 
+
+def test_an_interrupted_run_can_be_discarded_after_a_question(make_napari_viewer, monkeypatch):
+    import json
+
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer = make_napari_viewer()
+    img, full = disks(CENTRES)
+    viewer.add_image(img, name="cells")
+    viewer.add_labels(full, name="labels")
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Train")
+    assert w.resumes.discard.native.isHidden()
+    run = w.registry.user_dir / ".training" / "cut-short"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"x" * 2_000_000)
+    (run / "run.json").write_text(json.dumps({"active": False, "epoch": 3}))
+    w.reset_choices()
+    assert not w.resumes.discard.native.isHidden() and w.resumes.discard.enabled
+    asked, answers = [], [QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes]
+    monkeypatch.setattr(QMessageBox, "question", lambda parent, title, text, *a: asked.append(text) or answers.pop(0))
+    w.resumes.discard.clicked.emit()  # No: kept
+    assert "cut-short" in asked[0] and "2.0 MB" in asked[0] and "not touched" in asked[0]
+    assert run.is_dir() and "kept" in w.status.value and w.resume_run.value == "cut-short"
+    w.resumes.discard.clicked.emit()  # Yes: gone, and the list with it
+    assert not run.exists() and "discarded the interrupted run 'cut-short'" in w.status.value
+    assert w.resumes.discard.native.isHidden() and w.resume_btn.native.isHidden()
+    assert len(viewer.layers) == 2
+
 def test_every_rectangle_layer_with_its_image_for_detection(make_napari_viewer):
     from napari_cnnvision.widgets.train import ALL_PAIRS
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -99,8 +100,16 @@ def run_info(user_dir: str | Path, name: str) -> dict | None:
 
 
 def discard_run(user_dir: str | Path, name: str) -> None:
-    """Remove the run folder of ``name`` (nothing when there is none)."""
-    remove_run(run_dir(user_dir, name))
+    """Remove the interrupted run ``name`` (nothing when there is none): its run folder and the
+    staging folders (``.<name>.<8 characters>.tmp``) its unfinished model save left in ``user_dir``.
+    A run that is training now is refused (:class:`InputError`)."""
+    folder = run_dir(user_dir, name)
+    if _alive(_info(folder)):
+        raise InputError(f"the run {name!r} is training now; stop it before discarding it")
+    remove_run(folder)
+    for p in Path(user_dir).glob(f".{glob.escape(name)}.{'?' * 8}.tmp"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def remove_run(folder: str | Path) -> None:

@@ -113,7 +113,7 @@ class TrainWidget(TrainProgress, JobWidget):
         self.extend([self.task, self.base, self.upsampling, self.pairs, self.image, self.target, self.region,
                      self.name, self.budget, self.epochs, self.minutes, self.lr, *self.validation.widgets(),
                      self.batch, self.patch, self.augment, self.split, self.run_btn, self.stop_btn, self.cancel_btn,
-                     self.resume_run, self.resume_btn, self.progress, self.status])
+                     self.resume_run, self.resume_btn, self.resumes.discard, self.progress, self.status])
         self.native.layout().addWidget(self.plot.native)
         self._theme_plot()
         self._named_by_user = False
@@ -123,6 +123,7 @@ class TrainWidget(TrainProgress, JobWidget):
         self._stopping = False
         self.stop_btn.clicked.connect(self.stop)
         self.resume_btn.clicked.connect(self.resume)
+        self.resumes.discard.clicked.connect(self.discard_run)
         self.task.changed.connect(self._on_task)
         self.base.changed.connect(self._on_base)
         self.image.changed.connect(self._suggest_name)
@@ -304,6 +305,13 @@ class TrainWidget(TrainProgress, JobWidget):
         return self.training_request(name, resume)(check_name=False)[1]
 
     # -- running ----------------------------------------------------------------------------
+    def discard_run(self, *_):
+        """Delete the interrupted run chosen in "interrupted run" (asks first)."""
+        message = self.resumes.discard_chosen(self.native)
+        if message:
+            self.status.value = message
+        self._refresh_resume()
+
     def resume(self, *_):
         """Continue the interrupted run chosen in "interrupted run" (same layers and settings)."""
         if self.resume_run.value:
@@ -328,7 +336,7 @@ class TrainWidget(TrainProgress, JobWidget):
             return
         self.split.value = ""
         self.plot.clear(TRAINABLE[self.task.value][3])  # a new run: the former one's curves go
-        self.stop_btn.enabled = self.resume_btn.enabled = False
+        self.stop_btn.enabled = self.resume_btn.enabled = self.resumes.discard.enabled = False
         job = {"task": self.task.value, "metric": TRAINABLE[self.task.value][3], "unpaired": list(self._unpaired),
                "budget_s": float(self.minutes.value) * 60 if self.budget.value == MINUTES else None}
         plan_then_start(self, build, lambda named: self._launch(*named, job, resume), on_failed=self._refresh_resume)
@@ -345,7 +353,7 @@ class TrainWidget(TrainProgress, JobWidget):
         self._budget_s = job["budget_s"]
         self.set_busy(True, f"{'resuming' if resume else 'training'} {name!r} in the compute worker...")
         self.stop_btn.enabled = True
-        self.resume_btn.enabled = False
+        self.resume_btn.enabled = self.resumes.discard.enabled = False
         guard_dock_button(self)
         if stop_after:
             self._timer.start(int(stop_after * 1000))
