@@ -1,7 +1,7 @@
 """Few-shot domain transfer to H&E: fluorescence nuclei models fine-tuned on dsb2018_histo.
 
     python benchmarks/bench_he_finetune.py [--parts transfer curve loop] [--models nuclei-stardist nuclei-unet]
-                                           [--curve-epochs N] [--loop-rounds 3] [--val-limit N]
+                                           [--curve-epochs N] [--curve-n 1 3 10 21] [--loop-rounds 3] [--val-limit N]
                                            [--minutes M] [--lr LR] [--settings JSON] [--no-before]
 
 Everything runs through ``napari_cnnvision.api`` (``api.train`` with the Train widget's / the
@@ -128,17 +128,20 @@ def part_transfer(b: Bench, models, overrides=None, before_scores=True):
     return out
 
 
-def part_curve(b: Bench, epochs, val_idx):
+def part_curve(b: Bench, epochs, val_idx, sizes=(1, 3, 10, 21)):
     vi, vm = [b.val.images[i] for i in val_idx], [b.val.masks[i] for i in val_idx]
     budget = f"{epochs} epochs" if epochs else "the defaults"
     print(f"== sample efficiency: nuclei-stardist fine-tuned on n train images ({budget}); val AP@0.5 on "
           f"{len(vi)} of {len(b.val)} val images", flush=True)
     base = b.registry.get("nuclei-stardist")
     print(f"  n= 0 (base, inverted luminance): {b.ap50(base, vi, vm):.3f}", flush=True)
-    for n in (1, 3, 10, 21):
+    for n in sizes:
         card, dt, info = b.fine_tune(base, _spread(len(b.train), n), epochs=epochs)
+        kept = "; no epoch beat the base on the fine-tune's held-out part: the base's weights kept" \
+            if info["result"].kept_base else ""
         print(f"  n={n:2d}: {b.ap50(card, vi, vm):.3f}  ({info['epochs']} x {info['steps_per_epoch']} steps, "
-              f"{dt:.0f} s; {_load()})", flush=True)
+              f"{dt:.0f} s; AP@0.5 on the fine-tune's held-out part {info['internal_val']}{kept}; {_load()})",
+              flush=True)
 
 
 def part_loop(b: Bench, rounds, epochs, val_idx):
@@ -165,7 +168,9 @@ def part_loop(b: Bench, rounds, epochs, val_idx):
         current = card
         print(f"  round {r}: segmented 3 new images (their AP@0.5 before correction {fixed.ap[0]:.3f}: "
               f"{fixed.fp[0]} false and {fixed.fn[0]} missed objects corrected), retrained on {len(done)} images "
-              f"in {dt:.0f} s -> val {b.ap50(card, vi, vm):.3f}", flush=True)
+              f"in {dt:.0f} s -> val {b.ap50(card, vi, vm):.3f}"
+              f"{' (the previous model kept: no epoch beat it on the held-out part)' if info['result'].kept_base else ''}",
+              flush=True)
 
 
 def main(argv=None):
@@ -175,6 +180,8 @@ def main(argv=None):
     p.add_argument("--models", nargs="+", default=["nuclei-stardist", "nuclei-unet"])
     p.add_argument("--curve-epochs", type=int, default=None, help="epochs of the curve / loop fine-tunes "
                                                                    "(default: the widget's defaults)")
+    p.add_argument("--curve-n", type=int, nargs="+", default=[1, 3, 10, 21],
+                   help="curve: the numbers of train images (default 1 3 10 21)")
     p.add_argument("--loop-rounds", type=int, default=3)
     p.add_argument("--val-limit", type=int, default=None, help="score the curve / loop on this many val images")
     p.add_argument("--minutes", type=float, default=None, help="transfer: a time budget instead of the epochs")
@@ -195,7 +202,7 @@ def main(argv=None):
                                         "settings": json.loads(a.settings) if a.settings else None},
                           before_scores=not a.no_before)
         if "curve" in a.parts:
-            part_curve(b, a.curve_epochs, val_idx)
+            part_curve(b, a.curve_epochs, val_idx, a.curve_n)
         if "loop" in a.parts:
             part_loop(b, a.loop_rounds, a.curve_epochs, val_idx)
     print(f"done in {time.time() - t0:.0f} s; {_load()} at the end", flush=True)

@@ -93,6 +93,37 @@ def test_fine_tune_a_1_channel_base_on_rgb_images_with_a_time_budget(tf_pool, tm
     assert out.labels.shape == (96, 96)
 
 
+
+def test_a_fine_tune_that_does_not_beat_its_base_keeps_the_base(tf_pool, tmp_path):
+    """The base's weights (first convolution adapted) are the last candidate for the final model."""
+    import h5py
+
+    from napari_cnnvision.backends.training.outcome import job_outcome
+
+    pairs = [_rgb_blobs(seed=s) for s in range(3)]
+    settings = {"patch_size": 64, "batch_size": 1, "epochs": 1, "steps_per_epoch": 3,
+                "learning_rate": 5.0}  # a learning rate that wrecks the network
+    res = tf_pool.run("stardist.train", {
+        "images": [p[0] for p in pairs[:2]], "masks": [p[1] for p in pairs[:2]],
+        "val_images": [pairs[2][0]], "val_masks": [pairs[2][1]], "settings": settings,
+        "init_folder": str(shipped_models_dir() / "nuclei-stardist"), "name": "wrecked", "out_dir": str(tmp_path)})
+    assert res.weights == "weights_start.h5" and res.kept_base
+    card = ModelRegistry(user_dir=tmp_path).get("wrecked")
+    assert card.training["weights"] == "weights_start.h5" and card.metrics["val"]["ap@0.5"] > 0.5
+    folder = tmp_path / "wrecked"
+    assert not (folder / "weights_start.h5").exists()  # its copy is weights_best.h5
+
+    def layer(path, name):
+        with h5py.File(path, "r") as f:
+            out = []
+            f.visit(lambda k: out.append(np.asarray(f[k])) if name in k and isinstance(f[k], h5py.Dataset) else None)
+            return out
+
+    base = shipped_models_dir() / "nuclei-stardist" / "weights_best.h5"
+    for a, b in zip(layer(base, "features"), layer(folder / "weights_best.h5", "features")):
+        assert np.array_equal(a, b)  # the base's own weights past the first convolution
+    assert layer(base, "features") and "keeps the base's weights" in job_outcome(res, "wrecked", "segment").describe()
+
 def test_shipped_he_model_has_a_card_and_segments_the_he_sample(tf_pool):
     from napari_cnnvision.backends.dispatch import card_payload, job_for
     from napari_cnnvision.sample_data import load_sample

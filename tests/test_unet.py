@@ -493,6 +493,26 @@ def test_fine_tuning_keeps_the_architecture_of_the_initial_model(trained, tmp_pa
     assert read_card(res.model_dir, "path").training["channel_adaptation"]  # recorded in the card
 
 
+
+def test_a_fine_tune_that_does_not_beat_its_base_keeps_the_base(trained, tmp_path):
+    """The base competes as "epoch 0": a run whose epochs are all worse on val hands back the base."""
+    from napari_cnnvision.backends.training.outcome import job_outcome
+
+    _, card, _ = trained
+    rng = np.random.default_rng(6)
+    data = [make_disks((64, 64), 6, rng) for _ in range(3)]
+    s = UNetTrainSettings(epochs=2, steps_per_epoch=2, batch_size=2, patch_size=32, learning_rate=10.0,
+                          seed_grid=(0.5,))  # a learning rate that wrecks the network
+    res = train_unet([d[0] for d in data[:2]], [d[1] for d in data[:2]], [data[2][0]], [data[2][1]],
+                     tmp_path, "wrecked", s, init_folder=card.path)
+    assert res.epochs_run == 2 and res.best_epoch == 0 and res.kept_base
+    assert min(res.history["val_ap50"]) < 0.5 <= read_card(res.model_dir, "path").metrics["val"]["ap@0.5"]
+    base, new = load_model(card.path, use_cache=False).model, load_model(res.model_dir, use_cache=False).model
+    x = data[2][0][None].astype(np.float32)
+    assert np.allclose(predict_probs(base, x), predict_probs(new, x), atol=1e-5)
+    text = job_outcome(res, "wrecked", "segment").describe()
+    assert "keeps the base's weights" in text and "best epoch" not in text
+
 def test_modules_do_not_import_torch_on_import():
     code = ("import sys, napari_cnnvision.backends.unet, napari_cnnvision.backends.unet.predict, "
             "napari_cnnvision.backends.unet.io, napari_cnnvision.backends.unet.targets; "

@@ -174,8 +174,12 @@ def build_card(name: str, n_channels: int, settings, *, base: BaseModel | None, 
                      description=desc, training=training, metrics=metrics)
 
 
-#: weights files of a finished run that compete on val AP@0.5 for the final model
-CANDIDATES = ("weights_best.h5", "weights_ap.h5", "weights_last.h5")
+#: the weights a fine-tune starts from (the base's, its first convolution adapted), kept as the last
+#: candidate: a fine-tune that does not beat its base on the validation part hands back the base
+START_WEIGHTS = "weights_start.h5"
+
+#: weights files of a finished run that compete on val AP@0.5 for the final model (ties: the first)
+CANDIDATES = ("weights_best.h5", "weights_ap.h5", "weights_last.h5", START_WEIGHTS)
 
 
 #: the threshold search of a finished run (``thresholds.optimize_thresholds``): NMS 0.3 / 0.4 (touching

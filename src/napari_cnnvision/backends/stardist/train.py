@@ -106,6 +106,11 @@ class StarDistTrainResult:
     channel_adaptation: dict | None = None
     settings: dict = field(default_factory=dict)
 
+    @property
+    def kept_base(self) -> bool:
+        """The fine-tune did not beat its base on the validation part: the base's weights were kept."""
+        return self.weights == "weights_start.h5"
+
 
 def _prepare_images(images, pmin, pmax):
     out = []
@@ -212,7 +217,8 @@ def train_stardist2d(
 
     from ..checkpoint import fingerprint, run_dir
     from ..keras_checkpoint import KerasRunCheckpoints
-    from .finetune import ap50, build_card, choose_weights, data_summary, load_base, transfer_weights
+    from .finetune import (START_WEIGHTS, ap50, build_card, choose_weights, data_summary, load_base,
+                           transfer_weights)
     from .resume import (KEPT, ContinueRandom, epoch_state, remove_stale_stages, restore, restore_plateau,
                          run_request)
 
@@ -258,6 +264,7 @@ def train_stardist2d(
         adaptation = None
         if base is not None:
             adaptation = transfer_weights(base, model.keras_model, n_channel)
+            model.keras_model.save_weights(str(folder / START_WEIGHTS))  # a candidate for the final model
         elif init_weights is not None:
             model.keras_model.load_weights(str(init_weights))
         thresholds0 = dict(base.thresholds) if base is not None else {"prob": 0.5, "nms": 0.4}
@@ -342,7 +349,7 @@ def train_stardist2d(
                               json.dumps({"prob": thresholds["prob"], "nms": thresholds["nms"]}))
         elif (folder / "weights_best.h5").exists():
             model.load_weights("weights_best.h5")
-        for extra in ("weights_now.h5", "weights_ap.h5"):  # working copies; weights_best/_last stay
+        for extra in ("weights_now.h5", "weights_ap.h5", START_WEIGHTS):  # working copies; best/last stay
             (folder / extra).unlink(missing_ok=True)
         save_training_json(folder, s, init_weights=init, history=history, seconds=seconds)  # atomic
         metrics = {}

@@ -22,6 +22,9 @@ class TrainResult:
     stopped: bool = False
     seconds: float | None = None
     metrics: dict = field(default_factory=dict)
+    #: no epoch of a fine-tune beat its base model on the validation part: the new model holds the
+    #: base's weights (its thresholds re-chosen on that part)
+    kept_base: bool = False
 
     @property
     def score(self) -> float | None:
@@ -35,8 +38,12 @@ class TrainResult:
         how = f"stopped after {self.epochs_run} epoch(s)" if self.stopped else f"{self.epochs_run} epoch(s)"
         label = MAIN_METRIC[self.task][1]
         score = "n/a" if self.score is None else f"{self.score:.3f}"
-        best = f", best epoch {self.best_epoch}" if self.best_epoch is not None else ""
-        return f"saved model {self.name!r} ({how}{best}, val {label} {score})"
+        best = f", best epoch {self.best_epoch}" if self.best_epoch is not None and not self.kept_base else ""
+        out = f"saved model {self.name!r} ({how}{best}, val {label} {score})"
+        if self.kept_base:
+            out += (": the training did not beat the base model on the validation part, so the new model keeps "
+                    "the base's weights (thresholds re-chosen); more or more varied annotations may help")
+        return out
 
 
 def job_outcome(result, name: str, task: str, card=None) -> TrainResult:
@@ -49,4 +56,5 @@ def job_outcome(result, name: str, task: str, card=None) -> TrainResult:
     return TrainResult(name=name, task=task, card=card, model_dir=get("model_dir"), epochs_run=get("epochs_run"),
                        best_epoch=get("best_epoch"), stopped=bool(get("stopped")),
                        seconds=None if seconds is None else float(seconds),
-                       metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+                       metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                       kept_base=bool(get("kept_base")))

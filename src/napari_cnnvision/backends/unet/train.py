@@ -106,6 +106,11 @@ class UNetTrainResult:
     stopped: bool = False
     settings: dict = field(default_factory=dict)
 
+    @property
+    def kept_base(self) -> bool:
+        """No epoch of the fine-tune beat its base on the validation part: the base's weights were kept."""
+        return self.best_epoch == 0
+
 
 def _as_chw(image: np.ndarray, n_ch: int, pmin: float, pmax: float) -> np.ndarray:
     x = percentile_normalize(image, pmin, pmax)  # channels jointly, as at prediction time
@@ -301,6 +306,10 @@ def train_unet(
         best, best_epoch = (float(ck["best_metric"][0]), float(ck["best_metric"][1])), int(ck["best_epoch"])
         best_state = ck["best_state"]
         t0 = time.time() - float(ck["seconds"])
+    elif init_folder is not None:  # a fine-tune: its start (the base) competes as "epoch 0"
+        probs, val_loss = validate()
+        best = (_ap(Yv, [instances_from_probs(p, 0.5, s.fg_thresh, s.min_size) for p in probs])[0], val_loss)
+        best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
     try:
         for epoch in range(start, s.epochs + 1):
             model.train()
