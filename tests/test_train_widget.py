@@ -244,21 +244,33 @@ def test_closing_while_training_asks_first_then_stops_cleanly(make_napari_viewer
     assert w.close_guard.eventFilter(viewer.window._qt_window, QCloseEvent()) is False and w.close_guard.asked == 3
 
 
-def test_an_interrupted_run_offers_resume_with_the_same_name(make_napari_viewer, monkeypatch, qtbot):
-    import json
-
+def _docked_train_widget(make_napari_viewer):
+    """A viewer with an image and its full annotation, and the Train widget docked in it."""
     viewer = make_napari_viewer()
     img, full = disks(CENTRES)
     viewer.add_image(img, name="cells")
     viewer.add_labels(full, name="labels")
     w = TrainWidget(viewer)
     viewer.window.add_dock_widget(w, name="Train")
-    assert w.resume_btn.native.isHidden()
-    run = w.registry.user_dir / ".training" / "cut-short"
+    return viewer, w
+
+
+def _leave_interrupted_run(w, name: str, checkpoint_bytes: int = 1):
+    """The checkpoint folder a killed run ``name`` leaves; the widget re-reads its runs."""
+    import json
+
+    run = w.registry.user_dir / ".training" / name
     run.mkdir(parents=True)
-    (run / "checkpoint.pt").write_bytes(b"x")
+    (run / "checkpoint.pt").write_bytes(b"x" * checkpoint_bytes)
     (run / "run.json").write_text(json.dumps({"active": False, "epoch": 3}))
     w.reset_choices()
+    return run
+
+
+def test_an_interrupted_run_offers_resume_with_the_same_name(make_napari_viewer, monkeypatch, qtbot):
+    _, w = _docked_train_widget(make_napari_viewer)
+    assert w.resume_btn.native.isHidden()
+    _leave_interrupted_run(w, "cut-short")
     assert not w.resume_btn.native.isHidden() and w.resume_run.value == "cut-short"
     started = []
     monkeypatch.setattr(w.runner, "start", lambda job, kwargs, **kw: started.append((job, kwargs)))
@@ -270,24 +282,12 @@ def test_an_interrupted_run_offers_resume_with_the_same_name(make_napari_viewer,
     assert "resume" not in started[-1][1]
 
 
-
 def test_an_interrupted_run_can_be_discarded_after_a_question(make_napari_viewer, monkeypatch):
-    import json
-
     from qtpy.QtWidgets import QMessageBox
 
-    viewer = make_napari_viewer()
-    img, full = disks(CENTRES)
-    viewer.add_image(img, name="cells")
-    viewer.add_labels(full, name="labels")
-    w = TrainWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Train")
+    viewer, w = _docked_train_widget(make_napari_viewer)
     assert w.resumes.discard.native.isHidden()
-    run = w.registry.user_dir / ".training" / "cut-short"
-    run.mkdir(parents=True)
-    (run / "checkpoint.pt").write_bytes(b"x" * 2_000_000)
-    (run / "run.json").write_text(json.dumps({"active": False, "epoch": 3}))
-    w.reset_choices()
+    run = _leave_interrupted_run(w, "cut-short", checkpoint_bytes=2_000_000)
     assert not w.resumes.discard.native.isHidden() and w.resumes.discard.enabled
     asked, answers = [], [QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes]
     monkeypatch.setattr(QMessageBox, "question", lambda parent, title, text, *a: asked.append(text) or answers.pop(0))
