@@ -155,14 +155,13 @@ def _print_worst(data, preds, total, n):
 
     rows, missed, best, diam = [], [], [], []
     for name, truth, pred in zip(data.ids, data.masks, preds):
-        areas_all = np.bincount(truth.ravel())[1:]
-        present = areas_all > 0
+        areas = np.bincount(truth.ravel())
+        present = areas[1:] > 0
         best += list(_best_iou(truth, pred)[present])
-        diam += list(2 * np.sqrt(areas_all[present] / np.pi))
+        diam += list(2 * np.sqrt(areas[1:][present] / np.pi))
         m = matching(truth, pred, thresh=0.5, report_matches=True)
         rows.append((m.fp + m.fn, name, truth.shape, m.tp, m.fp, m.fn))
         hit = {t for (t, _), sc in zip(m.matched_pairs, m.matched_scores) if sc >= 0.5}
-        areas = np.bincount(truth.ravel())
         missed += [int(areas[k]) for k in range(1, len(areas)) if areas[k] and k not in hit]
     c = total.at(0.5)
     errors = c["fp"] + c["fn"]
