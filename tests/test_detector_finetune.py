@@ -237,3 +237,52 @@ def test_reordered_classes_move_their_rows_and_the_card_records_the_class_head(t
     t = ModelRegistry(user_dir=tmp_path).get("tuned").training
     assert res.model_dir and t["base_model"] == "tiny-yolo"
     assert t["class_head"] == {"kept": ["C", "A"], "new": ["D"], "dropped": ["B"]}
+
+
+def test_a_fine_tune_that_does_not_beat_its_base_keeps_the_base(tmp_path):
+    """The base competes as "epoch 0" on the validation images: a learning rate that wrecks the
+    network leaves no epoch better than the base, so the new model is the base (weights equal, the
+    card and the message say so); a fresh network never reports a kept base."""
+    import torch
+
+    from napari_cnnvision.backends.detection.models import build_detector, load_detector, save_detector
+    from napari_cnnvision.backends.detection.train import train_detector
+    from napari_cnnvision.backends.dispatch import card_payload
+    from napari_cnnvision.backends.training.jobs import detector_train_job
+    from napari_cnnvision.backends.training.outcome import job_outcome
+
+    torch.manual_seed(0)
+    cfg = {**TINY_YOLO, "classes": ["cell"]}
+    train, val = [_sample(i, 1) for i in range(4)], [_sample(9, 1)]
+    model = build_detector(cfg)
+    fresh = train_detector(model, cfg, train, val, None, {"epochs": 8, "batch_size": 2, "learning_rate": 3e-3,
+                                                          "warmup_steps": 5})
+    assert not fresh.kept_base and fresh.best_epoch >= 1
+    base_map = max(fresh.history["val_map"])
+    assert base_map > 0.8
+    save_detector(model, cfg, tmp_path / "good-base")
+    base = ModelRegistry(user_dir=tmp_path).get("good-base")
+    events = []
+
+    class Rec:
+        stop_requested = False
+
+        def __call__(self, fraction, message="", **metrics):
+            events.append((message, metrics))
+
+    res = detector_train_job(Rec(), train=train, val=val, classes=["cell"], name="wrecked",
+                             base=card_payload(base), out_dir=str(tmp_path),
+                             settings={"epochs": 2, "batch_size": 2, "learning_rate": 50.0, "warmup_steps": 0,
+                                       "grad_clip": 0})
+    assert res.kept_base and res.best_epoch == 0 and res.epochs_run == 2
+    assert max(res.history["val_map"]) < base_map  # the epochs were worse ...
+    assert res.metrics["val"]["map@0.5"] == pytest.approx(base_map, abs=1e-3)  # ... the model is the base
+    start = [m["base_val_map"] for _, m in events if "base_val_map" in m]
+    assert start == [pytest.approx(base_map, abs=1e-3)]
+    new, _ = load_detector(tmp_path / "wrecked")
+    for k, v in model.state_dict().items():
+        assert torch.allclose(new.state_dict()[k].float(), v.float().cpu()), k
+    card = ModelRegistry(user_dir=tmp_path).get("wrecked")
+    assert card.training["kept_base"] is True and card.training["best_epoch"] == 0
+    text = job_outcome(res, "wrecked", "detect").describe()
+    assert "keeps the base's weights" in text and "best epoch" not in text

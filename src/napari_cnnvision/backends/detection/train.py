@@ -3,7 +3,8 @@
 AdamW with a linear warm-up and a cosine decay (over the epochs or the time budget, whichever
 ends first); the shared box-aware augmentation (flips / 90° turns, intensity jitter, optional
 zoom; :mod:`..augment`); after every
-epoch the validation images are detected and the weights with the best mAP@0.5 are kept.
+epoch the validation images are detected and the weights with the best mAP@0.5 are kept (a
+fine-tune's starting weights compete as "epoch 0").
 A checkpoint after every epoch lets an interrupted run resume. ``progress`` gets one event
 per epoch (``train_loss``, ``val_loss``, ``val_map``); a stop request ends training after the
 current epoch and keeps the best weights. No DataLoader workers (the compute worker is a
@@ -106,6 +107,9 @@ class DetTrainResult:
     metrics: dict
     stopped: bool = False
     settings: dict = field(default_factory=dict)
+    #: a fine-tune whose start (the base, its heads rebuilt for the classes) was not beaten by any
+    #: epoch on the validation images: the saved model holds the starting weights
+    kept_base: bool = False
 
 
 # --- samples and augmentation ---------------------------------------------------------
@@ -216,7 +220,8 @@ def _lr_factor(step: int, frac: float, s: DetectorTrainSettings) -> float:
 
 def train_detector(model, config: dict, train: list[dict], val: list[dict], out_folder=None,
                    settings: DetectorTrainSettings | dict | None = None, progress: Progress = NULL_PROGRESS,
-                   card_fields: dict | None = None, resume: bool | None = None) -> DetTrainResult:
+                   card_fields: dict | None = None, resume: bool | None = None,
+                   base_competes: bool = False) -> DetTrainResult:
     """Train ``model`` (built from ``config``) and, if ``out_folder`` is given, save it there.
 
     The card gets the settings, the training time and the validation mAP@0.5 / per-class AP
@@ -228,6 +233,10 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
     which is removed once the model is saved. ``resume`` (default ``settings.resume``) continues
     the interrupted run from its last epoch; InputError when there is none, or when the classes,
     architecture, base model, settings or samples differ.
+
+    ``base_competes`` (a fine-tune): the starting weights are scored on ``val`` first, as "epoch
+    0"; an epoch must beat their mAP@0.5 to be kept (a tie keeps the start), so a fine-tune that
+    learns nothing useful saves its base rather than something worse (``kept_base``).
     """
     import torch
 
@@ -264,6 +273,12 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
             history = {kk: [float(v) for v in vals] for kk, vals in c["history"].items()}
             best_map, best_epoch, best_state = float(c["best_metric"]), int(c["best_epoch"]), c["best_state"]
             start_epoch, step, elapsed0 = int(c["epoch"]) + 1, int(c["step"]), float(c["seconds"])
+    if base_competes and start_epoch == 1:  # not resumed: the start competes as "epoch 0"
+        progress(0.0, "scoring the base model on the validation images")
+        best_map, best_epoch = val_map(model, val, k, device, s.val_score_thresh)["map"], 0
+        best_state = {kk: v.detach().cpu().clone() for kk, v in model.state_dict().items()}
+        progress(0.0, f"the base model: val mAP@0.5 {best_map:.3f} (training keeps an epoch only if it beats this)",
+                 base_val_map=best_map)
     t0 = time.time() - elapsed0
     budget = s.time_budget or None
     steps_per_epoch = math.ceil(len(train) / s.batch_size)
@@ -338,6 +353,7 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
         best_state = {kk: v.detach().cpu().clone() for kk, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     model.eval()
+    kept_base = base_competes and best_epoch == 0
     seconds = time.time() - t0
     result = val_map(model, val, k, device, s.val_score_thresh)
     metrics = {"val": {"map@0.5": round(result["map"], 4),
@@ -348,6 +364,7 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
     if out_folder is not None:
         fields = dict(card_fields or {})
         training = {"epochs": len(history["train_loss"]), "best_epoch": best_epoch, "seconds": round(seconds, 1),
+                    **({"kept_base": kept_base} if base_competes else {}),
                     "stopped_early": stopped, "settings": settings_d, "history": history,
                     "n_train": len(train), "n_val": len(val), **(ckpts.record() if ckpts else {}),
                     **fields.pop("training", {})}
@@ -358,7 +375,7 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
             ckpts.finish()  # registered: the run's checkpoint is no longer needed
         progress(1.0, f"saved {folder} (val mAP@0.5 {result['map']:.3f})", val_map=result["map"])
     return DetTrainResult(folder, len(history["train_loss"]), best_epoch, seconds, history, metrics, stopped,
-                          settings_d)
+                          settings_d, kept_base)
 
 
 def samples_from_split(split) -> list[dict]:

@@ -192,7 +192,7 @@ def detector_train_job(progress=NULL_PROGRESS, train=(), val=(), classes=(), nam
                            "class_head": class_head, "command": "napari-cnnvision Train widget"}}
     with guarded_run(registry.user_dir, name):
         res = train_detector(model, cfg, list(train), list(val), Path(registry.user_dir) / name, st, progress,
-                             fields, resume=resume)
+                             fields, resume=resume, base_competes=base_card is not None)
     if res.model_dir:
         chosen = choose_score_threshold(model, list(val), classes)
         try:
