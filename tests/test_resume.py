@@ -251,7 +251,7 @@ def test_discarding_a_run_removes_its_checkpoint_and_staging_folders_but_refuses
     import json
     import socket
 
-    from napari_cnnvision.backends.checkpoint import discard_run
+    from napari_cnnvision.backends.runs import discard_run
 
     for name, active in (("left", False), ("training-now", True)):
         folder = run_dir(tmp_path, name)

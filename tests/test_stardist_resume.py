@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import csbdeep.models.base_model as base_model
-from napari_cnnvision.backends.checkpoint import interrupted_runs, run_dir, run_info
+from napari_cnnvision.backends.runs import interrupted_runs, run_dir, run_info
 from napari_cnnvision.backends.keras_checkpoint import load_keras_arrays, load_keras_state
 from napari_cnnvision.backends.stardist.train import train_job
 from napari_cnnvision.core.axes import InputError
@@ -208,7 +208,7 @@ def test_a_stardist_run_is_listed_by_the_train_widget_and_resumes_there(make_nap
     StarDist base asks the worker for ``stardist.train`` with ``resume``."""
     from test_training_data import CENTRES, disks
 
-    from napari_cnnvision.backends.checkpoint import interrupted_runs, run_dir
+    from napari_cnnvision.backends.runs import interrupted_runs, run_dir
     from napari_cnnvision.widgets.train import TrainWidget
 
     viewer = make_napari_viewer()

@@ -1,7 +1,7 @@
 """Checkpoints of the trainings, so that an interrupted run can be resumed.
 
-A run named ``name`` keeps its checkpoint in :func:`run_dir` ``= <user_dir>/.training/<name>/`` (a dot
-folder: the model registry never lists it): ``checkpoint.pt`` (model, optimizer and scheduler state,
+A run named ``name`` keeps its checkpoint in its run folder (:mod:`.runs`: ``<user_dir>/.training/<name>/``,
+a dot folder: the model registry never lists it): ``checkpoint.pt`` (model, optimizer and scheduler state,
 the epoch, the history, the best metric and weights, random states, the request as JSON) and
 ``run.json`` (the request, the epoch saved, the process writing it). Both are written atomically
 (temp file + rename, :mod:`..core.io`), so a kill or a full disk during a save leaves the previous
@@ -19,13 +19,10 @@ module level.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
-import glob
 import hashlib
 import json
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -35,112 +32,16 @@ import numpy as np
 from ..core.axes import InputError
 from ..core.io import atomic_write_text, atomic_write_with
 from ..core.progress import NULL_PROGRESS, Progress
+# the run folders (:mod:`.runs`), also importable from here
+from .runs import (CHECKPOINT_NAME, CHECKPOINT_NAMES, INFO_NAME, KERAS_CHECKPOINT_NAME, TRAINING_DIR,  # noqa: F401
+                   _alive, _info, discard_run, guarded_run, interrupted_runs, release_run, remove_run, run_dir,
+                   run_info)
 
-TRAINING_DIR = ".training"
-CHECKPOINT_NAME = "checkpoint.pt"
-KERAS_CHECKPOINT_NAME = "checkpoint.h5"
-#: the checkpoint file of a run: one of these (PyTorch, Keras)
-CHECKPOINT_NAMES = (CHECKPOINT_NAME, KERAS_CHECKPOINT_NAME)
-INFO_NAME = "run.json"
 FORMAT = "napari-cnnvision training checkpoint"
 VERSION = 1
 #: settings that may differ between a run and its resumption: where it runs and is saved, and how
 #: long it goes on (a resumption may train for more or fewer epochs than planned first)
 RESUME_FREE_SETTINGS = ("resume", "checkpoint", "device", "epochs", "time_budget")
-
-
-def run_dir(user_dir: str | Path, name: str) -> Path:
-    """The folder of the training run ``name``: ``<user_dir>/.training/<name>/``."""
-    return Path(user_dir) / TRAINING_DIR / str(name)
-
-
-def _info(folder: Path) -> dict | None:
-    try:
-        d = json.loads((folder / INFO_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return d if isinstance(d, dict) else None
-
-
-def _alive(info: dict | None) -> bool:
-    """True while the process that writes the run is training it (on this machine)."""
-    if not info or not info.get("active") or info.get("host") != socket.gethostname():
-        return False
-    try:
-        pid = int(info.get("pid"))
-    except (TypeError, ValueError):
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists, owned by someone else
-    return True
-
-
-def interrupted_runs(user_dir: str | Path) -> list[str]:
-    """Names of the runs in ``user_dir`` that left a checkpoint and are not training now (a
-    killed worker, a crash, an error), sorted."""
-    root = Path(user_dir) / TRAINING_DIR
-    try:
-        folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return sorted(p.name for p in folders
-                  if any((p / n).is_file() for n in CHECKPOINT_NAMES) and not _alive(_info(p)))
-
-
-def run_info(user_dir: str | Path, name: str) -> dict | None:
-    """``run.json`` of the run ``name`` (``kind``, ``epoch``, ``epochs``, ``saved``, ``request``...),
-    or None when there is none."""
-    return _info(run_dir(user_dir, name))
-
-
-def discard_run(user_dir: str | Path, name: str) -> None:
-    """Remove the interrupted run ``name`` (nothing when there is none): its run folder and the
-    staging folders (``.<name>.<8 characters>.tmp``) its unfinished model save left in ``user_dir``.
-    A run that is training now is refused (:class:`InputError`)."""
-    folder = run_dir(user_dir, name)
-    if _alive(_info(folder)):
-        raise InputError(f"the run {name!r} is training now; stop it before discarding it")
-    remove_run(folder)
-    for p in Path(user_dir).glob(f".{glob.escape(name)}.{'?' * 8}.tmp"):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def remove_run(folder: str | Path) -> None:
-    """Remove a run folder, and ``.training`` when no run is left in it."""
-    folder = Path(folder)
-    shutil.rmtree(folder, ignore_errors=True)
-    if folder.parent.name == TRAINING_DIR:
-        with contextlib.suppress(OSError):
-            folder.parent.rmdir()  # only when empty
-
-
-def release_run(folder: str | Path) -> None:
-    """Mark the run in ``folder`` as not training now (an error ended it; its checkpoint stays)."""
-    folder = Path(folder)
-    info = _info(folder)
-    if info and info.get("active"):
-        try:
-            atomic_write_text(folder / INFO_NAME, json.dumps({**info, "active": False}, indent=1) + "\n")
-        except OSError:
-            pass
-
-
-@contextlib.contextmanager
-def guarded_run(user_dir: str | Path, name: str):
-    """``with guarded_run(user_dir, name): train(...)``: an error (or Ctrl-C) leaves the run's
-    checkpoint, marked as not training now, so that :func:`interrupted_runs` lists it at once."""
-    try:
-        yield
-    except BaseException:
-        release_run(run_dir(user_dir, name))
-        raise
 
 
 def resume_settings(user_dir: str | Path, name: str, settings: dict | None, resume: bool) -> dict | None:

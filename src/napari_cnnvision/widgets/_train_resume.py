@@ -26,7 +26,7 @@ class ResumeList:
 
     def _choices(self, *_):
         try:
-            from ..backends.checkpoint import interrupted_runs
+            from ..backends.runs import interrupted_runs
         except ImportError:  # checkpoints not in this version
             return []
         try:
@@ -44,7 +44,7 @@ class ResumeList:
         """Ask, then delete the chosen run; a message for the status line ("" when nothing was asked)."""
         from qtpy.QtWidgets import QMessageBox
 
-        from ..backends.checkpoint import discard_run, run_dir
+        from ..backends.runs import discard_run, run_dir
         from ..core.axes import InputError
 
         name = self.run.value
