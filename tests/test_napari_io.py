@@ -251,3 +251,75 @@ def test_napari_opens_a_yolo_folder(make_napari_viewer, tmp_path):
     img, shapes = viewer.layers
     assert img.data.shape == (2, 20, 40) and shapes.nshapes == 3 and shapes.ndim == 3
     assert list(shapes.features["class"]) == ["cell", "white cell é", "white cell é"]
+
+
+def _blockwise_output(tmp_path, monkeypatch):
+    """``segment BIG.tif --out DIR``'s block-wise output (``scaleout.large.segment_one``, the
+    command's path) for a 1200 x 160 image of bright discs, with a threshold for the network."""
+    from scipy import ndimage
+
+    from napari_cnnvision import api
+    from napari_cnnvision.core.registry import ModelRegistry
+    from napari_cnnvision.core.results import SegmentationResult
+    from napari_cnnvision.scaleout.large import segment_one
+
+    def segment(x, card, **kw):
+        lab, n = ndimage.label(np.asarray(x) > 0.5)
+        com = ndimage.center_of_mass(np.ones_like(lab), lab, range(1, n + 1))
+        table = {"label": np.arange(1, n + 1), "area": np.bincount(lab.ravel())[1:].astype(float),
+                 "centroid_y": np.array([c[0] for c in com]), "centroid_x": np.array([c[1] for c in com]),
+                 "probability": np.ones(n)}
+        return SegmentationResult(lab.astype(np.int32), table, card.name)
+
+    monkeypatch.setattr(api, "segment", segment)
+    img = np.zeros((1200, 160), np.uint16)
+    yy, xx = np.mgrid[:1200, :160]
+    for cy in range(30, 1200, 60):
+        for cx in (40, 120):
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < 15 ** 2] = 1000
+    tifffile.imwrite(tmp_path / "big.tif", img)
+    out = tmp_path / "out"
+    out.mkdir()
+    table = segment_one(tmp_path / "big.tif", out / "big.zarr", out / "big.csv", ModelRegistry().get("nuclei-unet"),
+                        block=512)
+    assert len(table["label"]) == 40
+    return out / "big.zarr", img
+
+
+def test_the_blockwise_zarr_output_opens_as_lazy_multiscale_labels_with_its_table(tmp_path, monkeypatch):
+    import zarr
+
+    path, img = _blockwise_output(tmp_path, monkeypatch)
+    root = zarr.open_group(str(path), mode="r")
+    assert [d["path"] for d in root.attrs["multiscales"][0]["datasets"]] == ["0", "1"]  # a pyramid for viewing
+    assert root["1"].shape == (600, 80)
+    reader = get_reader(str(path))
+    assert reader is not None
+    (data, kw, kind), = reader(str(path))
+    assert kind == "labels" and kw["name"] == "big" and kw["multiscale"] is True
+    assert isinstance(data[0], zarr.Array) and data[0].shape == img.shape  # read lazily, not loaded
+    lab = np.asarray(data[0])
+    assert lab.max() == 40 and np.array_equal(lab > 0, img > 0)
+    f = kw["features"]
+    assert list(f["index"]) == list(f["label"]) == list(range(1, 41))
+    assert f["area"].iloc[0] == np.count_nonzero(lab == 1)
+    # not ours: a plain zarr array, an OME-Zarr image (no "image-label"), a folder of TIFFs
+    zarr.open_array(str(tmp_path / "plain.zarr"), mode="w", shape=(4, 4), dtype=np.uint8, zarr_format=2)
+    g = zarr.open_group(str(tmp_path / "image.zarr"), mode="w", zarr_format=2)
+    g.attrs.update({"multiscales": [{"version": "0.4", "datasets": [{"path": "0"}]}]})
+    for name in ("plain.zarr", "image.zarr"):
+        assert get_reader(str(tmp_path / name)) is None, name
+    (tmp_path / "out" / "big.csv").write_text("not,a\ntable")  # a table without labels: no features
+    (_, kw, _), = get_reader(str(path))(str(path))
+    assert "features" not in kw
+
+
+def test_napari_opens_the_blockwise_zarr_output_as_labels(make_napari_viewer, tmp_path, monkeypatch):
+    import napari
+
+    path, img = _blockwise_output(tmp_path, monkeypatch)
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin=PLUGIN)
+    assert len(layers) == 1 and isinstance(layers[0], napari.layers.Labels)
+    lyr = layers[0]
+    assert lyr.multiscale and lyr.data[0].shape == img.shape and len(lyr.features) == 40

@@ -1,7 +1,9 @@
 """npe2 readers and writers of annotations (COCO, Pascal VOC, YOLO, boxes CSV, points CSV, mask TIFFs).
 
 The reader takes a COCO JSON file, a VOC XML file or folder, a YOLO folder, a boxes or points CSV,
-or a folder with ``masks/`` beside ``images/``; anything else gives None so that napari tries other
+a folder with ``masks/`` beside ``images/``, or an OME-Zarr labels folder (the block-wise
+segmentation's ``<stem>.zarr``: a lazy, multiscale Labels layer, with the object table
+``<stem>.csv`` beside it as its features); anything else gives None so that napari tries other
 readers. The images are opened when they are found beside the annotations (or in ``images/``).
 Writers return the paths they wrote; every file is written atomically. Shapes that are not
 rectangles are written as their bounding boxes with a warning.
@@ -34,6 +36,8 @@ def _what(path: Path) -> str | None:
     from .core.formats.csv_boxes import kind_of
 
     try:
+        if path.is_dir() and _ome_labels_attrs(path) is not None:
+            return "ome-labels"
         if path.is_file() and path.suffix.lower() == ".csv":
             k = kind_of(path)
             return {"boxes": "csv", "points": "points"}.get(k)
@@ -55,7 +59,52 @@ def get_reader(path):
     kind = _what(p)
     if kind is None:
         return None
-    return _read_points if kind == "points" else _read_annotations
+    return {"points": _read_points, "ome-labels": _read_ome_labels}.get(kind, _read_annotations)
+
+
+def _ome_labels_attrs(path: Path) -> dict | None:
+    """The attributes of the OME-Zarr labels group ``path`` (zarr v2 ``.zattrs`` or v3 ``zarr.json``:
+    ``multiscales`` and ``image-label``), or None when it is not one; reads one small JSON file."""
+    import json
+
+    for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
+        f = path / name
+        if f.is_file():
+            try:
+                d = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            d = d.get(key, {}) if key and isinstance(d, dict) else d
+            d = d.get("ome", d) if isinstance(d, dict) else d  # OME-Zarr 0.5 nests them under "ome"
+            ok = isinstance(d, dict) and "image-label" in d and d.get("multiscales")
+            return d if ok else None
+    return None
+
+
+def _read_ome_labels(path) -> list[tuple]:
+    """The labels, read lazily (napari reads the pyramid level it shows); the object table beside
+    them (``<stem>.csv`` with a ``label`` column) as the layer's features."""
+    import pandas as pd
+
+    from .layers.common import result_meta
+    from .scaleout.lazy_layers import open_labels
+
+    p = Path(_single(path))
+    data = open_labels(p)
+    kw = {"name": p.stem, "multiscale": isinstance(data, list),
+          "metadata": result_meta("labels-file", "", str(p))}
+    table = p.with_suffix(".csv")
+    if table.is_file():
+        try:
+            features = pd.read_csv(table)
+        except (OSError, ValueError) as exc:
+            import warnings
+
+            warnings.warn(f"{table.name}: not read as the objects' table ({exc})", UserWarning, stacklevel=2)
+        else:
+            if "label" in features.columns:
+                kw["features"] = features.assign(index=features["label"])
+    return [(data, kw, "labels")]
 
 
 def _found_images(ds, src: Path, fmt: str) -> dict:

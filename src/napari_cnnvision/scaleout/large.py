@@ -2,7 +2,8 @@
 
 An input is segmented block by block (:mod:`.blockwise`) when it is a zarr array / OME-Zarr
 image, or a 2-D TIFF of more than :func:`block_threshold` pixels (read from its header, nothing
-loaded), or when ``--blocks N`` is given. Its labels go to ``DIR/<stem>.zarr`` (OME-Zarr labels)
+loaded), or when ``--blocks N`` is given. Its labels go to ``DIR/<stem>.zarr`` (OME-Zarr labels, with
+coarser levels for viewing: :func:`.lazy_layers.add_pyramid`)
 or, with ``--format tif``, to a tiled ``DIR/<stem>.tif`` converted from the zarr array tile by
 tile; the object table to ``DIR/<stem>.csv`` as for any image. Memory stays set by the block.
 """
@@ -103,7 +104,10 @@ def segment_one(src: Path, labels: Path, csv: Path, card, block: int = DEFAULT_B
     segment_file_blockwise = segmenter or segment_file_blockwise
 
     if labels.suffix.lower() == ".zarr":
+        from .lazy_layers import add_pyramid
+
         table = segment_file_blockwise(src, labels, card, block, overlap, progress=progress, **segment_kwargs)
+        add_pyramid(labels)  # coarser levels, so that napari shows a large result at once (metadata last)
     else:
         tmp = Path(tempfile.mkdtemp(dir=labels.parent, prefix=f".{labels.stem}.", suffix=".zarr"))
         try:
