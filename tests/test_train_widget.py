@@ -215,7 +215,7 @@ def _toy_running(w, qtbot, result):
 
 def test_closing_while_training_asks_first_then_stops_cleanly(make_napari_viewer, qtbot, monkeypatch):
     from qtpy.QtGui import QCloseEvent
-    from qtpy.QtWidgets import QMessageBox
+    from qtpy.QtWidgets import QApplication, QMessageBox
 
     viewer = make_napari_viewer()
     w = TrainWidget(viewer)
@@ -226,10 +226,13 @@ def test_closing_while_training_asks_first_then_stops_cleanly(make_napari_viewer
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: answers.pop(0))
     result = []
     _toy_running(w, qtbot, result)
-    # napari's window: "No" keeps it open and the training going
+    # napari's window (a real close event sent to it): "No" keeps it open and the training going
     answers.append(QMessageBox.StandardButton.No)
     ev = QCloseEvent()
-    assert w.close_guard.eventFilter(viewer.window._qt_window, ev) is True and not ev.isAccepted()
+    window = viewer.window._qt_window
+    assert w.native.window() is window
+    QApplication.sendEvent(window, ev)
+    assert not ev.isAccepted()
     assert w.close_guard.asked == 1 and w.runner.running
     # the dock's close button: "No" keeps the dock, "Yes" stops after the epoch (the model is kept) and closes
     answers.append(QMessageBox.StandardButton.No)
