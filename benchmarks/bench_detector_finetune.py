@@ -129,11 +129,11 @@ def train_from_layers(train, base: str, name: str, epochs: int | None, minutes: 
     wdg.run()
     if not wdg.runner.running:
         raise SystemExit(f"the Train widget refused: {wdg.status.value}")
-    print(f"  widget split: {wdg.split.value}")
     while wdg.runner.running:
         app.processEvents()
         time.sleep(0.02)
     wall = time.perf_counter() - t0
+    print(f"  widget {wdg.split.value}")  # set once the request is built (in a thread, after the press)
     print(f"  widget status: {wdg.status.value}")
     if not wdg.status.value.startswith("saved model"):
         raise SystemExit("the layers run failed")
