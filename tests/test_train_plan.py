@@ -138,7 +138,7 @@ def test_detection_pairs_a_time_budget_in_the_trainer_and_resume():
         detect_plan(pairs + [bad])
 
 
-def test_localizer_takes_no_base_and_a_time_budget_of_its_own():
+def test_localizer_fine_tunes_a_localizer_base_and_has_a_time_budget_of_its_own():
     rng = np.random.default_rng(3)
     stack = rng.integers(0, 30, (6, 48, 48), dtype=np.uint8)
     boxes = np.array([[4 + t, 4, 20 + t, 24] for t in range(6)], float)
@@ -146,8 +146,10 @@ def test_localizer_takes_no_base_and_a_time_budget_of_its_own():
     p = localize_plan([pair], None, TrainOptions(minutes=1, turns=False))
     assert p.job == "localizer.train" and p.kwargs["settings"]["time_budget"] == 60 and p.stop_after is None
     assert p.kwargs["settings"]["augment"]["turns"] is False
-    with pytest.raises(InputError, match="fresh only"):
-        localize_plan([pair], ModelRegistry().get("wbc-localizer"))
+    assert "base" not in p.kwargs and p.kwargs["settings"]["learning_rate"] == 2e-3  # fresh
+    tuned = localize_plan([pair], ModelRegistry().get("wbc-localizer"), TrainOptions(epochs=3))
+    assert tuned.job == "localizer.train" and tuned.kwargs["base"]["name"] == "wbc-localizer"
+    assert tuned.kwargs["settings"]["learning_rate"] == 6e-4 and tuned.kwargs["settings"]["epochs"] == 3
     with pytest.raises(InputError, match="not a localize model"):
         localize_plan([pair], ModelRegistry().get("nuclei-unet"))
 

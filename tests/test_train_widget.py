@@ -1,6 +1,5 @@
 """The Train widget in a real viewer: Image + Labels -> a U-Net, Image + Shapes boxes -> a YOLO
 detector; the live plot gets one point per epoch; the new model is listed in the other widgets."""
-import os
 
 import numpy as np
 import pytest
@@ -155,7 +154,9 @@ def test_train_localizer_from_a_stack_with_one_rectangle_per_frame(make_napari_v
     w = TrainWidget(viewer)
     viewer.window.add_dock_widget(w, name="Train")
     w.task.value = "localize"
-    assert w.base.choices == (FRESH,) and w.target.value is viewer.layers["one per frame"]
+    assert w.base.choices[0] == FRESH and "wbc-localizer" in w.base.choices  # a localizer base, or fresh
+    assert w.target.value is viewer.layers["one per frame"]
+    w.base.value = FRESH
     w.epochs.value = 2
     w.advanced = {"input_size": [32, 32], "widths": [8, 16, 16], "batch_size": 4, "ema": 0.0}
     w.run()
@@ -167,6 +168,16 @@ def test_train_localizer_from_a_stack_with_one_rectangle_per_frame(make_napari_v
     assert w.plot.epochs == [1, 2] and np.isfinite(w.plot.metric).all()
     card = w.registry.get("localizer-frames")
     assert card.task == "localize" and card.classes == ["small", "big"] and "'one per frame'" in card.training["data"]
+    # the next round starts from the model just trained (listed as a base at once)
+    assert "localizer-frames" in w.base.choices
+    w.base.value = "localizer-frames"
+    w.name.value = "localizer-round-2"
+    w.run()
+    _started(w, qtbot)
+    _wait(w, qtbot)
+    assert "saved model 'localizer-round-2'" in w.status.value, w.status.value
+    card = w.registry.get("localizer-round-2")
+    assert card.training["base_model"] == "localizer-frames" and card.training["settings"]["widths"] == [8, 16, 16]
 
 
 def test_every_annotation_layer_with_its_image_a_stardist_base_and_the_choices_reach_the_plan(make_napari_viewer):

@@ -39,7 +39,7 @@ ONE_PAIR, ALL_PAIRS = "this image + annotation", "every annotation layer with it
 #: task -> (annotation layer type, backends that train from layers here, fresh backend, metric label)
 TRAINABLE = {"segment": ("Labels", ("unet", "stardist2d"), "unet", "AP@0.5"),
              "detect": ("Shapes", ("yolo", "fasterrcnn"), "yolo", "mAP@0.5"),
-             "localize": ("Shapes", (), "localizer", "accuracy")}  # the localizer trains fresh only
+             "localize": ("Shapes", ("localizer",), "localizer", "accuracy")}
 WIDGET_OF = {"segment": "Segment", "detect": "Detect", "localize": "Localize"}
 EPOCHS, MINUTES = "epochs", "minutes"
 

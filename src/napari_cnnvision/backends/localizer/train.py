@@ -60,6 +60,8 @@ class LocalizerTrainResult:
     stopped: bool = False
     settings: dict = field(default_factory=dict)
     checkpoint: dict = field(default_factory=dict)  # resumed_after_epoch, checkpoint_warnings
+    #: a fine-tune whose start (the base, its class head rebuilt) no epoch beat on val: the model is the start
+    kept_base: bool = False
 
 
 def prepare_set(images, boxes_yxyx, labels, input_size, normalization: dict, names=None) -> LocalizationSet:
@@ -183,7 +185,7 @@ def _plain_floats(d: dict) -> dict:
 def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_names: list[str],
                     settings: LocalizerTrainSettings | None = None, out_dir: str | Path | None = None,
                     progress: Progress = NULL_PROGRESS, init_state: dict | None = None,
-                    resume: bool = False) -> LocalizerTrainResult:
+                    resume: bool = False, base_competes: bool = False) -> LocalizerTrainResult:
     """Train a localizer on ``train``, keep the epoch best on ``val`` (the last one without val).
 
     ``out_dir`` (optional) receives ``checkpoints/best.pt`` / ``last.pt`` (state_dicts, with a
@@ -245,6 +247,12 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
             t0 = time.monotonic() - float(ck["seconds"])
     elif resume:
         raise ValueError("resume needs the run folder (out_dir) of the interrupted run")
+    if base_competes and init_state is not None and epoch == 0 and val is not None and len(val):
+        progress(0.0, "scoring the base model on the validation images")
+        sc = evaluate_set(model, val, class_names, s.box_weight)
+        best = (selection_score(sc), 0, copy.deepcopy(model.state_dict()), sc)
+        progress(0.0, f"the base model: val accuracy {sc['accuracy']:.3f} (training keeps an epoch only if it "
+                 "beats it)", base_val_accuracy=sc["accuracy"])
 
     def fraction() -> float:
         f = len(history) / s.epochs
@@ -324,15 +332,19 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
     return LocalizerTrainResult(model=model, config=config, class_names=list(class_names), epochs_run=len(history),
                                 best_epoch=best[1], seconds=time.monotonic() - t0, history=history,
                                 metrics=best[3], stopped=stopped,
-                                settings=json.loads(s.to_json()), checkpoint=ckpts.record() if ckpts else {})
+                                settings=json.loads(s.to_json()), checkpoint=ckpts.record() if ckpts else {},
+                                kept_base=bool(base_competes and init_state is not None and best[1] == 0))
 
 
 def train_job(progress, images, boxes, labels, class_names, val_images=None, val_boxes=None, val_labels=None,
               out_dir=None, name: str = "localizer", settings: dict | None = None, normalization: dict | None = None,
-              data: str | None = None, resume: bool = False):
+              data: str | None = None, resume: bool = False, base: dict | None = None):
     """Worker entry: train on images of any size with one pixel box ``(y0, x0, y1, x1)`` and class
     id each, keep the epoch best on the val images (the last without), and save the model folder
     ``out_dir/name`` (default: the per-user models folder, where the registry finds it).
+    ``base``: a localizer's card payload to fine-tune (its network, input size and normalization;
+    the class head rebuilt for ``class_names``, :mod:`.finetune`; the base competes as epoch 0),
+    or None: a fresh network.
     ``settings``: a plain dict of :class:`LocalizerTrainSettings` fields (former names too).
     The run's checkpoints go to ``out_dir/.training/name`` (:mod:`..checkpoint`), removed once the
     model is saved; ``resume`` continues the interrupted run ``name`` (with its settings when
@@ -349,8 +361,21 @@ def train_job(progress, images, boxes, labels, class_names, val_images=None, val
         from ..training.naming import check_new_name
 
         name = check_new_name(name, ModelRegistry(user_dir=out_dir))
+    start, base_name = None, None
+    settings = resume_settings(out_dir, name, settings, resume)
+    if base is not None:
+        from ...core.axes import InputError
+        from ..dispatch import card_from_payload
+        from .finetune import start_from, with_base_architecture
+
+        card = card_from_payload(base)
+        if card.task != "localize" or card.backend != "localizer" or not card.path:
+            raise InputError(f"model {card.name!r} is not a localizer (a {card.task} model, {card.backend}); "
+                             "choose a localizer or a fresh network as the base")
+        start = start_from(card.path, list(class_names), seed=int((settings or {}).get("seed", 0)))
+        settings, normalization, base_name = with_base_architecture(settings, start.config), start.normalization, card.name
     # InputError naming a bad field (former names too)
-    s = LocalizerTrainSettings.from_dict(resume_settings(out_dir, name, settings, resume))
+    s = LocalizerTrainSettings.from_dict(settings)
     norm = dict(normalization or DEFAULT_NORMALIZATION)
     train = prepare_set(list(images), boxes, labels, s.input_size, norm)
     val = (prepare_set(list(val_images), val_boxes, val_labels, s.input_size, norm)
@@ -358,19 +383,23 @@ def train_job(progress, images, boxes, labels, class_names, val_images=None, val
     folder = Path(out_dir) / name
     run = run_dir(out_dir, name)
     with guarded_run(out_dir, name):
-        res = train_localizer(train, val, list(class_names), s, out_dir=run, progress=progress, resume=resume)
+        res = train_localizer(train, val, list(class_names), s, out_dir=run, progress=progress, resume=resume,
+                              init_state=start.state if start else None, base_competes=start is not None)
         m = res.metrics
         metrics = {f"val_{k}": v for k, v in m.items() if k not in ("loss", "loss_class", "loss_box")}
+        origin = ({"base_model": base_name, "class_head": start.class_head, "kept_base": res.kept_base}
+                  if start else {"from_scratch": "trained from random weights"})
         save_model(folder, res.model, res.config, list(class_names), name=name, normalization=norm,
+                   description=(f"single-object localizer fine-tuned from {base_name} on {', '.join(class_names)}"
+                                if start else ""),
                    training={"data": data or f"{len(train)} training images, {len(val) if val else 0} val images",
                              "training_seconds": round(res.seconds, 1), "epochs_run": res.epochs_run,
                              "best_epoch": res.best_epoch, "box_weight_lambda": s.box_weight,
-                             "from_scratch": "trained from random weights", "settings": res.settings,
-                             **res.checkpoint},
+                             **origin, "settings": res.settings, **res.checkpoint},
                    metrics=metrics)
     remove_run(run)  # registered: the run's checkpoints are no longer needed
     return {"model_dir": str(folder), "epochs_run": res.epochs_run, "best_epoch": res.best_epoch,
-            "seconds": res.seconds, "metrics": m, "stopped": res.stopped}
+            "seconds": res.seconds, "metrics": m, "stopped": res.stopped, "kept_base": res.kept_base}
 
 
 __all__ = ["train_job", "LocalizerTrainSettings", "LocalizerAugment", "LocalizationSet", "LocalizerTrainResult", "prepare_set",

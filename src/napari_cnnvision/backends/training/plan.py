@@ -303,16 +303,15 @@ def detect_plan(pairs, base=None, options: TrainOptions | None = None, name: str
 
 def localize_plan(pairs, base=None, options: TrainOptions | None = None, name: str = "",
                   out_dir=None, val_pairs=None) -> TrainPlan:
-    """The training request of a localizer (one box and class per image / frame; a fresh network:
-    the localizer trains from scratch here); ``val_pairs`` as in :func:`segment_plan`."""
+    """The training request of a localizer (one box and class per image / frame): a fresh network,
+    or fine-tuning ``base`` (a localizer; its class head rebuilt for the user's classes);
+    ``val_pairs`` as in :func:`segment_plan`."""
+    from ..dispatch import card_payload
     from .localization import localization_set
 
     opts = options or TrainOptions()
     opts.check()
-    if base is not None:
-        train_job_of("localize", base)  # a model of another task is refused by name
-        raise InputError(f"the localizer trains fresh only; leave out the base model ({base.name!r})")
-    job = FRESH_JOB["localize"]
+    job = train_job_of("localize", base)  # a model of another task is refused by name
     pairs, val_pairs = check_pairs(pairs), check_val_pairs(val_pairs)
     frames, boxes, classes, fr, _ = stack_box_pairs(pairs, "localization")
     if len({f.shape for f in frames}) > 1:
@@ -323,12 +322,14 @@ def localize_plan(pairs, base=None, options: TrainOptions | None = None, name: s
     if val_pairs:
         vs, ids = val_frames_set(val_pairs, ls.classes, frames[0].shape)
         ls = replace(ls, val_images=vs.images, val_boxes=vs.boxes, val_labels=ids, val_frames=vs.train_frames)
-    settings, stop_after = _settings("localize", job, opts, ls.defaults, False)
+    settings, stop_after = _settings("localize", job, opts, ls.defaults, base is not None)
     summary = f"{ls.summary()}; {_val_source(val_pairs, opts)}"
     data = f"{_describe(pairs, opts)} ({len(boxes)} frames annotated); {summary}"
     kwargs = {"images": ls.images, "boxes": ls.boxes, "labels": ls.labels, "class_names": ls.classes,
               "val_images": ls.val_images, "val_boxes": ls.val_boxes, "val_labels": ls.val_labels,
               "settings": settings, "data": data, "name": name}
+    if base is not None:
+        kwargs["base"] = card_payload(base)
     if out_dir is not None:
         kwargs["out_dir"] = str(out_dir)
     if opts.resume:
