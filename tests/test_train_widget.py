@@ -396,3 +396,36 @@ def test_validation_on_layers_of_its_own_and_the_request_built_off_the_gui_threa
     assert threads and all(t is not threading.main_thread() for t in threads)
     assert "validation: 1 pair of its own" in w.split.value and w.stop_btn.enabled
     assert len(started[0]["val_images"]) == 1
+
+
+WARM = r"""
+import sys, time
+import napari
+from napari_cnnvision.widgets._train_start import PRESS_MODULES
+from napari_cnnvision.widgets.train import TrainWidget
+
+viewer = napari.Viewer(show=False)
+w = TrainWidget(viewer)
+wanted = PRESS_MODULES + ("napari_cnnvision.backends.unet.train", "napari_cnnvision.backends.stardist.train")
+deadline = time.monotonic() + 60
+while not all(m in sys.modules for m in wanted) and time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(0.5)  # the thread's last imports
+print(len(wanted), sum(m in sys.modules for m in wanted), "torch" in sys.modules, "tensorflow" in sys.modules,
+      flush=True)
+import os
+os._exit(0)  # what is measured is printed; Qt's teardown at exit is not this test's subject
+"""
+
+
+def test_the_widget_imports_what_the_train_press_needs_in_the_background_and_no_framework():
+    """The first Train press imports nothing on the GUI thread, nor competes with it for the
+    interpreter by importing in its own thread: the widget has them imported in a daemon thread."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", WARM], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    n, after, torch_, tf = out.stdout.split()[-4:]
+    assert int(n) == int(after)  # all of them (the trainers' settings too), soon after the widget was built
+    assert torch_ == "False" and tf == "False"

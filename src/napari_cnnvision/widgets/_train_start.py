@@ -7,6 +7,33 @@ from __future__ import annotations
 
 from ..core.axes import InputError
 
+#: what the Train press uses besides the widget's own modules: the training-set builders, the
+#: trainers' settings classes (none imports a deep-learning framework)
+PRESS_MODULES = ("napari_cnnvision.backends.training.segmentation", "napari_cnnvision.backends.training.detection",
+                 "napari_cnnvision.backends.training.localization", "napari_cnnvision.backends.training.naming",
+                 "napari_cnnvision.widgets._train_layers")
+
+
+def warm_imports() -> None:
+    """Import :data:`PRESS_MODULES` and the settings modules of the plan in a daemon thread, so that
+    the first Train press does not: on the GUI thread an import stalls napari's event loop, and in
+    the press's thread it competes with it for the interpreter."""
+    import importlib
+    import threading
+
+    from ..backends.training.plan import SETTINGS_CLASS
+
+    names = PRESS_MODULES + tuple(dict.fromkeys(t.split(":")[0] for t in SETTINGS_CLASS.values()))
+
+    def run():
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:  # pragma: no cover - the press reports its own errors
+                pass
+
+    threading.Thread(target=run, name="cnnvision-warm-imports", daemon=True).start()
+
 
 def as_input_error(exc: BaseException) -> BaseException:
     """What the user gets for an error of the request: the message of a bad value, path or name."""

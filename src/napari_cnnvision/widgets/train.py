@@ -30,6 +30,7 @@ from ._loss_plot import LossPlot
 from ._train_close import guard_dock_button, install_close_guard
 from ._train_progress import TrainProgress
 from ._train_resume import ResumeList
+from ._train_start import warm_imports
 from ._train_validation import ValidationChoice
 
 __all__ = ["TrainWidget", "refresh_model_lists", "FRESH", "TRAINABLE"]
@@ -139,6 +140,7 @@ class TrainWidget(TrainProgress, JobWidget):
         self._on_base()
         self._refresh_resume()
         install_close_guard(self)
+        warm_imports()
 
     def _theme_plot(self):
         try:
