@@ -12,7 +12,8 @@ from test_localizer import CLASSES, SIZE, synth, tiny_settings  # noqa: E402
 from napari_cnnvision.backends.dispatch import card_payload  # noqa: E402
 from napari_cnnvision.backends.localizer import io as lio  # noqa: E402
 from napari_cnnvision.backends.localizer.finetune import start_from  # noqa: E402
-from napari_cnnvision.backends.localizer.train import prepare_set, train_job, train_localizer  # noqa: E402
+from napari_cnnvision.backends.localizer.job import train_job  # noqa: E402
+from napari_cnnvision.backends.localizer.train import prepare_set, train_localizer  # noqa: E402
 from napari_cnnvision.core.registry import ModelRegistry  # noqa: E402
 
 BASE_NORM = {"type": "percentile", "pmin": 2.0, "pmax": 99.5}  # not the default: a fine-tune must keep it

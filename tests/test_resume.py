@@ -102,7 +102,7 @@ def test_unet_run_interrupted_by_a_crash_resumes_to_the_planned_epochs(tmp_path)
 
 
 def test_resuming_without_an_interrupted_run_is_a_clear_error(tmp_path):
-    from napari_cnnvision.backends.localizer.train import train_job as localizer_job
+    from napari_cnnvision.backends.localizer.job import train_job as localizer_job
     from napari_cnnvision.backends.training.jobs import detector_train_job
     from napari_cnnvision.backends.unet.train import train_job
 
@@ -279,7 +279,7 @@ def test_a_killed_training_worker_leaves_its_checkpoint_and_the_run_resumes(pool
     """Cancel kills the worker process mid-training (the localizer job: no StarDist import in the
     worker); the run is left, and resumes to the planned epochs."""
     from napari_cnnvision.backends.localizer.io import load_model
-    from napari_cnnvision.backends.localizer.train import train_job as localizer_job
+    from napari_cnnvision.backends.localizer.job import train_job as localizer_job
 
     user_dir = ModelRegistry().user_dir
     ims, boxes, labels = synth_localization(10)
@@ -367,7 +367,7 @@ def synth_localization(n, seed=0, size=40):
 
 def test_localizer_run_resumes_to_the_planned_epochs(tmp_path):
     from napari_cnnvision.backends.localizer.io import load_model
-    from napari_cnnvision.backends.localizer.train import train_job
+    from napari_cnnvision.backends.localizer.job import train_job
 
     ims, boxes, labels = synth_localization(10)
     kw = {"images": ims[:6], "boxes": boxes[:6], "labels": labels[:6], "class_names": ["dim", "bright"],

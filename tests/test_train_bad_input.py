@@ -323,7 +323,7 @@ def test_the_train_jobs_refuse_an_existing_name_before_training(tmp_path, job):
             train_job(None, [img], [img.astype(np.int32)], [img], [img.astype(np.int32)], out_dir=str(tmp_path),
                       name="mine", settings={"epochs": 1})
         else:
-            from napari_cnnvision.backends.localizer.train import train_job
+            from napari_cnnvision.backends.localizer.job import train_job
 
             train_job(None, [img, img], np.array([[0, 0, 8, 8]] * 2), np.array([0, 0]), ["a"],
                       out_dir=str(tmp_path), name="mine", settings={"epochs": 1})

@@ -31,7 +31,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "yolo.train": ("torch", "napari_cnnvision.backends.training.jobs:detector_train_job"),  # former name of detector.train
     "fasterrcnn.predict": ("torch", "napari_cnnvision.backends.detection.predict:predict_job"),
     "localizer.predict": ("torch", "napari_cnnvision.backends.localizer.predict:predict_job"),
-    "localizer.train": ("torch", "napari_cnnvision.backends.localizer.train:train_job"),
+    "localizer.train": ("torch", "napari_cnnvision.backends.localizer.job:train_job"),
     "stardist.download": ("tf", "napari_cnnvision.backends.pretrained:download_job"),
     "torchvision.download": ("torch", "napari_cnnvision.backends.pretrained:download_job"),
 }
