@@ -336,13 +336,5 @@ def train_localizer(train: LocalizationSet, val: LocalizationSet | None, class_n
                                 kept_base=bool(base_competes and init_state is not None and best[1] == 0))
 
 
-def __getattr__(name):  # the worker job (``train_job``) lives in :mod:`.job` now
-    if name == "train_job":
-        from .job import train_job
-
-        return train_job
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["LocalizerTrainSettings", "LocalizerAugment", "LocalizationSet", "LocalizerTrainResult", "prepare_set",
            "train_localizer", "augment_batch", "class_balance", "evaluate_set", "selection_score"]
