@@ -285,4 +285,4 @@ def test_a_fine_tune_that_does_not_beat_its_base_keeps_the_base(tmp_path):
     card = ModelRegistry(user_dir=tmp_path).get("wrecked")
     assert card.training["kept_base"] is True and card.training["best_epoch"] == 0
     text = job_outcome(res, "wrecked", "detect").describe()
-    assert "keeps the base's weights" in text and "best epoch" not in text
+    assert "keeps the base's weights" in text and "best epoch" not in text and "threshold" not in text

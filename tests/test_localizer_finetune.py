@@ -92,7 +92,7 @@ def test_a_fine_tune_that_does_not_beat_its_base_keeps_the_base(base_dir, tmp_pa
     card = ModelRegistry(user_dir=tmp_path).get("wrecked")
     assert card.training["kept_base"] is True and card.training["best_epoch"] == 0
     text = job_outcome(out, "wrecked", "localize").describe()
-    assert "keeps the base's weights" in text and "best epoch" not in text
+    assert "keeps the base's weights" in text and "best epoch" not in text and "threshold" not in text
 
 
 def test_a_base_that_is_not_a_localizer_is_refused(tmp_path):
@@ -103,3 +103,18 @@ def test_a_base_that_is_not_a_localizer_is_refused(tmp_path):
         train_job(Rec(), ims[:2], boxes[:2], labels[:2], CLASSES, out_dir=str(tmp_path), name="nope",
                   base=card_payload(ModelRegistry().get("nuclei-unet")), settings={"epochs": 1})
     assert not (tmp_path / "nope").exists()
+
+
+def test_a_bad_setting_is_named_before_the_base_is_loaded(tmp_path, monkeypatch):
+    from napari_cnnvision.backends.localizer import finetune
+    from napari_cnnvision.core.axes import InputError
+
+    def never(*a, **k):
+        raise AssertionError("the base was loaded before the settings were checked")
+
+    monkeypatch.setattr(finetune, "start_from", never)
+    ims, boxes, labels = synth(4, 7)
+    with pytest.raises(InputError, match="epochs"):
+        train_job(Rec(), ims[:2], boxes[:2], labels[:2], CLASSES, out_dir=str(tmp_path), name="bad",
+                  base=card_payload(ModelRegistry().get("wbc-localizer")), settings={"epochs": "many"})
+    assert not (tmp_path / "bad").exists()

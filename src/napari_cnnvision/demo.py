@@ -63,13 +63,15 @@ def save_outputs(viewer, outdir: str | Path) -> dict:
     return paths
 
 
-def _close_toasts(viewer):
+def _close_toasts():
     """Close napari's pop-up notifications so they do not cover the screenshot."""
     try:
         from napari._qt.dialogs.qt_notification import NapariQtNotification
     except ImportError:  # napari moved it; a toast in the picture is harmless
         return
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+    from qtpy.QtWidgets import QApplication
+
+    for toast in [w for w in QApplication.instance().allWidgets() if isinstance(w, NapariQtNotification)]:
         toast.close()
 
 
@@ -91,7 +93,7 @@ def run_to_files(outdir: str, timeout_s: float = 600.0) -> int:
             return
         timer.stop()
         try:
-            _close_toasts(viewer)
+            _close_toasts()
             viewer.reset_view()
             app.processEvents()
             paths = save_outputs(viewer, outdir)

@@ -35,6 +35,7 @@ def train_job(progress, images, boxes, labels, class_names, val_images=None, val
         name = check_new_name(name, ModelRegistry(user_dir=out_dir))
     start, base_name = None, None
     settings = resume_settings(out_dir, name, settings, resume)
+    LocalizerTrainSettings.from_dict(settings)  # a bad field is named before a base is loaded (InputError)
     if base is not None:
         from ...core.axes import InputError
         from ..dispatch import card_from_payload
@@ -46,7 +47,6 @@ def train_job(progress, images, boxes, labels, class_names, val_images=None, val
                              "choose a localizer or a fresh network as the base")
         start = start_from(card.path, list(class_names), seed=int((settings or {}).get("seed", 0)))
         settings, normalization, base_name = with_base_architecture(settings, start.config), start.normalization, card.name
-    # InputError naming a bad field (former names too)
     s = LocalizerTrainSettings.from_dict(settings)
     norm = dict(normalization or DEFAULT_NORMALIZATION)
     train = prepare_set(list(images), boxes, labels, s.input_size, norm)

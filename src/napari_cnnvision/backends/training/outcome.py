@@ -8,6 +8,13 @@ from dataclasses import dataclass, field
 #: the metric the widget plots and the CLI prints first, per task: (card key, label)
 MAIN_METRIC = {"segment": ("ap@0.5", "AP@0.5"), "detect": ("map@0.5", "mAP@0.5"), "localize": ("accuracy", "accuracy")}
 
+#: what a kept base holds, per task: a segmentation model's thresholds are re-chosen on the
+#: validation part; a detector's and a localizer's class head is rebuilt for the user's classes
+#: (the rows of classes the base knows kept), with nothing re-chosen
+KEPT_BASE = {"segment": "the base's weights (thresholds re-chosen)",
+             "detect": "the base's weights (its class head rebuilt for these classes)",
+             "localize": "the base's weights (its class head rebuilt for these classes)"}
+
 
 @dataclass
 class TrainResult:
@@ -23,7 +30,7 @@ class TrainResult:
     seconds: float | None = None
     metrics: dict = field(default_factory=dict)
     #: no epoch of a fine-tune beat its base model on the validation part: the new model holds the
-    #: base's weights (its thresholds re-chosen on that part)
+    #: base's weights (see :data:`KEPT_BASE`)
     kept_base: bool = False
 
     @property
@@ -42,7 +49,7 @@ class TrainResult:
         out = f"saved model {self.name!r} ({how}{best}, val {label} {score})"
         if self.kept_base:
             out += (": the training did not beat the base model on the validation part, so the new model keeps "
-                    "the base's weights (thresholds re-chosen); more or more varied annotations may help")
+                    f"{KEPT_BASE[self.task]}; more or more varied annotations may help")
         return out
 
 
