@@ -107,7 +107,8 @@ def test_napari_opens_a_coco_file_and_saves_it_back(make_napari_viewer, tmp_path
     assert a.classes == ["RBC", "white cell é", "RBC"]
 
 
-def test_napari_opens_real_bccd_annotations(make_napari_viewer, shared_data, tmp_path):
+# shared_data first: without the data the test is skipped before napari's viewer fixture is set up
+def test_napari_opens_real_bccd_annotations(shared_data, make_napari_viewer, tmp_path):
     names = ["BloodImage_00000", "BloodImage_00001", "BloodImage_00343"]
     (tmp_path / "annotations").mkdir()
     (tmp_path / "images").mkdir()
