@@ -295,22 +295,27 @@ def test_train_job_fine_tunes_into_a_loadable_model(tf_pool, tmp_path):
         "[10:00:04] epoch 2/2 epoch=2 seconds=7.25 loss=0.8 val_loss=0.95\n")
     previous = shipped_models_dir() / "nuclei-stardist" / "model.json"
     dest = tmp_path / "models" / "mini"
-    script = Path(__file__).resolve().parents[1] / "scripts" / "package_stardist.py"
     scripts = Path(__file__).resolve().parents[1] / "scripts"
-    out = subprocess.run([sys.executable, str(scripts / "average_stardist_weights.py"), "--run", str(folder),
-                          "--weights", "weights_e001.h5", "weights_e002.h5"], capture_output=True, text=True,
-                         timeout=600)
+    # both scripts in one interpreter (one TensorFlow import instead of two), as a user runs them in turn;
+    # the training's thresholds kept (the threshold search of package_stardist.py: test_stardist_torch.py)
+    steps = [(["--run", str(folder), "--weights", "weights_e001.h5", "weights_e002.h5"], "average_stardist_weights.py"),
+             (["--run", str(folder), "--data", str(data), "--dest", str(dest), "--candidates", "weights_e001.h5",
+               "weights_e002.h5", "weights_avg.h5", "--previous-card", str(previous), "--command",
+               "tiny run --scale-aug 0.2", "--keep-thresholds"], "package_stardist.py")]
+    code = ("import runpy, sys\n"
+            f"for argv, script in {steps!r}:\n"
+            "    sys.argv = [script] + argv\n"
+            "    try:\n"
+            f"        runpy.run_path({str(scripts)!r} + '/' + script, run_name='__main__')\n"
+            "    except SystemExit as e:\n"
+            "        assert not e.code, (script, e.code)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     w = {f: _h5_weights(folder / f) for f in ("weights_e001.h5", "weights_e002.h5", "weights_avg.h5")}
     assert [a.shape for a in w["weights_avg.h5"]] == [a.shape for a in w["weights_e001.h5"]]
     res = {"diff": max(float(np.abs(c - (a + b) / 2).max()) for a, b, c in zip(*w.values())),
            "spread": max(float(np.abs(a - b).max()) for a, b in zip(w["weights_e001.h5"], w["weights_e002.h5"]))}
     assert res["spread"] > 1e-4 and res["diff"] < 1e-6  # the two epochs differ; the file is their mean
-    out = subprocess.run([sys.executable, str(script), "--run", str(folder), "--data", str(data), "--dest", str(dest),
-                          "--candidates", "weights_e001.h5", "weights_e002.h5", "weights_avg.h5",
-                          "--previous-card", str(previous), "--command", "tiny run --scale-aug 0.2"],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
     for cand in ("weights_e001.h5", "weights_e002.h5", "weights_avg.h5"):  # all compared on val
         assert f"{cand} val IoU 0.5" in out.stdout
     card = read_card(dest, "user")
