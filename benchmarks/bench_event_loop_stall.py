@@ -299,6 +299,12 @@ def train_phase(args, viewer, measure, base_st, control_st, cpu_at) -> int:
     viewer.add_labels(painted, name="painted")
     w = TrainWidget(viewer)
     viewer.window.add_dock_widget(w, name="Train")
+    if args.warm_worker:  # the training worker started and PyTorch imported before the press
+        from napari_cnnvision.widgets._compute import pool_for
+
+        t = time.perf_counter()
+        pool_for(viewer).worker_for("unet.train").run("framework_info", {"load": ("torch",)})
+        print(f"training worker warmed (PyTorch imported) in {time.perf_counter() - t:.1f} s before the press")
     timed = Timed()
     # the widget's GUI-thread work (instance attributes: the runner's callbacks are bound at start)
     for attr in ("_on_metrics", "_on_progress", "_on_done", "report_error"):
