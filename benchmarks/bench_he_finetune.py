@@ -222,17 +222,16 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="he-bench-") as tmp:
         b = Bench(Path(a.data), Path(tmp))
         val_idx = _spread(len(b.val), a.val_limit) if a.val_limit else list(range(len(b.val)))
+        overrides = {"minutes": a.minutes, "learning_rate": a.lr,
+                     "settings": json.loads(a.settings) if a.settings else None}
         if "transfer" in a.parts:
-            part_transfer(b, a.models, {"minutes": a.minutes, "learning_rate": a.lr,
-                                        "settings": json.loads(a.settings) if a.settings else None},
-                          before_scores=not a.no_before)
+            part_transfer(b, a.models, overrides, before_scores=not a.no_before)
         if "curve" in a.parts:
             part_curve(b, a.curve_epochs, val_idx, a.curve_n)
         if "loop" in a.parts:
             part_loop(b, a.loop_rounds, a.curve_epochs, val_idx)
         if "ceiling" in a.parts:
-            part_ceiling(b, a.models, {"minutes": a.minutes, "learning_rate": a.lr,
-                                       "settings": json.loads(a.settings) if a.settings else None})
+            part_ceiling(b, a.models, overrides)
     print(f"done in {time.time() - t0:.0f} s; {_load()} at the end", flush=True)
     return 0
 

@@ -35,7 +35,7 @@ def train_job(progress, images, boxes, labels, class_names, val_images=None, val
         name = check_new_name(name, ModelRegistry(user_dir=out_dir))
     start, base_name = None, None
     settings = resume_settings(out_dir, name, settings, resume)
-    LocalizerTrainSettings.from_dict(settings)  # a bad field is named before a base is loaded (InputError)
+    s = LocalizerTrainSettings.from_dict(settings)  # InputError naming a bad field, before a base is loaded
     if base is not None:
         from ...core.axes import InputError
         from ..dispatch import card_from_payload
@@ -47,7 +47,7 @@ def train_job(progress, images, boxes, labels, class_names, val_images=None, val
                              "choose a localizer or a fresh network as the base")
         start = start_from(card.path, list(class_names), seed=int((settings or {}).get("seed", 0)))
         settings, normalization, base_name = with_base_architecture(settings, start.config), start.normalization, card.name
-    s = LocalizerTrainSettings.from_dict(settings)
+        s = LocalizerTrainSettings.from_dict(settings)  # the base's network and input size
     norm = dict(normalization or DEFAULT_NORMALIZATION)
     train = prepare_set(list(images), boxes, labels, s.input_size, norm)
     val = (prepare_set(list(val_images), val_boxes, val_labels, s.input_size, norm)
