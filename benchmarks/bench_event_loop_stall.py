@@ -22,12 +22,15 @@ layer (synthetic nuclei), fine-tunes ``--train-base`` (default ``nuclei-unet``; 
 fresh U-Net) with a time budget of SECONDS, short epochs (``--train-steps`` steps each) so the
 live loss plot redraws every epoch or two, and registers the model. The ticks run from the
 Train press (reading the layers and building the training set on the GUI thread included) to
-the widget's last callback (model saved, model lists refreshed). The widget's GUI-thread work is
+the widget's last callback (model saved, model lists refreshed). The press comes once the docked
+widget has settled (:func:`settle_layout`: its first layout and the window's resizes to fit it, each
+a full redraw of the OpenGL canvas, are over, as they are long before a user presses Train); the
+canvas, dock and window resizes inside the long gaps are listed. The widget's GUI-thread work is
 timed -- ``run()`` (layers -> training set -> submit), the metrics / progress / done handlers,
 the plot's canvas draws -- and the longest gaps are listed with what ran inside them.
 
     .venv/bin/python benchmarks/bench_event_loop_stall.py [--seconds 30] [--baseline-seconds 5] [--control-seconds 5]
-        [--warm-worker] [--train 45 [--train-base nuclei-unet|fresh] [--train-steps 4]]
+        [--warm-worker] [--train 45 [--train-base nuclei-unet|fresh] [--train-steps 4] [--no-settle]]
 """
 from __future__ import annotations
 
@@ -84,6 +87,8 @@ def main(argv=None) -> int:
                     help="measure a training run from the Train widget (time budget SECONDS) instead of the sleep job")
     ap.add_argument("--train-base", default="nuclei-unet", help="model to fine-tune ('fresh': a fresh U-Net)")
     ap.add_argument("--train-steps", type=int, default=4, help="training steps per epoch (default 4)")
+    ap.add_argument("--no-settle", action="store_true",
+                    help="press Train 20 ms after docking the widget (its first layout inside the measurement)")
     args = ap.parse_args(argv)
     if args.train:
         import tempfile
@@ -285,6 +290,55 @@ class Timed:
         return by
 
 
+class _Resizes:
+    """Resize events of the napari canvas, the Train dock widget and the main window (time, what):
+    a resized OpenGL canvas is redrawn in full, by Mesa's software renderer under Xvfb."""
+
+    def __init__(self):
+        self.events = []
+
+
+def watch_resizes(viewer, widget) -> _Resizes:
+    from qtpy.QtCore import QEvent, QObject
+
+    log = _Resizes()
+    watched = {"canvas": viewer.window._qt_viewer.canvas.native, "Train widget": widget.native,
+               "main window": viewer.window._qt_window}
+
+    class Filter(QObject):
+        def eventFilter(self, obj, ev):  # noqa: N802 - Qt's name
+            if ev.type() == QEvent.Type.Resize:
+                for what, q in watched.items():
+                    if obj is q:
+                        log.events.append((time.perf_counter(), what))
+            return False
+
+    log.filter = Filter()
+    for q in watched.values():
+        q.installEventFilter(log.filter)
+    return log
+
+
+def settle_layout(resizes, quiet_s: float = 1.0, limit_s: float = 10.0) -> float:
+    """Process events until nothing was resized for ``quiet_s`` (the docked widget's first layout
+    and the window's growth to fit it are done, as they are long before a user presses Train);
+    returns the seconds it took."""
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit_s:
+        app.processEvents()
+        last = resizes.events[-1][0] if resizes.events else t0
+        if time.perf_counter() - last >= quiet_s:
+            break
+        time.sleep(0.005)
+    n = len(resizes.events)
+    resizes.events.clear()
+    print(f"the docked Train widget settled in {time.perf_counter() - t0:.1f} s ({n} resize events) before the press")
+    return time.perf_counter() - t0
+
+
 def train_phase(args, viewer, measure, base_st, control_st, cpu_at) -> int:
     """The Train widget fine-tunes a U-Net from a Labels layer with a time budget; the probe runs
     from the Train press to the widget's last callback."""
@@ -317,6 +371,9 @@ def train_phase(args, viewer, measure, base_st, control_st, cpu_at) -> int:
     import napari_cnnvision.widgets.train as train_mod
 
     timed.wrap(train_mod, "refresh_model_lists", "refresh model lists")
+    resizes = watch_resizes(viewer, w)
+    if not args.no_settle:
+        settle_layout(resizes)
     w.task.value = "segment"
     w.image.value = viewer.layers["nuclei"]
     w.target.value = viewer.layers["painted"]
@@ -403,6 +460,9 @@ def train_phase(args, viewer, measure, base_st, control_st, cpu_at) -> int:
           "machine's load, or for the X server) and what of the widget ran inside them:")
     for g, a, b in gaps:
         inside = ", ".join(f"{lab} {d * 1e3:.0f} ms" for lab, d in timed.inside(a, b)) or "nothing of the widget"
+        sized = sorted({what for t, what in resizes.events if a <= t <= b})
+        if sized:
+            inside += f"; resized: {', '.join(sized)}"
         cpu = (cpu_at[b][0] - cpu_at[a][0]) * 1e3 if a in cpu_at and b in cpu_at else float("nan")
         proc = (cpu_at[b][1] - cpu_at[a][1]) * 1e3 if a in cpu_at and b in cpu_at else float("nan")
         print(f"  {g * 1e3:7.1f} ms at {a - ticks[0]:6.2f} s: GUI thread CPU {cpu:6.1f} ms, all threads of "
