@@ -289,3 +289,10 @@ def test_api_train_takes_validation_folders_and_arrays(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="validation data: .*does not exist"):
         api.train("segment", img_dir, mask_dir, name="with-val", val_images=tmp_path / "nope", val_annotations=vmask)
     assert len(seen) == 2
+
+
+def test_an_epoch_of_a_time_budget_has_no_total():
+    from napari_cnnvision.backends.training.epochs import epoch_message
+
+    assert epoch_message(3, 20) == "epoch 3/20"
+    assert epoch_message(3, MANY_EPOCHS) == epoch_message(3, MANY_EPOCHS + 5) == "epoch 3"

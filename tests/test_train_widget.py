@@ -81,9 +81,13 @@ def test_train_from_labels_plots_each_epoch_and_lists_the_model_in_segment(make_
     w.minutes.value = 0.1  # 6 s
     w.base.value = FRESH
     w.name.value = "unet-cells-3"
+    messages, on_progress = [], w._on_progress  # (the runner binds the handlers at the press)
+    w._on_progress = lambda ev: (messages.append(ev.message or ""), on_progress(ev))
     w.run()
     _wait(w, qtbot)
     assert "saved model 'unet-cells-3' (stopped after" in w.status.value, w.status.value
+    per_epoch = [m for m in messages if m.startswith("epoch")]
+    assert per_epoch and all("/" not in m for m in per_epoch), per_epoch  # "epoch 2", never "epoch 2/10000"
     card = w.registry.get("unet-cells-3")
     assert card.training["stopped_early"] and 1 <= card.training["epochs"] < 10000
 

@@ -25,6 +25,7 @@ import numpy as np
 from ...core.progress import NULL_PROGRESS, Progress
 from ..augment import AugmentSettings
 from ..settings import TrainSettings, _is_number
+from ..training.epochs import epoch_message
 
 
 def _detector_augment() -> AugmentSettings:
@@ -336,7 +337,7 @@ def train_detector(model, config: dict, train: list[dict], val: list[dict], out_
                 ckpts.save(training_state(epoch, model, opt, step=step, best_state=best_state, best_metric=best_map,
                                       best_epoch=best_epoch, history=history, seconds=elapsed))
             frac_done = epoch / s.epochs if not budget else max(epoch / s.epochs, elapsed / budget)
-            progress(min(frac_done, 1.0), f"epoch {epoch}/{s.epochs}", epoch=epoch,
+            progress(min(frac_done, 1.0), epoch_message(epoch, s.epochs), epoch=epoch,
                      train_loss=history["train_loss"][-1], val_loss=vl, val_map=vm, best_epoch=best_epoch,
                      seconds=elapsed)
             if progress.stop_requested:

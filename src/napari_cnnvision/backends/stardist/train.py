@@ -26,6 +26,7 @@ from ...core.normalize import percentile_normalize
 from ...core.progress import NULL_PROGRESS, Progress
 from ..augment import AugmentSettings, GlobalRandom, augment, zoom_patch  # noqa: F401  (zoom_patch: API)
 from ..settings import EpochTrainSettings, _is_number, fit_patch, save_training_json
+from ..training.epochs import epoch_message
 
 
 @dataclass
@@ -314,7 +315,7 @@ def train_stardist2d(
                 frac = (epoch + 1) / total
                 if budget:
                     frac = max(frac, min(1.0, (time.time() - t0) / budget))
-                progress(frac, f"epoch {epoch + 1}/{total}", epoch=epoch + 1, seconds=time.time() - t0, **logs)
+                progress(frac, epoch_message(epoch + 1, total), epoch=epoch + 1, seconds=time.time() - t0, **logs)
                 if progress.stop_requested:
                     state["stopped"] = True
                     self.model.stop_training = True

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ...core.axes import InputError
+from .epochs import MANY_EPOCHS
 from .pairs import (TrainPair, check_pairs, check_val_pairs, one_or_stack, pad_stack, rgb_frames, stack_box_pairs,
                     stack_label_pairs, val_box_samples, val_frames_set, val_label_set)
 
@@ -45,8 +46,6 @@ SETTINGS_CLASS = {
 }
 #: jobs that continue an interrupted run (``resume=True``; checkpoints in ``<user dir>/.training/<name>``)
 RESUMABLE = ("unet.train", "stardist.train", "yolo.train", "detector.train", "localizer.train")
-#: epochs when a time budget decides the end
-MANY_EPOCHS = 10000
 #: the zoom of the "scale" augmentation (per axis, up to 1 + this either way)
 SCALE_ZOOM = 0.2
 

@@ -24,6 +24,7 @@ from ...core.normalize import percentile_normalize
 from ...core.progress import NULL_PROGRESS, Progress
 from ..augment import AugmentSettings, augment
 from ..settings import EpochTrainSettings
+from ..training.epochs import epoch_message
 from .options import UPSAMPLING
 from .targets import instances_from_probs, labels_to_target
 
@@ -337,7 +338,7 @@ def train_unet(
                 best_epoch = epoch
             ckpts.save(training_state(epoch, model, opt, sched, rng, history=history, best_metric=list(best),
                                       best_epoch=best_epoch, best_state=best_state, seconds=time.time() - t0))
-            progress(epoch / s.epochs, f"epoch {epoch}/{s.epochs}", epoch=epoch, loss=loss_avg, val_loss=val_loss,
+            progress(epoch / s.epochs, epoch_message(epoch, s.epochs), epoch=epoch, loss=loss_avg, val_loss=val_loss,
                      val_ap50=ap50, best_epoch=best_epoch, seconds=time.time() - t0)
             if progress.stop_requested:
                 stopped = True
