@@ -67,3 +67,21 @@ def test_a_resize_redraws_at_the_new_size_and_the_thread_ends_with_the_widget(qt
     host.deleteLater()
     qtbot.waitUntil(lambda: not p._thread.is_alive(), timeout=60000)
     p.add(2, 0.8, 0.9, 0.4)  # after the widget is gone: no error
+
+
+@pytest.mark.parametrize("height", [160, 260])
+def test_the_legend_covers_no_curve_and_the_epoch_axis_fits(qtbot, height):
+    from napari_cnnvision.widgets._loss_plot import _Figure
+
+    f = _Figure(100.0, 2.6)
+    epochs = [1, 2]
+    f.render({"colors": ("#262930", "#f0f1f2"), "metric_name": "AP@0.5", "size": (400, height, 1.0),
+              "epochs": epochs, "train": [0.9, 0.5], "val": [1.0, 0.7], "metric": [0.3, 0.6]})
+    r = f.canvas.get_renderer()
+    axes = f.ax.get_window_extent(r)
+    legend = f.ax.get_legend().get_window_extent(r)
+    assert legend.y0 >= axes.y1 - 1 and legend.y1 <= height + 1  # a row above the axes, inside the image
+    xlabel = f.ax.xaxis.label.get_window_extent(r)
+    assert xlabel.y0 >= 0 and xlabel.y1 <= axes.y0  # "epoch" below the axes, not cut off
+    ticks = [t for t in f.ax.get_xticks() if 0.5 <= t <= 2.5]
+    assert ticks and all(float(t).is_integer() for t in ticks)  # whole epochs only

@@ -193,7 +193,8 @@ class _Figure:
         self.dpi = dpi
         self.figure = Figure(figsize=(4, height), dpi=dpi)
         # fixed margins: a layout engine re-measures every text on each draw (twice the cost)
-        self.figure.subplots_adjust(left=0.17, right=0.83, bottom=0.18, top=0.96)
+        # (bottom and top: :meth:`render`, in pixels for the tick labels, the x label and the legend's row)
+        self.figure.subplots_adjust(left=0.17, right=0.83)
         self.canvas = FigureCanvasAgg(self.figure)
         self.ax = self.figure.add_subplot(111)
         self.ax2 = self.ax.twinx()
@@ -202,13 +203,16 @@ class _Figure:
         (self._metric,) = self.ax2.plot([], [], "s--", color="tab:green", ms=3, label="metric")
         self.ax.set_xlabel("epoch")
         self.ax.set_ylabel("loss")
+        from matplotlib.ticker import MaxNLocator
+
+        self.ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no 1.5
         self.ax2.set_ylim(0, 1)
         self._style = (None, None)
 
     def _legend(self, colors):
-        leg = self.ax.legend(handles=[self._train, self._val, self._metric], fontsize="x-small", loc="upper right")
+        leg = self.ax.legend(handles=[self._train, self._val, self._metric], fontsize="x-small", ncol=3,
+                             loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False, borderaxespad=0.3)
         if colors is not None:
-            leg.get_frame().set_facecolor(colors[0])
             for t in leg.get_texts():
                 t.set_color(colors[1])
 
@@ -234,6 +238,7 @@ class _Figure:
         w, h, dpr = s["size"]  # logical pixels: the text keeps its size on a high-DPI screen
         self.figure.set_dpi(self.dpi * dpr)
         self.figure.set_size_inches(w / self.dpi, h / self.dpi, forward=False)
+        self.figure.subplots_adjust(bottom=min(0.4, 44 / max(h, 1)), top=1 - min(0.3, 22 / max(h, 1)))
         epochs = s["epochs"]
         self._train.set_data(epochs, s["train"])
         self._val.set_data(epochs, s["val"])
