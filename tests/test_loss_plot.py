@@ -69,14 +69,14 @@ def test_a_resize_redraws_at_the_new_size_and_the_thread_ends_with_the_widget(qt
     p.add(2, 0.8, 0.9, 0.4)  # after the widget is gone: no error
 
 
-@pytest.mark.parametrize("height", [160, 260])
-def test_the_legend_covers_no_curve_and_the_epoch_axis_fits(qtbot, height):
+@pytest.mark.parametrize("height, epochs", [(160, [1, 2]), (260, [1, 2]), (160, [])])
+def test_the_legend_covers_no_curve_and_the_epoch_axis_fits(qtbot, height, epochs):
     from napari_cnnvision.widgets._loss_plot import _Figure
 
     f = _Figure(100.0, 2.6)
-    epochs = [1, 2]
+    curves = [[0.9, 0.5][:len(epochs)], [1.0, 0.7][:len(epochs)], [0.3, 0.6][:len(epochs)]]
     f.render({"colors": ("#262930", "#f0f1f2"), "metric_name": "AP@0.5", "size": (400, height, 1.0),
-              "epochs": epochs, "train": [0.9, 0.5], "val": [1.0, 0.7], "metric": [0.3, 0.6]})
+              "epochs": epochs, "train": curves[0], "val": curves[1], "metric": curves[2]})
     r = f.canvas.get_renderer()
     axes = f.ax.get_window_extent(r)
     legend = f.ax.get_legend().get_window_extent(r)
@@ -84,4 +84,5 @@ def test_the_legend_covers_no_curve_and_the_epoch_axis_fits(qtbot, height):
     xlabel = f.ax.xaxis.label.get_window_extent(r)
     assert xlabel.y0 >= 0 and xlabel.y1 <= axes.y0  # "epoch" below the axes, not cut off
     ticks = [t for t in f.ax.get_xticks() if 0.5 <= t <= 2.5]
-    assert ticks and all(float(t).is_integer() for t in ticks)  # whole epochs only
+    assert ticks and all(float(t).is_integer() for t in ticks)  # whole epochs only, even before the first
+    assert f.ax.get_ylim()[0] >= 0  # no negative loss axis

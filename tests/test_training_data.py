@@ -61,6 +61,7 @@ def test_partial_labels_use_only_the_bounding_box_of_the_painted_objects():
         np.testing.assert_array_equal(mask, painted[r.slices])
     assert ts.n_objects == 2 and 10 < ts.object_diameter < 16
     assert "train: 1 crop(s)" in ts.summary() and "val: 1 crop(s)" in ts.summary()
+    assert ts.summary().count(" 1 object") == 2 and "objects" not in ts.summary(), ts.summary()  # singular
 
 
 def test_a_fully_annotated_mask_chooses_the_regions():
@@ -115,6 +116,8 @@ def test_boxes_become_detector_samples_in_their_region():
     r = ds.train_regions[0]
     assert (r.y0, r.x0) == (10, 10) and ds.val_regions[0].x1 == 100  # the boxes' bounding box, cut on its long side
     assert len(tr["boxes"]) + len(va["boxes"]) + ds.dropped == 4
+    word = {1: "1 box;"}.get(len(va["boxes"]), f"{len(va['boxes'])} boxes;")
+    assert f"val: 1 crop(s), {word}" in ds.summary() and "1 boxes" not in ds.summary(), ds.summary()
     # boxes are x0, y0, x1, y1 relative to the crop, labels 1..K
     assert tr["boxes"][0].tolist() == [0.0, 0.0, 20.0, 10.0] and tr["labels"][0] == 1
     with pytest.raises(InputError, match="class name"):

@@ -205,7 +205,7 @@ class _Figure:
         self.ax.set_ylabel("loss")
         from matplotlib.ticker import MaxNLocator
 
-        self.ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no 1.5
+        self.ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epochs: no 1.5
         self.ax2.set_ylim(0, 1)
         self._style = (None, None)
 
@@ -249,6 +249,8 @@ class _Figure:
             lo, hi = min(losses), max(losses)
             pad = (hi - lo) * 0.1 or abs(hi) * 0.1 or 0.1
             self.ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
+        else:  # before the first epoch: no negative losses on the axis
+            self.ax.set_ylim(0.0, 1.0)
         self.canvas.draw()
         buf = self.canvas.buffer_rgba()
         hh, ww = buf.shape[:2]

@@ -29,9 +29,12 @@ class DetectionSet:
     defaults: dict = field(default_factory=dict)
 
     def summary(self) -> str:
-        n = lambda ss: sum(len(s["boxes"]) for s in ss)  # noqa: E731
-        return (f"train: {len(self.train)} crop(s), {n(self.train)} boxes; val: {len(self.val)} crop(s), "
-                f"{n(self.val)} boxes; classes: {', '.join(self.classes)}")
+        def boxes(ss):
+            k = sum(len(s["boxes"]) for s in ss)
+            return f"{k} box" if k == 1 else f"{k} boxes"
+
+        return (f"train: {len(self.train)} crop(s), {boxes(self.train)}; val: {len(self.val)} crop(s), "
+                f"{boxes(self.val)}; classes: {', '.join(self.classes)}")
 
 
 def _as_rgb(frame: np.ndarray) -> tuple[np.ndarray, dict]:

@@ -32,8 +32,11 @@ class SegmentationSet:
 
         n_tr = sum(int(np.count_nonzero(np.unique(m))) for m in self.masks)
         n_va = sum(int(np.count_nonzero(np.unique(m))) for m in self.val_masks)
-        return (f"train: {len(self.images)} crop(s), {px(self.train_regions)} px, {n_tr} objects; "
-                f"val: {len(self.val_images)} crop(s), {px(self.val_regions)} px, {n_va} objects")
+        def objects(k):
+            return f"{k} object" if k == 1 else f"{k} objects"
+
+        return (f"train: {len(self.images)} crop(s), {px(self.train_regions)} px, {objects(n_tr)}; "
+                f"val: {len(self.val_images)} crop(s), {px(self.val_regions)} px, {objects(n_va)}")
 
 
 def _frames(image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
