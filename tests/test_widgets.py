@@ -135,3 +135,10 @@ def test_long_messages_wrap_and_the_dock_keeps_its_width(make_napari_viewer, qtb
     qtbot.wait(150)
     assert w.status.native.height() > 3 * w.status.native.fontMetrics().height()  # wrapped, not cut off
     assert LONG_WORDS.strip() in w.status.value  # the full message stays available
+
+
+def test_a_run_time_in_a_status_line_is_never_0_0_s():
+    from napari_cnnvision.widgets._base import fmt_seconds
+
+    assert fmt_seconds(2.84) == "2.8 s" and fmt_seconds(0.1) == "0.1 s"
+    assert fmt_seconds(0.042) == "42 ms" and fmt_seconds(0.0) == "0 ms" and fmt_seconds(-1) == "0 ms"

@@ -28,6 +28,12 @@ def _breakable(text: str) -> str:
                            text)
 
 
+def fmt_seconds(s: float) -> str:
+    """A run's time in a status line: "2.8 s", or "40 ms" below a tenth of a second (not "0.0 s")."""
+    s = max(0.0, float(s))
+    return f"{s * 1000:.0f} ms" if s < 0.1 else f"{s:.1f} s"
+
+
 #: longer messages are cut in the dock (the full text is the tooltip and ``.value``)
 MAX_SHOWN = 300
 

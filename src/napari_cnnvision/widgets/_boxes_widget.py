@@ -28,7 +28,7 @@ from ..core.results import DetectionResult, LocalizationResult
 from ..layers.common import RESULT_KEY
 from ..layers.detection import detection_layers
 from . import _lazy
-from ._base import JobWidget, StatusLabel
+from ._base import JobWidget, StatusLabel, fmt_seconds
 from ._model_picker import BROWSE, MODEL_ERRORS, ModelPicker
 from ._results import drop_result, find_result, put_result, result_meta_of
 
@@ -337,7 +337,7 @@ class BoxesWidget(JobWidget):
             text = f"frame {ctx.frames[0]}: {text}; {shown.n_objects} in the stack"
         took = this_run.timings.get("total_s")
         name = f"{ctx.layer.name} [{shown.model}]"
-        text += (f" ({name}" + (f", {took:.1f} s" if took is not None else "")
+        text += (f" ({name}" + (f", {fmt_seconds(took)}" if took is not None else "")
                  + (", read tile by tile" if ctx.blockwise else "") + ")")
         if layers["points_only"]:
             text += (f". Over {MAX_SHAPES} boxes: only their centres are shown (napari's Shapes layer is slow "

@@ -18,6 +18,7 @@ from magicgui.widgets import CheckBox, ComboBox
 from ..core.axes import InputError
 from ..core.registry import ModelRegistry
 from . import _lazy
+from ._base import fmt_seconds
 from ._boxes_widget import BoxesWidget, BoxJob, counts_text, job_image, layer_frames
 from ._results import result_meta_of
 
@@ -167,7 +168,7 @@ class LocalizeWidget(BoxesWidget):
         if ctx.frames is not None and len(ctx.frames) == 1:
             text = f"frame {ctx.frames[0]}: {text}; {shown.n_objects} in the stack"
         took = this_run.timings.get("total_s")
-        text += f" ({ctx.layer.name} [{shown.model}]" + (f", {took:.1f} s)" if took is not None else ")")
+        text += f" ({ctx.layer.name} [{shown.model}]" + (f", {fmt_seconds(took)})" if took is not None else ")")
         if getattr(self, "_read_note", ""):
             text = text[:-1] + f", {self._read_note})"
         return text + (f" {self._region_note}" if getattr(self, "_region_note", "") else "")

@@ -16,7 +16,7 @@ from ..layers.common import RESULT_KEY
 from ..scaleout import lazy_layers
 from ..layers.segmentation import OUTLINE_STYLE, outline_layer, segmentation_layers
 from . import _axes, _lazy
-from ._base import JobWidget, StatusLabel
+from ._base import JobWidget, StatusLabel, fmt_seconds
 from ._model_picker import BROWSE, MODEL_ERRORS, ModelPicker
 from ._results import drop_result, find_result, put_result
 
@@ -331,7 +331,7 @@ class SegmentWidget(JobWidget):
             put_result(self.viewer, data, okw, kind, old, attrs=OUTLINE_STYLE)
         else:  # outlines off, or nothing to outline: no stale outlines
             drop_result(self.viewer, KIND + "-outlines", layer.name, result.model)
-        took = f"{result.timings.get('total_s', 0):.1f} s"
+        took = fmt_seconds(result.timings.get('total_s', 0))
         if frame is not None:
             self.report(f"{result.n_objects} objects in frame {frame}; {n_total} in the stack "
                         f"({target.name}, {took})")
@@ -356,7 +356,7 @@ class SegmentWidget(JobWidget):
         target = put_result(self.viewer, labels, kw, "labels")
         for odata, okw, kind in rest:
             put_result(self.viewer, odata, okw, kind, attrs=OUTLINE_STYLE)
-        self.report(f"{res.n_objects} objects in {target.name} ({res.timings.get('total_s', 0):.1f} s, "
+        self.report(f"{res.n_objects} objects in {target.name} ({fmt_seconds(res.timings.get('total_s', 0))}, "
                     f"{res.n_blocks} blocks of {res.block} px; labels in {res.path})")
 
 
