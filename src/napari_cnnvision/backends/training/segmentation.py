@@ -32,6 +32,7 @@ class SegmentationSet:
 
         n_tr = sum(int(np.count_nonzero(np.unique(m))) for m in self.masks)
         n_va = sum(int(np.count_nonzero(np.unique(m))) for m in self.val_masks)
+
         def objects(k):
             return f"{k} object" if k == 1 else f"{k} objects"
 
